@@ -1,0 +1,247 @@
+//! The `#[repr(C)]` types that cross between iostall's eBPF programs and its userspace.
+//!
+//! Layout is a contract: every record the kernel writes into the ring buffer starts with
+//! an [`EventHeader`] at offset 0, whose `kind` says which record follows. Userspace
+//! checks the record's length against the type before reading it (see `decode` in the
+//! exporter). Field order keeps every field naturally aligned so that no padding differs
+//! between the bpf target and the host.
+#![cfg_attr(not(any(feature = "user", test)), no_std)]
+
+/// Longest file name copied from a dentry, including the trailing NUL.
+pub const FILE_NAME_LEN: usize = 128;
+/// Longest parent directory name copied from a dentry, including the trailing NUL.
+pub const PARENT_NAME_LEN: usize = 64;
+/// How many parent directories the kernel side walks up from a file.
+pub const MAX_PARENTS: usize = 4;
+/// Length of a task's `comm`.
+pub const COMM_LEN: usize = 16;
+/// `s_magic` of an ext4 (and ext2/ext3, which ext4 mounts) super block.
+pub const EXT4_SUPER_MAGIC: u64 = 0xEF53;
+
+/// Kind of a ring-buffer record, the first field of [`EventHeader`].
+pub mod event_kind {
+    /// An [`IoEvent`](super::IoEvent).
+    pub const IO: u32 = 1;
+}
+
+/// The operation a slow-IO event measured (the `T` column of `ext4slower`).
+pub mod op {
+    /// `read`, `pread64`, `readv`, `preadv`, `preadv2`, or `ext4_file_read_iter`.
+    pub const READ: u32 = 0;
+    /// `write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`, or `ext4_file_write_iter`.
+    pub const WRITE: u32 = 1;
+    /// `open`, `openat`, `openat2`, or `ext4_file_open`.
+    pub const OPEN: u32 = 2;
+    /// `ext4_sync_file`: `fsync`, `fdatasync`, `msync`, `O_SYNC` writes, io_uring fsync.
+    pub const FSYNC: u32 = 3;
+}
+
+/// Bits of [`IoEvent::flags`].
+pub mod io_flags {
+    /// The dentry walk reached the filesystem's root: `parents` is the whole directory
+    /// chain, so userspace can join it to the mount point into a full path.
+    pub const PATH_COMPLETE: u32 = 1 << 0;
+    /// The offset was not known (e.g. the file was not readable at exit).
+    pub const OFFSET_UNKNOWN: u32 = 1 << 1;
+    /// A `datasync` fsync (`fdatasync`).
+    pub const DATASYNC: u32 = 1 << 2;
+}
+
+/// Indexes into the per-CPU `STATS` array of counters.
+pub mod stat {
+    /// Events lost because the ring buffer was full.
+    pub const RINGBUF_DROPS: u32 = 0;
+    /// Operations not timed because the in-flight map was full.
+    pub const INFLIGHT_FULL: u32 = 1;
+    /// Events written into the ring buffer.
+    pub const EVENTS: u32 = 2;
+    /// Operations over the threshold that were not on ext4 (filtered out at exit).
+    pub const NOT_EXT4: u32 = 3;
+    /// Operations over the threshold whose file could not be resolved.
+    pub const FILE_UNRESOLVED: u32 = 4;
+    /// Number of counters.
+    pub const COUNT: u32 = 5;
+}
+
+/// Index of the threshold (nanoseconds, `u64`) in the `CONFIG` array map.
+pub const CONFIG_THRESHOLD_NS: u32 = 0;
+/// Number of slots in the `CONFIG` array map.
+pub const CONFIG_LEN: u32 = 1;
+
+/// Field offsets into kernel structures, resolved by userspace from the running kernel's
+/// BTF and handed to the eBPF programs as a read-only global before they load, so that
+/// no offset is frozen at build time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.fd`.
+    pub fdt_fd: u32,
+    /// `fdtable.max_fds`.
+    pub fdt_max_fds: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `file.f_path.dentry`.
+    pub file_dentry: u32,
+    /// `file.f_pos`.
+    pub file_pos: u32,
+    /// `inode.i_sb`.
+    pub inode_sb: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `super_block.s_magic`.
+    pub sb_magic: u32,
+    /// `super_block.s_dev`.
+    pub sb_dev: u32,
+    /// `dentry.d_name.name`.
+    pub dentry_name: u32,
+    /// `dentry.d_parent`.
+    pub dentry_parent: u32,
+    /// `task_struct.nsproxy`.
+    pub task_nsproxy: u32,
+    /// `nsproxy.mnt_ns`.
+    pub nsproxy_mnt_ns: u32,
+    /// `mnt_namespace.ns.inum`.
+    pub mnt_ns_inum: u32,
+    /// `kiocb.ki_filp`.
+    pub kiocb_filp: u32,
+    /// `kiocb.ki_pos`.
+    pub kiocb_pos: u32,
+}
+
+impl KernelOffsets {
+    /// Marks an offset the running kernel's BTF did not have; the programs skip that read.
+    pub const UNKNOWN: u32 = u32::MAX;
+
+    /// Every offset unknown: the value the eBPF object is built with.
+    pub const ALL_UNKNOWN: Self = Self {
+        task_files: Self::UNKNOWN,
+        files_fdt: Self::UNKNOWN,
+        fdt_fd: Self::UNKNOWN,
+        fdt_max_fds: Self::UNKNOWN,
+        file_inode: Self::UNKNOWN,
+        file_dentry: Self::UNKNOWN,
+        file_pos: Self::UNKNOWN,
+        inode_sb: Self::UNKNOWN,
+        inode_ino: Self::UNKNOWN,
+        sb_magic: Self::UNKNOWN,
+        sb_dev: Self::UNKNOWN,
+        dentry_name: Self::UNKNOWN,
+        dentry_parent: Self::UNKNOWN,
+        task_nsproxy: Self::UNKNOWN,
+        nsproxy_mnt_ns: Self::UNKNOWN,
+        mnt_ns_inum: Self::UNKNOWN,
+        kiocb_filp: Self::UNKNOWN,
+        kiocb_pos: Self::UNKNOWN,
+    };
+}
+
+/// Read-only settings fixed when the programs load (globals, so the verifier sees them
+/// as constants and prunes the branches they disable).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadConfig {
+    /// Only trace this process (tgid); 0 traces every process.
+    pub filter_tgid: u32,
+    /// iostall's own tgid, never traced (its own writes would feed back).
+    pub self_tgid: u32,
+    /// Offsets into kernel structures.
+    pub offsets: KernelOffsets,
+}
+
+impl LoadConfig {
+    /// No filter, no offsets: the value the eBPF object is built with.
+    pub const DEFAULT: Self = Self {
+        filter_tgid: 0,
+        self_tgid: 0,
+        offsets: KernelOffsets::ALL_UNKNOWN,
+    };
+}
+
+/// What every ring-buffer record starts with. Its layout is the decode contract.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    /// Process id (kernel tgid).
+    pub pid: u32,
+    /// Thread id (kernel pid).
+    pub tid: u32,
+    /// Mount namespace inode number of the task, 0 if unknown.
+    pub mntns: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds when the operation started.
+    pub start_ns: u64,
+    /// cgroup v2 id of the task (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    /// The task's `comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// One ext4 operation at or above the threshold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct IoEvent {
+    /// Common header; `kind` is [`event_kind::IO`].
+    pub header: EventHeader,
+    /// Nanoseconds from start to completion.
+    pub latency_ns: u64,
+    /// Return value of the operation (bytes, fd, or a negative errno).
+    pub ret: i64,
+    /// Bytes transferred (the return value when it is not negative, else the size asked for).
+    pub bytes: u64,
+    /// File offset of a read or write (see [`io_flags::OFFSET_UNKNOWN`]).
+    pub offset: i64,
+    /// Inode number.
+    pub inode: u64,
+    /// Kernel `dev_t` of the super block (major << 20 | minor).
+    pub dev: u32,
+    /// One of [`op`].
+    pub op: u32,
+    /// Bits of [`io_flags`].
+    pub flags: u32,
+    /// How many entries of `parents` are filled.
+    pub parent_count: u32,
+    /// The file's dentry name, NUL-terminated.
+    pub file_name: [u8; FILE_NAME_LEN],
+    /// Parent directory names, nearest first, each NUL-terminated.
+    pub parents: [[u8; PARENT_NAME_LEN]; MAX_PARENTS],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data `#[repr(C)]` types made only of integers and byte arrays.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LoadConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IoEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{offset_of, size_of};
+
+    use super::*;
+
+    /// The header layout is the decode contract with the kernel side: pin it.
+    #[test]
+    fn header_layout_is_stable() {
+        assert_eq!(offset_of!(EventHeader, kind), 0);
+        assert_eq!(offset_of!(EventHeader, start_ns), 16);
+        assert_eq!(offset_of!(EventHeader, cgroup_id), 24);
+        assert_eq!(offset_of!(EventHeader, comm), 32);
+        assert_eq!(size_of::<EventHeader>(), 48);
+        assert_eq!(offset_of!(IoEvent, header), 0);
+        assert_eq!(size_of::<IoEvent>() % 8, 0);
+        assert_eq!(
+            size_of::<IoEvent>(),
+            48 + 8 * 6 + 4 * 4 + FILE_NAME_LEN + PARENT_NAME_LEN * MAX_PARENTS
+        );
+    }
+}

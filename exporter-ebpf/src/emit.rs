@@ -1,0 +1,130 @@
+//! The end half shared by every attach mode: check that the file is on ext4, then fill
+//! an `IoEvent` in the ring buffer. Runs only for operations that crossed the threshold.
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_cgroup_id,
+};
+use exporter_common::{EXT4_SUPER_MAGIC, IoEvent, MAX_PARENTS, event_kind, io_flags, op, stat};
+
+use crate::{
+    inflight::{Finished, target_flags},
+    kernel::{current_mntns, file_of_fd, read_at},
+    maps::{EVENTS, count, load_config},
+};
+
+/// Emits `done` if its file is on ext4. `ret` is the operation's return value.
+#[inline(always)]
+pub fn emit(done: &Finished, ret: i64) {
+    let started = &done.started;
+    let file = if started.flags & target_flags::IS_FILE != 0 {
+        Some(started.target)
+    } else if started.op == op::OPEN {
+        if ret < 0 {
+            None
+        } else {
+            file_of_fd(ret as u64)
+        }
+    } else {
+        file_of_fd(started.target)
+    };
+    let Some(file) = file else {
+        count(stat::FILE_UNRESOLVED);
+        return;
+    };
+    let Some(inode) = read_at::<u64>(file, load_config!(offsets.file_inode)) else {
+        count(stat::FILE_UNRESOLVED);
+        return;
+    };
+    let sb: u64 = read_at(inode, load_config!(offsets.inode_sb)).unwrap_or(0);
+    let magic: u64 = read_at(sb, load_config!(offsets.sb_magic)).unwrap_or(0);
+    if magic != EXT4_SUPER_MAGIC {
+        count(stat::NOT_EXT4);
+        return;
+    }
+
+    let Some(mut entry) = EVENTS.reserve::<IoEvent>(0) else {
+        count(stat::RINGBUF_DROPS);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let mut flags = 0u32;
+    if started.flags & target_flags::DATASYNC != 0 {
+        flags |= io_flags::DATASYNC;
+    }
+    // Offset: positional IO knows it; otherwise the position after the op, less what moved.
+    let offset = if started.pos >= 0 {
+        started.pos
+    } else if started.op == op::READ || started.op == op::WRITE {
+        match read_at::<i64>(file, load_config!(offsets.file_pos)) {
+            Some(pos) if ret > 0 => pos - ret,
+            Some(pos) => pos,
+            None => {
+                flags |= io_flags::OFFSET_UNKNOWN;
+                0
+            }
+        }
+    } else {
+        0
+    };
+    let bytes = if ret >= 0 && started.op != op::OPEN && started.op != op::FSYNC {
+        ret as u64
+    } else {
+        started.count
+    };
+
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record of
+    // `IoEvent`'s size; every field written below lies inside it.
+    unsafe {
+        (*ev).header.kind = event_kind::IO;
+        (*ev).header.pid = done.pid;
+        (*ev).header.tid = done.tid;
+        (*ev).header.mntns = current_mntns();
+        (*ev).header.start_ns = started.start_ns;
+        (*ev).header.cgroup_id = bpf_get_current_cgroup_id();
+        (*ev).header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).latency_ns = done.end_ns.wrapping_sub(started.start_ns);
+        (*ev).ret = ret;
+        (*ev).bytes = bytes;
+        (*ev).offset = offset;
+        (*ev).inode = read_at(inode, load_config!(offsets.inode_ino)).unwrap_or(0);
+        (*ev).dev = read_at(sb, load_config!(offsets.sb_dev)).unwrap_or(0);
+        (*ev).op = started.op;
+
+        let mut dentry: u64 = read_at(file, load_config!(offsets.file_dentry)).unwrap_or(0);
+        (*ev).file_name[0] = 0;
+        if let Some(name) = read_at::<u64>(dentry, load_config!(offsets.dentry_name)) {
+            let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*ev).file_name);
+        }
+        let mut parents = 0u32;
+        for i in 0..MAX_PARENTS {
+            let parent: u64 = read_at(dentry, load_config!(offsets.dentry_parent)).unwrap_or(0);
+            if parent == 0 {
+                break;
+            }
+            if parent == dentry {
+                flags |= io_flags::PATH_COMPLETE;
+                break;
+            }
+            (*ev).parents[i][0] = 0;
+            if let Some(name) = read_at::<u64>(parent, load_config!(offsets.dentry_name)) {
+                let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*ev).parents[i]);
+            }
+            parents += 1;
+            dentry = parent;
+        }
+        // The walk may stop at its bound exactly below the root: look one step further.
+        if flags & io_flags::PATH_COMPLETE == 0 && parents as usize == MAX_PARENTS {
+            let parent: u64 = read_at(dentry, load_config!(offsets.dentry_parent)).unwrap_or(0);
+            if parent == dentry {
+                flags |= io_flags::PATH_COMPLETE;
+            }
+        }
+        // The root's own name is "/": it is not a parent directory to report.
+        if parents > 0 && flags & io_flags::PATH_COMPLETE != 0 {
+            parents -= 1;
+        }
+        (*ev).parent_count = parents;
+        (*ev).flags = flags;
+    }
+    entry.submit(0);
+    count(stat::EVENTS);
+}

@@ -1,0 +1,44 @@
+//! Reads of kernel structures at offsets resolved from the running kernel's BTF.
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task};
+use exporter_common::KernelOffsets;
+
+use crate::maps::load_config;
+
+/// Reads a `T` at `base + offset`; `None` if the offset is unknown or the read faults.
+#[inline(always)]
+pub fn read_at<T>(base: u64, offset: u32) -> Option<T> {
+    if offset == KernelOffsets::UNKNOWN || base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates any address; it fails instead of faulting.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+/// The `struct file *` behind `fd` in the current task's fd table.
+#[inline(always)]
+pub fn file_of_fd(fd: u64) -> Option<u64> {
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read_at(task, load_config!(offsets.task_files))?;
+    let fdt: u64 = read_at(files, load_config!(offsets.files_fdt))?;
+    let max_fds: u32 = read_at(fdt, load_config!(offsets.fdt_max_fds))?;
+    if fd >= max_fds as u64 {
+        return None;
+    }
+    let fd_array: u64 = read_at(fdt, load_config!(offsets.fdt_fd))?;
+    let file: u64 = read_at(fd_array + fd * 8, 0)?;
+    if file == 0 { None } else { Some(file) }
+}
+
+/// The current task's mount namespace inode number, 0 when unknown.
+#[inline(always)]
+pub fn current_mntns() -> u32 {
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let inum = || -> Option<u32> {
+        let nsproxy: u64 = read_at(task, load_config!(offsets.task_nsproxy))?;
+        let mnt_ns: u64 = read_at(nsproxy, load_config!(offsets.nsproxy_mnt_ns))?;
+        read_at(mnt_ns, load_config!(offsets.mnt_ns_inum))
+    };
+    inum().unwrap_or(0)
+}

@@ -1,0 +1,30 @@
+//! iostall's eBPF programs. Three families measure the same four ext4 operations
+//! (read, write, open, fsync), and userspace attaches exactly one family:
+//! - `fentry`: fentry/fexit on ext4's file operations (cheapest, needs BTF trampolines);
+//! - `kprobe`: kprobe/kretprobe on the same functions;
+//! - `tracepoint`: syscall tracepoints filtered to ext4 by super block magic, plus raw
+//!   tracepoints on `ext4_sync_file_enter/exit` for fsync.
+//!
+//! All three share one in-flight protocol (`inflight`) and one emitter (`emit`), so an
+//! event looks the same whichever family produced it.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod fentry;
+mod inflight;
+mod kernel;
+mod kprobe;
+mod maps;
+mod tracepoint;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; nothing can actually panic.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

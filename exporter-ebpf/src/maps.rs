@@ -1,0 +1,77 @@
+//! Maps and the load-time global shared by every program.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use exporter_common::{CONFIG_LEN, IoEvent, LoadConfig, stat};
+
+use crate::inflight::InFlight;
+
+/// Settings fixed at load time; userspace overwrites it with `EbpfLoader::set_global`.
+#[unsafe(no_mangle)]
+pub static LOAD_CONFIG: LoadConfig = LoadConfig::DEFAULT;
+
+/// Slow operations, to userspace. 4 MiB holds ~7,000 events.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Read/write/open operations in flight, by thread id.
+#[map]
+pub static INFLIGHT_IO: HashMap<u32, InFlight> = HashMap::with_max_entries(32768, 0);
+
+/// fsyncs in flight, by thread id (apart from `INFLIGHT_IO` because an `O_SYNC` write
+/// runs an fsync inside itself).
+#[map]
+pub static INFLIGHT_SYNC: HashMap<u32, InFlight> = HashMap::with_max_entries(32768, 0);
+
+/// Run-time settings userspace may change while attached (the threshold).
+#[map]
+pub static CONFIG: Array<u64> = Array::with_max_entries(CONFIG_LEN, 0);
+
+/// Counters, one slot per `exporter_common::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Adds one to a counter of `STATS`.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reads a field of `LOAD_CONFIG` so the compiler cannot fold the build-time default.
+macro_rules! load_config {
+    ($($field:tt)+) => {
+        {
+            // SAFETY: a read of a plain integer in a read-only global.
+            #[allow(unused_unsafe)]
+            let value = unsafe { core::ptr::read_volatile(&$crate::maps::LOAD_CONFIG.$($field)+) };
+            value
+        }
+    };
+}
+pub(crate) use load_config;
+
+/// Whether a process is one iostall traces (the `--pid` filter, never iostall itself).
+#[inline(always)]
+pub fn tgid_wanted(tgid: u32) -> bool {
+    let filter = load_config!(filter_tgid);
+    if filter != 0 && filter != tgid {
+        return false;
+    }
+    tgid != load_config!(self_tgid)
+}
+
+/// Current threshold in nanoseconds (0 = every operation).
+#[inline(always)]
+pub fn threshold_ns() -> u64 {
+    match CONFIG.get(exporter_common::CONFIG_THRESHOLD_NS) {
+        Some(v) => *v,
+        None => 0,
+    }
+}
+
+/// Size check kept here so a change to `IoEvent` that breaks the ring buffer fails the build.
+const _: () = assert!(core::mem::size_of::<IoEvent>() < 4096);

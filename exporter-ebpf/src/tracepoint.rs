@@ -1,0 +1,155 @@
+//! Tracepoint mode: syscall tracepoints for read/write/open, raw tracepoints on
+//! `ext4_sync_file_enter/exit` for fsync.
+//!
+//! The enter side is a timestamp and one map update; which filesystem the fd is on is
+//! only asked at exit, and only for operations that crossed the threshold.
+//!
+//! Syscall tracepoint records are `struct trace_entry` (8 bytes), `int __syscall_nr`,
+//! then the arguments as 8-byte slots from offset 16 (enter) or `long ret` at offset 16
+//! (exit). Userspace checks these offsets in tracefs before attaching; they are read
+//! directly from the context because the verifier wants constant context offsets.
+use aya_ebpf::{
+    EbpfContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use exporter_common::op;
+
+use crate::{
+    emit::emit,
+    inflight::{finish, start, target_flags},
+    maps::{INFLIGHT_IO, INFLIGHT_SYNC},
+};
+
+/// Offset of the first syscall argument in a `sys_enter_*` record.
+pub const SYSCALL_ARGS_OFFSET: usize = 16;
+/// Offset of `ret` in a `sys_exit_*` record.
+pub const SYSCALL_RET_OFFSET: usize = 16;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: syscall enter records hold six 8-byte argument slots after the header.
+    unsafe { *(ctx.as_ptr().add(SYSCALL_ARGS_OFFSET + n * 8) as *const u64) }
+}
+
+/// read(fd, buf, count), write(fd, buf, count).
+#[tracepoint]
+pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
+    start(&INFLIGHT_IO, op::READ, arg(&ctx, 0), -1, arg(&ctx, 2), 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    start(&INFLIGHT_IO, op::WRITE, arg(&ctx, 0), -1, arg(&ctx, 2), 0);
+    0
+}
+
+/// pread64(fd, buf, count, pos), pwrite64(fd, buf, count, pos).
+#[tracepoint]
+pub fn sys_enter_pread(ctx: TracePointContext) -> u32 {
+    start(
+        &INFLIGHT_IO,
+        op::READ,
+        arg(&ctx, 0),
+        arg(&ctx, 3) as i64,
+        arg(&ctx, 2),
+        0,
+    );
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_pwrite(ctx: TracePointContext) -> u32 {
+    start(
+        &INFLIGHT_IO,
+        op::WRITE,
+        arg(&ctx, 0),
+        arg(&ctx, 3) as i64,
+        arg(&ctx, 2),
+        0,
+    );
+    0
+}
+
+/// readv(fd, vec, vlen), writev(fd, vec, vlen): the size is only known from the result.
+#[tracepoint]
+pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
+    start(&INFLIGHT_IO, op::READ, arg(&ctx, 0), -1, 0, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    start(&INFLIGHT_IO, op::WRITE, arg(&ctx, 0), -1, 0, 0);
+    0
+}
+
+/// preadv(fd, vec, vlen, pos_l, pos_h) and preadv2 (same, plus flags); on 64-bit
+/// `pos_l` holds the whole offset. An offset of -1 (preadv2) means "current position".
+#[tracepoint]
+pub fn sys_enter_preadv(ctx: TracePointContext) -> u32 {
+    start(
+        &INFLIGHT_IO,
+        op::READ,
+        arg(&ctx, 0),
+        arg(&ctx, 3) as i64,
+        0,
+        0,
+    );
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_pwritev(ctx: TracePointContext) -> u32 {
+    start(
+        &INFLIGHT_IO,
+        op::WRITE,
+        arg(&ctx, 0),
+        arg(&ctx, 3) as i64,
+        0,
+        0,
+    );
+    0
+}
+
+/// open, openat, openat2: the file is known only from the fd returned at exit.
+#[tracepoint]
+pub fn sys_enter_open(_ctx: TracePointContext) -> u32 {
+    start(&INFLIGHT_IO, op::OPEN, 0, -1, 0, 0);
+    0
+}
+
+/// Exit of every syscall above.
+#[tracepoint]
+pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
+    if let Some(done) = finish(&INFLIGHT_IO) {
+        // SAFETY: syscall exit records hold `long ret` at this offset.
+        let ret = unsafe { *(ctx.as_ptr().add(SYSCALL_RET_OFFSET) as *const i64) };
+        emit(&done, ret);
+    }
+    0
+}
+
+/// `ext4_sync_file_enter(struct file *file, int datasync)`.
+#[raw_tracepoint(tracepoint = "ext4_sync_file_enter")]
+pub fn ext4_sync_file_enter(ctx: RawTracePointContext) -> i32 {
+    let file: u64 = ctx.arg(0);
+    let datasync: u64 = ctx.arg(1);
+    let mut flags = target_flags::IS_FILE;
+    if datasync as u32 != 0 {
+        flags |= target_flags::DATASYNC;
+    }
+    start(&INFLIGHT_SYNC, op::FSYNC, file, -1, 0, flags);
+    0
+}
+
+/// `ext4_sync_file_exit(struct inode *inode, int ret)`.
+#[raw_tracepoint(tracepoint = "ext4_sync_file_exit")]
+pub fn ext4_sync_file_exit(ctx: RawTracePointContext) -> i32 {
+    if let Some(done) = finish(&INFLIGHT_SYNC) {
+        let ret: u64 = ctx.arg(1);
+        emit(&done, ret as u32 as i32 as i64);
+    }
+    0
+}

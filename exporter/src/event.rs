@@ -1,0 +1,164 @@
+//! Decoded, userspace-side events: what every later stage (enrich, correlate, sinks) sees.
+use serde::Serialize;
+
+/// The four operations of `ext4slower`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoOp {
+    /// A read.
+    Read,
+    /// A write.
+    Write,
+    /// An open.
+    Open,
+    /// An fsync or fdatasync.
+    Fsync,
+}
+
+impl IoOp {
+    /// From the kernel's `exporter_common::op` code.
+    #[must_use]
+    pub fn from_code(code: u32) -> Option<Self> {
+        use exporter_common::op;
+        match code {
+            op::READ => Some(Self::Read),
+            op::WRITE => Some(Self::Write),
+            op::OPEN => Some(Self::Open),
+            op::FSYNC => Some(Self::Fsync),
+            _ => None,
+        }
+    }
+
+    /// The one-letter code of `ext4slower`'s `T` column.
+    #[must_use]
+    pub fn letter(self) -> char {
+        match self {
+            Self::Read => 'R',
+            Self::Write => 'W',
+            Self::Open => 'O',
+            Self::Fsync => 'S',
+        }
+    }
+
+    /// Lower-case name (`fsync`), used in span names (`ext4 fsync`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Open => "open",
+            Self::Fsync => "fsync",
+        }
+    }
+}
+
+/// How the eBPF programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// fentry/fexit on ext4's file operations.
+    Fentry,
+    /// kprobe/kretprobe on ext4's file operations.
+    Kprobe,
+    /// Syscall tracepoints filtered to ext4, plus `ext4_sync_file_enter/exit`.
+    Tracepoint,
+}
+
+impl AttachMode {
+    /// Every mode, cheapest first: the order `auto` tries them in.
+    pub const ALL: [Self; 3] = [Self::Fentry, Self::Kprobe, Self::Tracepoint];
+
+    /// Lower-case name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One ext4 operation that took at least the threshold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IoRecord {
+    /// The operation.
+    pub op: IoOp,
+    /// Unix nanoseconds at which it started.
+    pub start_unix_ns: u64,
+    /// Unix nanoseconds at which it ended.
+    pub end_unix_ns: u64,
+    /// Its duration, from the kernel's clock.
+    pub latency_ns: u64,
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The thread's `comm`.
+    pub comm: String,
+    /// cgroup v2 id of the thread.
+    pub cgroup_id: u64,
+    /// Mount namespace inode number (0 if unknown).
+    pub mntns: u32,
+    /// Bytes transferred (reads and writes; the size asked for if it failed).
+    pub bytes: u64,
+    /// File offset of a read or write; `None` for open and fsync, or when unknown.
+    pub offset: Option<i64>,
+    /// Return value (bytes, fd, 0, or a negative errno).
+    pub ret: i64,
+    /// Inode number.
+    pub inode: u64,
+    /// Device major number of the filesystem.
+    pub dev_major: u32,
+    /// Device minor number of the filesystem.
+    pub dev_minor: u32,
+    /// The file's name (no directory).
+    pub file_name: String,
+    /// Parent directory names, nearest first (at most `exporter_common::MAX_PARENTS`).
+    pub parents: Vec<String>,
+    /// Whether `parents` reaches the filesystem's root.
+    pub path_complete: bool,
+    /// Where the filesystem is mounted (in iostall's mount namespace), when known.
+    pub mount_point: Option<String>,
+    /// The full path when `path_complete` and the mount point are known, else `None`.
+    pub file_path: Option<String>,
+    /// A `fdatasync` (for fsync).
+    pub datasync: bool,
+    /// The attach mode that measured it.
+    pub attach_mode: AttachMode,
+}
+
+impl IoRecord {
+    /// The best path to show: the full path, else `…/parent/name` with what is known.
+    #[must_use]
+    pub fn display_path(&self) -> String {
+        if let Some(path) = &self.file_path {
+            return path.clone();
+        }
+        let mut out = String::new();
+        if !self.path_complete {
+            out.push('…');
+        }
+        for parent in self.parents.iter().rev() {
+            out.push('/');
+            out.push_str(parent);
+        }
+        if !out.is_empty() {
+            out.push('/');
+        }
+        out.push_str(&self.file_name);
+        out
+    }
+
+    /// The errno when the operation failed.
+    #[must_use]
+    pub fn errno(&self) -> Option<i32> {
+        (self.ret < 0).then(|| (-self.ret) as i32)
+    }
+}

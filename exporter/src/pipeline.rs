@@ -1,0 +1,197 @@
+//! Wires the stages: kernel ring buffer → decode → filter → bounded channel → sinks.
+//! The kernel side is read on the async runtime and never waits on a sink: when the
+//! sinks fall behind, records are dropped at the channel and counted.
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc,
+};
+
+use crate::{
+    decode::Decoder,
+    event::{AttachMode, IoRecord},
+    sink::Sink,
+    tracer::{AttachRequest, KernelStats, Tracer, TracerError, TracerOptions},
+};
+
+/// Records buffered between the kernel reader and the sinks.
+pub const SINK_QUEUE: usize = 16384;
+/// How often the drop counters are checked and reported.
+pub const STATS_EVERY: Duration = Duration::from_secs(10);
+
+/// What `run` needs.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Kernel-side settings.
+    pub tracer: TracerOptions,
+    /// Which attach mode(s) to try.
+    pub attach: AttachRequest,
+    /// Only records of threads with this `comm`.
+    pub comm: Option<String>,
+}
+
+/// Counts of one run.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RunSummary {
+    /// The mode used.
+    pub mode: Option<AttachMode>,
+    /// Records handed to the sinks.
+    pub records: u64,
+    /// Records dropped because the sinks were behind.
+    pub sink_queue_drops: u64,
+    /// Records the decoder rejected.
+    pub decode_errors: u64,
+    /// Kernel-side counters at the end.
+    pub kernel: KernelStats,
+}
+
+/// Errors of the pipeline itself.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Loading or attaching failed.
+    #[error(transparent)]
+    Tracer(#[from] TracerError),
+    /// The ring buffer could not be polled.
+    #[error("failed to poll the ring buffer: {0}")]
+    Poll(#[source] std::io::Error),
+}
+
+/// Loads, attaches, and runs until `shutdown` completes.
+pub async fn run(
+    options: RunOptions,
+    sinks: Vec<Box<dyn Sink>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, PipelineError> {
+    let mut tracer = Tracer::load(&options.tracer)?;
+    let (mode, refusals) = tracer.attach(options.attach)?;
+    for refusal in &refusals {
+        tracing::info!(mode = %refusal.mode, reason = %refusal.reason, "attach mode refused");
+    }
+    let why = if refusals.is_empty() {
+        "first choice".to_owned()
+    } else {
+        refusals
+            .iter()
+            .map(|r| format!("{} refused", r.mode))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    tracing::info!(
+        mode = %mode,
+        threshold_ms = options.tracer.threshold_ns as f64 / 1e6,
+        "attached in {mode} mode ({why})"
+    );
+    let ring = tracer.take_events()?;
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| PipelineError::Poll(e.into()))?;
+
+    let (tx, rx) = mpsc::channel::<IoRecord>(SINK_QUEUE);
+    let records = Arc::new(AtomicU64::new(0));
+    let sink_thread = spawn_sinks(sinks, rx, records.clone());
+
+    let mut decoder = Decoder::new(mode);
+    let mut sink_queue_drops = 0u64;
+    let mut decode_errors = 0u64;
+    let mut last_kernel = KernelStats::default();
+    let mut stats_tick = tokio::time::interval(STATS_EVERY);
+    stats_tick.tick().await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = stats_tick.tick() => {
+                report_drops(&tracer, &mut last_kernel, sink_queue_drops);
+            }
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(PipelineError::Poll)?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    match decoder.decode(&item) {
+                        Ok(record) => {
+                            if options.comm.as_deref().is_some_and(|c| c != record.comm) {
+                                continue;
+                            }
+                            if tx.try_send(record).is_err() {
+                                sink_queue_drops += 1;
+                            }
+                        }
+                        Err(e) => {
+                            decode_errors += 1;
+                            tracing::warn!(error = %e, "dropping undecodable record");
+                        }
+                    }
+                }
+                guard.clear_ready();
+            }
+        }
+    }
+    drop(tx);
+    if sink_thread.join().is_err() {
+        tracing::error!("sink thread panicked");
+    }
+    let kernel = tracer.stats().unwrap_or_default();
+    report_drops(&tracer, &mut last_kernel, sink_queue_drops);
+    Ok(RunSummary {
+        mode: Some(mode),
+        records: records.load(Ordering::Relaxed),
+        sink_queue_drops,
+        decode_errors,
+        kernel,
+    })
+}
+
+/// Runs the sinks on their own thread: a slow terminal or disk never stalls the reader.
+fn spawn_sinks(
+    mut sinks: Vec<Box<dyn Sink>>,
+    mut rx: mpsc::Receiver<IoRecord>,
+    records: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while let Some(record) = rx.blocking_recv() {
+            records.fetch_add(1, Ordering::Relaxed);
+            for sink in &mut sinks {
+                if let Err(e) = sink.record(&record) {
+                    tracing::warn!(error = %e, "sink failed to take a record");
+                }
+            }
+            if rx.is_empty() {
+                for sink in &mut sinks {
+                    if let Err(e) = sink.idle() {
+                        tracing::warn!(error = %e, "sink failed to flush");
+                    }
+                }
+            }
+        }
+        for sink in &mut sinks {
+            let _ = sink.idle();
+        }
+    })
+}
+
+/// Logs what was lost since the last report.
+fn report_drops(tracer: &Tracer, last: &mut KernelStats, sink_queue_drops: u64) {
+    let Ok(now) = tracer.stats() else {
+        return;
+    };
+    let ring = now.ringbuf_drops - last.ringbuf_drops;
+    let inflight = now.inflight_full - last.inflight_full;
+    if ring > 0 || inflight > 0 {
+        tracing::warn!(
+            ringbuf_drops = ring,
+            inflight_full = inflight,
+            ringbuf_drops_total = now.ringbuf_drops,
+            sink_queue_drops_total = sink_queue_drops,
+            "events lost in the kernel"
+        );
+    }
+    *last = now;
+}

@@ -1,0 +1,194 @@
+//! What must hold before anything is loaded (privileges, BTF, tracefs), and the
+//! `iostall probe` report of what this kernel supports.
+use std::{fs, path::Path};
+
+use serde::Serialize;
+
+use crate::{
+    btf_offsets::VMLINUX_BTF,
+    event::AttachMode,
+    tracer::{AttachRequest, TRACEFS, Tracer, TracerOptions},
+};
+
+/// `CAP_SYS_ADMIN`.
+const CAP_SYS_ADMIN: u32 = 21;
+/// `CAP_PERFMON`.
+const CAP_PERFMON: u32 = 38;
+/// `CAP_BPF`.
+const CAP_BPF: u32 = 39;
+
+/// Why iostall cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// Neither root nor the capabilities eBPF tracing needs.
+    #[error(
+        "iostall needs root, or the capabilities CAP_BPF and CAP_PERFMON (plus \
+         CAP_SYS_RESOURCE on kernels before 5.11); run it with sudo or grant them"
+    )]
+    Privileges,
+    /// The kernel has no BTF.
+    #[error(
+        "the kernel exposes no BTF at {VMLINUX_BTF} (it needs CONFIG_DEBUG_INFO_BTF=y); \
+         iostall reads kernel structures at offsets taken from it"
+    )]
+    NoBtf,
+}
+
+/// Effective capability bits of this process.
+fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+fn has_cap(caps: u64, cap: u32) -> bool {
+    caps & (1 << cap) != 0
+}
+
+/// Whether this process may load and attach tracing programs.
+#[must_use]
+pub fn privileged() -> bool {
+    let caps = effective_caps();
+    has_cap(caps, CAP_SYS_ADMIN) || (has_cap(caps, CAP_BPF) && has_cap(caps, CAP_PERFMON))
+}
+
+/// Checks privileges and BTF; the errors say what to do.
+pub fn check() -> Result<(), PreflightError> {
+    if !privileged() {
+        return Err(PreflightError::Privileges);
+    }
+    if !Path::new(VMLINUX_BTF).exists() {
+        return Err(PreflightError::NoBtf);
+    }
+    Ok(())
+}
+
+/// One line of the probe report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capability {
+    /// What was checked.
+    pub name: String,
+    /// Whether it is there.
+    pub ok: bool,
+    /// Why not, or where.
+    pub detail: String,
+}
+
+/// What `iostall probe` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// Each check.
+    pub capabilities: Vec<Capability>,
+    /// The mode `--attach auto` would use.
+    pub auto_mode: Option<AttachMode>,
+}
+
+fn mounted(path: &str, fstype: &str) -> bool {
+    fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| {
+        text.lines().any(|l| {
+            let mut halves = l.split(" - ");
+            let left: Vec<&str> = halves.next().unwrap_or("").split(' ').collect();
+            let right = halves.next().unwrap_or("");
+            left.get(4) == Some(&path) && right.split(' ').next() == Some(fstype)
+        })
+    })
+}
+
+/// The running kernel's release string.
+#[must_use]
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Checks everything, trying each attach mode for real (attach, then detach).
+#[must_use]
+pub fn probe() -> ProbeReport {
+    let mut caps = Vec::new();
+    let mut add = |name: &str, ok: bool, detail: String| {
+        caps.push(Capability {
+            name: name.into(),
+            ok,
+            detail,
+        });
+    };
+    add(
+        "privileges",
+        privileged(),
+        if privileged() {
+            "root or CAP_BPF+CAP_PERFMON".into()
+        } else {
+            PreflightError::Privileges.to_string()
+        },
+    );
+    let btf = Path::new(VMLINUX_BTF).exists();
+    add(
+        "btf",
+        btf,
+        if btf {
+            VMLINUX_BTF.into()
+        } else {
+            PreflightError::NoBtf.to_string()
+        },
+    );
+    let tracefs = Path::new(TRACEFS).join("events").is_dir();
+    add(
+        "tracefs",
+        tracefs,
+        if tracefs {
+            format!("mounted at {TRACEFS}")
+        } else {
+            format!(
+                "not mounted; iostall mounts it when attaching (or: mount -t tracefs tracefs {TRACEFS})"
+            )
+        },
+    );
+    let bpffs = mounted("/sys/fs/bpf", "bpf");
+    add(
+        "bpffs",
+        bpffs,
+        if bpffs {
+            "mounted at /sys/fs/bpf".into()
+        } else {
+            "not mounted (not needed by iostall; mount -t bpf bpf /sys/fs/bpf to pin maps)".into()
+        },
+    );
+
+    let mut auto_mode = None;
+    match Tracer::load(&TracerOptions::default()) {
+        Err(e) => add("ring buffer", false, format!("object did not load: {e}")),
+        Ok(_) => {
+            add("ring buffer", true, "BPF_MAP_TYPE_RINGBUF created".into());
+            for mode in AttachMode::ALL {
+                let request = match mode {
+                    AttachMode::Fentry => AttachRequest::Fentry,
+                    AttachMode::Kprobe => AttachRequest::Kprobe,
+                    AttachMode::Tracepoint => AttachRequest::Tracepoint,
+                };
+                let result = Tracer::load(&TracerOptions::default())
+                    .and_then(|mut t| t.attach(request).map(|(m, _)| m));
+                let name = format!("attach mode {mode}");
+                match result {
+                    Ok(_) => {
+                        auto_mode.get_or_insert(mode);
+                        add(&name, true, "loads and attaches".into());
+                    }
+                    Err(e) => add(&name, false, e.to_string()),
+                }
+            }
+        }
+    }
+    ProbeReport {
+        kernel_release: kernel_release(),
+        capabilities: caps,
+        auto_mode,
+    }
+}

@@ -1,0 +1,28 @@
+//! One JSON object per record, one per line, every field.
+use std::io::Write;
+
+use super::Sink;
+use crate::event::IoRecord;
+
+/// JSON lines to any writer.
+pub struct JsonSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write + Send> JsonSink<W> {
+    /// JSON lines on `out`.
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+}
+
+impl<W: Write + Send> Sink for JsonSink<W> {
+    fn record(&mut self, record: &IoRecord) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn idle(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}

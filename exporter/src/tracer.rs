@@ -1,0 +1,525 @@
+//! Loading iostall's eBPF object into the kernel and attaching one family of programs
+//! (see [`AttachMode`]); `auto` tries them cheapest first and keeps why each was refused.
+use std::{fs, path::Path};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+};
+use exporter_common::{CONFIG_THRESHOLD_NS, KernelOffsets, LoadConfig, stat};
+
+use crate::{btf_offsets, event::AttachMode};
+
+/// The eBPF object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/iostall-ebpf"));
+
+/// Where tracefs is expected.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Errors while loading or attaching.
+#[derive(Debug, thiserror::Error)]
+pub enum TracerError {
+    /// The binary was built with `AYA_BUILD_SKIP=1` and has no eBPF object.
+    #[error(
+        "this iostall binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild without it"
+    )]
+    NoObject,
+    /// Kernel offsets could not be resolved.
+    #[error(transparent)]
+    Offsets(#[from] btf_offsets::OffsetError),
+    /// The kernel refused the object (maps, BTF).
+    #[error("failed to load the eBPF object into the kernel: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A map the object must have is missing or of the wrong type.
+    #[error("eBPF object has no usable map {name}: {reason}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Setting the threshold or reading counters failed.
+    #[error("failed to access map {name}: {source}")]
+    MapAccess {
+        /// Map name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The requested mode (or, for `auto`, every mode) could not attach.
+    #[error("could not attach in {}", describe_refusals(.0))]
+    Attach(Vec<Refusal>),
+}
+
+fn describe_refusals(refusals: &[Refusal]) -> String {
+    refusals
+        .iter()
+        .map(|r| format!("{} mode ({})", r.mode, r.reason))
+        .collect::<Vec<_>>()
+        .join("; nor in ")
+}
+
+/// Why a mode could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The mode.
+    pub mode: AttachMode,
+    /// What the kernel (or the check before it) said.
+    pub reason: String,
+}
+
+/// What the user asks for with `--attach`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachRequest {
+    /// Try fentry, then kprobe, then tracepoint.
+    #[default]
+    Auto,
+    /// Only fentry.
+    Fentry,
+    /// Only kprobe.
+    Kprobe,
+    /// Only tracepoint.
+    Tracepoint,
+}
+
+impl AttachRequest {
+    fn modes(self) -> &'static [AttachMode] {
+        match self {
+            Self::Auto => &AttachMode::ALL,
+            Self::Fentry => &[AttachMode::Fentry],
+            Self::Kprobe => &[AttachMode::Kprobe],
+            Self::Tracepoint => &[AttachMode::Tracepoint],
+        }
+    }
+}
+
+/// Settings fixed at load.
+#[derive(Debug, Clone, Default)]
+pub struct TracerOptions {
+    /// Threshold in nanoseconds (0 = all operations).
+    pub threshold_ns: u64,
+    /// Only this process (tgid).
+    pub filter_pid: Option<u32>,
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelStats {
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_drops: u64,
+    /// Operations not timed because the in-flight map was full.
+    pub inflight_full: u64,
+    /// Events written to the ring buffer.
+    pub events: u64,
+    /// Slow operations on other filesystems, filtered out.
+    pub not_ext4: u64,
+    /// Slow operations whose file could not be resolved.
+    pub file_unresolved: u64,
+}
+
+/// The loaded object; programs attach with [`Tracer::attach`].
+pub struct Tracer {
+    ebpf: Ebpf,
+    btf: Btf,
+    config: Array<MapData, u64>,
+    stats: PerCpuArray<MapData, u64>,
+    mode: Option<AttachMode>,
+}
+
+impl Tracer {
+    /// Resolves kernel offsets from BTF and loads the object (maps, not yet programs).
+    pub fn load(options: &TracerOptions) -> Result<Self, TracerError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(TracerError::NoObject);
+        }
+        raise_memlock_limit();
+        let kernel_btf = btf_offsets::load_kernel_btf()?;
+        let offsets: KernelOffsets = btf_offsets::resolve(&kernel_btf)?;
+        let load_config = LoadConfig {
+            filter_tgid: options.filter_pid.unwrap_or(0),
+            self_tgid: std::process::id(),
+            offsets,
+        };
+        let btf = Btf::from_sys_fs().map_err(|e| TracerError::Load(Box::new(e.into())))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("LOAD_CONFIG", &load_config, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| TracerError::Load(Box::new(e)))?;
+        let config = take_map(&mut ebpf, "CONFIG", |m| Array::try_from(m))?;
+        let stats = take_map(&mut ebpf, "STATS", |m| PerCpuArray::try_from(m))?;
+        let mut tracer = Self {
+            ebpf,
+            btf,
+            config,
+            stats,
+            mode: None,
+        };
+        tracer.set_threshold_ns(options.threshold_ns)?;
+        Ok(tracer)
+    }
+
+    /// Attaches the programs of the first mode of `request` the kernel accepts. Returns
+    /// the mode and why the modes tried before it were refused.
+    pub fn attach(
+        &mut self,
+        request: AttachRequest,
+    ) -> Result<(AttachMode, Vec<Refusal>), TracerError> {
+        let mut refusals = Vec::new();
+        for &mode in request.modes() {
+            match self.attach_mode(mode) {
+                Ok(()) => {
+                    self.mode = Some(mode);
+                    return Ok((mode, refusals));
+                }
+                Err(reason) => {
+                    self.detach_mode(mode);
+                    refusals.push(Refusal { mode, reason });
+                }
+            }
+        }
+        Err(TracerError::Attach(refusals))
+    }
+
+    /// The attached mode.
+    #[must_use]
+    pub fn mode(&self) -> Option<AttachMode> {
+        self.mode
+    }
+
+    /// Changes the threshold while attached (0 = every operation).
+    pub fn set_threshold_ns(&mut self, threshold_ns: u64) -> Result<(), TracerError> {
+        self.config
+            .set(CONFIG_THRESHOLD_NS, threshold_ns, 0)
+            .map_err(|source| TracerError::MapAccess {
+                name: "CONFIG",
+                source,
+            })
+    }
+
+    /// Reads the kernel-side counters.
+    pub fn stats(&self) -> Result<KernelStats, TracerError> {
+        let read = |index: u32| -> Result<u64, TracerError> {
+            let values = self
+                .stats
+                .get(&index, 0)
+                .map_err(|source| TracerError::MapAccess {
+                    name: "STATS",
+                    source,
+                })?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelStats {
+            ringbuf_drops: read(stat::RINGBUF_DROPS)?,
+            inflight_full: read(stat::INFLIGHT_FULL)?,
+            events: read(stat::EVENTS)?,
+            not_ext4: read(stat::NOT_EXT4)?,
+            file_unresolved: read(stat::FILE_UNRESOLVED)?,
+        })
+    }
+
+    /// Takes the ring buffer of events (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, TracerError> {
+        take_map(&mut self.ebpf, "EVENTS", |m| RingBuf::try_from(m))
+    }
+
+    fn attach_mode(&mut self, mode: AttachMode) -> Result<(), String> {
+        match mode {
+            AttachMode::Fentry => self.attach_fentry(),
+            AttachMode::Kprobe => self.attach_kprobe(),
+            AttachMode::Tracepoint => self.attach_tracepoint(),
+        }
+    }
+
+    fn attach_fentry(&mut self) -> Result<(), String> {
+        for (prog, function) in FENTRY_PROGRAMS {
+            let program: &mut FEntry = program_mut(&mut self.ebpf, prog)?;
+            program
+                .load(function, &self.btf)
+                .map_err(|e| explain(prog, &e))?;
+            program.attach().map_err(|e| explain(prog, &e))?;
+        }
+        for (prog, function) in FEXIT_PROGRAMS {
+            let program: &mut FExit = program_mut(&mut self.ebpf, prog)?;
+            program
+                .load(function, &self.btf)
+                .map_err(|e| explain(prog, &e))?;
+            program.attach().map_err(|e| explain(prog, &e))?;
+        }
+        Ok(())
+    }
+
+    fn attach_kprobe(&mut self) -> Result<(), String> {
+        // Load every program first: the verifier's verdict is worth reporting even on a
+        // kernel that then cannot attach kprobes.
+        for (prog, _) in KPROBE_PROGRAMS {
+            let program: &mut KProbe = program_mut(&mut self.ebpf, prog)?;
+            program.load().map_err(|e| explain(prog, &e))?;
+        }
+        if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+            return Err(
+                "programs load, but the kernel has no kprobe support (CONFIG_KPROBES is off)"
+                    .into(),
+            );
+        }
+        for (prog, functions) in KPROBE_PROGRAMS {
+            let program: &mut KProbe = program_mut(&mut self.ebpf, prog)?;
+            for function in *functions {
+                program.attach(function, 0).map_err(|e| explain(prog, &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_tracepoint(&mut self) -> Result<(), String> {
+        ensure_tracefs()?;
+        check_syscall_layout()?;
+        // Exits first, so no enter is recorded without its exit attached.
+        for (prog, tracepoints) in SYSCALL_PROGRAMS.iter().rev() {
+            let program: &mut TracePoint = program_mut(&mut self.ebpf, prog)?;
+            program.load().map_err(|e| explain(prog, &e))?;
+            for tp in *tracepoints {
+                let optional = OPTIONAL_SYSCALLS.iter().any(|o| tp.ends_with(o));
+                if optional && !tracepoint_exists("syscalls", tp) {
+                    tracing::debug!(tracepoint = tp, "not on this kernel, skipped");
+                    continue;
+                }
+                program
+                    .attach("syscalls", tp)
+                    .map_err(|e| explain(&format!("{prog} on syscalls/{tp}"), &e))?;
+            }
+        }
+        for (prog, tp) in [
+            ("ext4_sync_file_exit", "ext4_sync_file_exit"),
+            ("ext4_sync_file_enter", "ext4_sync_file_enter"),
+        ] {
+            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, prog)?;
+            program.load().map_err(|e| explain(prog, &e))?;
+            program.attach(tp).map_err(|e| explain(prog, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Unloads (and so detaches) every program of a mode after a partial attach.
+    fn detach_mode(&mut self, mode: AttachMode) {
+        let names: Vec<&str> = match mode {
+            AttachMode::Fentry => FENTRY_PROGRAMS
+                .iter()
+                .chain(FEXIT_PROGRAMS.iter())
+                .map(|(p, _)| *p)
+                .collect(),
+            AttachMode::Kprobe => KPROBE_PROGRAMS.iter().map(|(p, _)| *p).collect(),
+            AttachMode::Tracepoint => SYSCALL_PROGRAMS
+                .iter()
+                .map(|(p, _)| *p)
+                .chain(["ext4_sync_file_enter", "ext4_sync_file_exit"])
+                .collect(),
+        };
+        for name in names {
+            if let Some(program) = self.ebpf.program_mut(name) {
+                let result = match program {
+                    aya::programs::Program::FEntry(p) => p.unload(),
+                    aya::programs::Program::FExit(p) => p.unload(),
+                    aya::programs::Program::KProbe(p) => p.unload(),
+                    aya::programs::Program::TracePoint(p) => p.unload(),
+                    aya::programs::Program::RawTracePoint(p) => p.unload(),
+                    _ => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::debug!(program = name, error = %e, "unload after refused attach");
+                }
+            }
+        }
+    }
+}
+
+/// fentry programs and the ext4 function each attaches to.
+const FENTRY_PROGRAMS: &[(&str, &str)] = &[
+    ("fentry_read", "ext4_file_read_iter"),
+    ("fentry_write", "ext4_file_write_iter"),
+    ("fentry_open", "ext4_file_open"),
+    ("fentry_sync", "ext4_sync_file"),
+];
+/// fexit programs, likewise.
+const FEXIT_PROGRAMS: &[(&str, &str)] = &[
+    ("fexit_read", "ext4_file_read_iter"),
+    ("fexit_write", "ext4_file_write_iter"),
+    ("fexit_open", "ext4_file_open"),
+    ("fexit_sync", "ext4_sync_file"),
+];
+/// kprobe/kretprobe programs and the functions each attaches to.
+const KPROBE_PROGRAMS: &[(&str, &[&str])] = &[
+    (
+        "kretprobe_io",
+        &[
+            "ext4_file_read_iter",
+            "ext4_file_write_iter",
+            "ext4_file_open",
+        ],
+    ),
+    ("kretprobe_sync", &["ext4_sync_file"]),
+    ("kprobe_read", &["ext4_file_read_iter"]),
+    ("kprobe_write", &["ext4_file_write_iter"]),
+    ("kprobe_open", &["ext4_file_open"]),
+    ("kprobe_sync", &["ext4_sync_file"]),
+];
+/// Syscall tracepoint programs (enter ones first) and the tracepoints each attaches to.
+const SYSCALL_PROGRAMS: &[(&str, &[&str])] = &[
+    ("sys_enter_read", &["sys_enter_read"]),
+    ("sys_enter_write", &["sys_enter_write"]),
+    ("sys_enter_pread", &["sys_enter_pread64"]),
+    ("sys_enter_pwrite", &["sys_enter_pwrite64"]),
+    ("sys_enter_readv", &["sys_enter_readv"]),
+    ("sys_enter_writev", &["sys_enter_writev"]),
+    (
+        "sys_enter_preadv",
+        &["sys_enter_preadv", "sys_enter_preadv2"],
+    ),
+    (
+        "sys_enter_pwritev",
+        &["sys_enter_pwritev", "sys_enter_pwritev2"],
+    ),
+    (
+        "sys_enter_open",
+        &[
+            "sys_enter_open",
+            "sys_enter_creat",
+            "sys_enter_openat",
+            "sys_enter_openat2",
+        ],
+    ),
+    (
+        "sys_exit_io",
+        &[
+            "sys_exit_read",
+            "sys_exit_write",
+            "sys_exit_pread64",
+            "sys_exit_pwrite64",
+            "sys_exit_readv",
+            "sys_exit_writev",
+            "sys_exit_preadv",
+            "sys_exit_preadv2",
+            "sys_exit_pwritev",
+            "sys_exit_pwritev2",
+            "sys_exit_open",
+            "sys_exit_creat",
+            "sys_exit_openat",
+            "sys_exit_openat2",
+        ],
+    ),
+];
+/// Syscalls some architectures lack (arm64 has no `open`/`creat`); skipped when absent.
+const OPTIONAL_SYSCALLS: &[&str] = &["_open", "_creat", "_openat2", "_preadv2", "_pwritev2"];
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("eBPF object has no program {name}"))?;
+    program
+        .try_into()
+        .map_err(|e: ProgramError| explain(name, &e))
+}
+
+fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, TracerError> {
+    let map = ebpf.take_map(name).ok_or(TracerError::Map {
+        name,
+        reason: "not in the object".into(),
+    })?;
+    convert(map).map_err(|e| TracerError::Map {
+        name,
+        reason: e.to_string(),
+    })
+}
+
+/// A program error with its whole cause chain (aya's top-level messages are terse).
+fn explain(what: &str, err: &dyn std::error::Error) -> String {
+    let mut out = format!("{what}: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Mounts tracefs if it is not mounted (as root this is what a user would do by hand).
+pub fn ensure_tracefs() -> Result<(), String> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    let source = c"tracefs";
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 || !Path::new(TRACEFS).join("events").is_dir() {
+        return Err(format!(
+            "tracefs is not mounted at {TRACEFS} and mounting it failed ({}); \
+             run `mount -t tracefs tracefs {TRACEFS}` as root",
+            std::io::Error::last_os_error()
+        ));
+    }
+    tracing::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+fn tracepoint_exists(category: &str, name: &str) -> bool {
+    Path::new(TRACEFS)
+        .join("events")
+        .join(category)
+        .join(name)
+        .is_dir()
+}
+
+/// Checks that syscall tracepoint records have the layout the programs read directly.
+fn check_syscall_layout() -> Result<(), String> {
+    use crate::tracefs_format::field_offset;
+    let expect = |tp: &str, field: &str, want: usize| -> Result<(), String> {
+        let path = Path::new(TRACEFS).join(format!("events/syscalls/{tp}/format"));
+        let text = fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "cannot read {}: {e} (syscall tracepoints missing: CONFIG_FTRACE_SYSCALLS?)",
+                path.display()
+            )
+        })?;
+        match field_offset(&text, field) {
+            Some(got) if got == want => Ok(()),
+            got => Err(format!(
+                "syscalls/{tp} has {field} at offset {got:?}, the programs expect {want}"
+            )),
+        }
+    };
+    expect("sys_enter_pread64", "fd", 16)?;
+    expect("sys_enter_pread64", "pos", 40)?;
+    expect("sys_exit_read", "ret", 16)
+}
+
+/// Lets older kernels (before memcg accounting of BPF memory) load the maps.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels ≥ 5.11");
+    }
+}
