@@ -5,7 +5,7 @@
 //! checks the record's length against the type before reading it (see `decode` in the
 //! exporter). Field order keeps every field naturally aligned so that no padding differs
 //! between the bpf target and the host.
-#![cfg_attr(not(any(feature = "user", test)), no_std)]
+#![cfg_attr(not(test), no_std)]
 
 /// Longest file name copied from a dentry, including the trailing NUL.
 pub const FILE_NAME_LEN: usize = 128;
@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(size_of::<IoEvent>() % 8, 0);
         assert_eq!(
             size_of::<IoEvent>(),
-            48 + 8 * 6 + 4 * 4 + FILE_NAME_LEN + PARENT_NAME_LEN * MAX_PARENTS
+            48 + 8 * 5 + 4 * 4 + FILE_NAME_LEN + PARENT_NAME_LEN * MAX_PARENTS
         );
     }
 }

@@ -66,7 +66,7 @@ pub fn start(
         op,
         flags,
     };
-    if map.insert(&(pid_tgid as u32), &value, 0).is_err() {
+    if map.insert(pid_tgid as u32, value, 0).is_err() {
         count(stat::INFLIGHT_FULL);
     }
 }
@@ -81,8 +81,8 @@ pub fn finish(map: &HashMap<u32, InFlight>) -> Option<Finished> {
     }
     let tid = pid_tgid as u32;
     // SAFETY: the value is copied out before the entry is removed.
-    let started = unsafe { *map.get(&tid)? };
-    let _ = map.remove(&tid);
+    let started = unsafe { *map.get(tid)? };
+    let _ = map.remove(tid);
     // SAFETY: helper without preconditions.
     let end_ns = unsafe { bpf_ktime_get_ns() };
     if end_ns.wrapping_sub(started.start_ns) < threshold_ns() {

@@ -89,7 +89,7 @@ pub fn member_offset(btf: &Btf, struct_name: &str, path: &[&str]) -> Result<u32,
             current = resolve_struct(btf, member_type).ok_or_else(missing)?;
         }
     }
-    if offset_bits % 8 != 0 {
+    if !offset_bits.is_multiple_of(8) {
         return Err(missing());
     }
     Ok(offset_bits / 8)

@@ -149,8 +149,8 @@ impl Tracer {
             .override_global("LOAD_CONFIG", &load_config, true)
             .load(EBPF_OBJECT)
             .map_err(|e| TracerError::Load(Box::new(e)))?;
-        let config = take_map(&mut ebpf, "CONFIG", |m| Array::try_from(m))?;
-        let stats = take_map(&mut ebpf, "STATS", |m| PerCpuArray::try_from(m))?;
+        let config = take_map(&mut ebpf, "CONFIG", Array::try_from)?;
+        let stats = take_map(&mut ebpf, "STATS", PerCpuArray::try_from)?;
         let mut tracer = Self {
             ebpf,
             btf,
@@ -223,7 +223,7 @@ impl Tracer {
 
     /// Takes the ring buffer of events (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, TracerError> {
-        take_map(&mut self.ebpf, "EVENTS", |m| RingBuf::try_from(m))
+        take_map(&mut self.ebpf, "EVENTS", RingBuf::try_from)
     }
 
     fn attach_mode(&mut self, mode: AttachMode) -> Result<(), String> {

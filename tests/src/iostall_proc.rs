@@ -1,0 +1,232 @@
+//! Runs the real `iostall` binary as a child process, the way a user runs it, and
+//! collects what it prints.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex, OnceLock,
+        mpsc::{self, Receiver},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The line iostall logs once its programs are attached.
+pub const READY_MARKER: &str = "attached in";
+
+/// Path of the `iostall` binary of this workspace, built once per test process with the
+/// same cargo and profile as the tests.
+pub fn iostall_binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_iostall().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_iostall() -> Result<PathBuf> {
+    // target/<profile>/deps/<test> or target/<profile>/<bench> → target/<profile>/iostall
+    let exe = std::env::current_exe().context("locating the running binary")?;
+    let mut profile_dir = exe
+        .parent()
+        .context("the running binary has no directory")?
+        .to_path_buf();
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir.pop();
+    }
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "iostall", "--bin", "iostall"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("running cargo build -p iostall")?;
+    if !status.success() {
+        bail!("cargo build -p iostall failed: {status}");
+    }
+    let bin = profile_dir.join("iostall");
+    if !bin.exists() {
+        bail!("{} does not exist after building", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A running iostall.
+pub struct Iostall {
+    child: Child,
+    stdout: Receiver<String>,
+    stdout_thread: Option<JoinHandle<()>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_thread: Option<JoinHandle<()>>,
+}
+
+/// What iostall printed, once stopped.
+#[derive(Debug)]
+pub struct Finished {
+    /// Every stdout line.
+    pub stdout: Vec<String>,
+    /// All of stderr (its logs).
+    pub stderr: String,
+    /// Whether it exited with success.
+    pub success: bool,
+}
+
+impl Finished {
+    /// The stdout lines parsed as JSON objects (for `--output json`); fails on any line
+    /// that is not JSON, so a broken output format fails the test.
+    pub fn json(&self) -> Result<Vec<serde_json::Value>> {
+        self.stdout
+            .iter()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:?}")))
+            .collect()
+    }
+}
+
+impl Iostall {
+    /// Starts iostall with `args` and waits (up to 60 s) for it to report it is attached.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        Self::start_with_env(args, &[])
+    }
+
+    /// As [`Iostall::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let bin = iostall_binary()?;
+        let mut child = Command::new(&bin)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("IOSTALL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let (tx, stdout) = mpsc::channel();
+        let out = child.stdout.take().context("no stdout pipe")?;
+        let stdout_thread = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let err = child.stderr.take().context("no stderr pipe")?;
+        let sink = stderr.clone();
+        let stderr_thread = std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        let mut me = Self {
+            child,
+            stdout,
+            stdout_thread: Some(stdout_thread),
+            stderr,
+            stderr_thread: Some(stderr_thread),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if me.stderr_text().contains(READY_MARKER) {
+                return Ok(me);
+            }
+            if let Some(status) = me.child.try_wait()? {
+                std::thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "iostall exited ({status}) before attaching:\n{}",
+                    me.stderr_text()
+                );
+            }
+            if Instant::now() > deadline {
+                let log = me.stderr_text();
+                let _ = me.child.kill();
+                bail!("iostall did not attach within 60 s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What stderr has said so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for a stdout line matching `pred`; every line read on the
+    /// way (the match included) is appended to `seen`, since [`Iostall::stop`] returns
+    /// only the lines not read yet.
+    pub fn wait_for_line(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+        seen: &mut Vec<String>,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = pred(&line);
+                    seen.push(line.clone());
+                    if hit {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Stops it with SIGINT (as Ctrl-C) after letting in-flight events drain, and
+    /// collects everything it printed.
+    pub fn stop(mut self) -> Result<Finished> {
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("iostall did not stop within 20 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(t) = self.stdout_thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        let stdout: Vec<String> = self.stdout.try_iter().collect();
+        Ok(Finished {
+            stdout,
+            stderr: self.stderr_text(),
+            success: status.success(),
+        })
+    }
+}
+
+impl Drop for Iostall {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
