@@ -166,7 +166,7 @@ mod tests {
             bytes: 0,
             offset: 0,
             inode: 1234,
-            dev: (254 << 20) | 0,
+            dev: 254 << 20,
             op: op::FSYNC,
             flags: io_flags::PATH_COMPLETE | io_flags::DATASYNC,
             parent_count: 2,
