@@ -1,13 +1,18 @@
 //! iostall: slow ext4 operations, seen with eBPF, tagged with who did them.
 //!
 //! Stages, in the order data flows: [`tracer`] (load and attach the eBPF programs),
-//! [`decode`] (ring-buffer bytes to [`event::IoRecord`]), [`sink`] (console, JSON),
-//! wired by [`pipeline`].
+//! [`decode`] (ring-buffer bytes to [`event::IoRecord`]), [`correlate`] (trace and span
+//! ids, Resource), [`sink`] (console, JSON, OTLP via [`otlp`]), wired by [`pipeline`];
+//! [`config`] resolves and validates settings once at start, [`metrics`] counts.
 pub mod btf_offsets;
 pub mod clock;
+pub mod config;
+pub mod correlate;
 pub mod decode;
 pub mod event;
+pub mod metrics;
 pub mod mounts;
+pub mod otlp;
 pub mod pipeline;
 pub mod preflight;
 pub mod sink;

@@ -1,12 +1,16 @@
 //! The `iostall` command line.
 use std::{io, time::Duration};
 
-use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Parser, Subcommand};
 use iostall::{
+    config::{CliOverrides, Config, FileConfig, OutputKind, Protocol},
+    correlate::Correlator,
+    metrics::{Metrics, MetricsServer},
+    otlp::resource::{Resources, host_name},
     pipeline::{self, RunOptions},
     preflight,
-    sink::{Sink, console::ConsoleSink, json::JsonSink},
+    sink::{Sink, console::ConsoleSink, json::JsonSink, otlp::OtlpSink},
     tracer::{AttachRequest, TracerOptions},
 };
 use tracing_subscriber::EnvFilter;
@@ -31,11 +35,16 @@ enum Command {
     },
 }
 
+/// Settings of a run. Every flag overrides the config file, which overrides the
+/// `OTEL_*` environment, which overrides the defaults (see `iostall::config`).
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Report operations at least this slow, in milliseconds (0 = every operation).
-    #[arg(long, short = 't', default_value_t = 10.0, value_name = "MS")]
-    threshold_ms: f64,
+    /// YAML config file (every setting below, plus otlp, metrics and resource sections).
+    #[arg(long, value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
+    /// Report operations at least this slow, in milliseconds (0 = every operation) [default: 10].
+    #[arg(long, short = 't', value_name = "MS")]
+    threshold_ms: Option<f64>,
     /// Only this process id.
     #[arg(long, short = 'p')]
     pid: Option<u32>,
@@ -45,20 +54,24 @@ struct RunArgs {
     /// Stop after this many seconds.
     #[arg(long, short = 'd', value_name = "SECONDS")]
     duration: Option<f64>,
-    /// How to attach: auto tries fentry, then kprobe, then tracepoint.
-    #[arg(long, value_enum, default_value_t = AttachRequest::Auto)]
-    attach: AttachRequest,
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-    output: Output,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Output {
-    /// The ext4slower table.
-    Table,
-    /// One JSON object per event.
-    Json,
+    /// How to attach: auto tries fentry, then kprobe, then tracepoint [default: auto].
+    #[arg(long, value_enum)]
+    attach: Option<AttachRequest>,
+    /// Outputs, repeatable or comma-separated: table (alias console), json, otlp [default: table].
+    #[arg(long, short = 'o', value_enum, value_delimiter = ',')]
+    output: Vec<OutputKind>,
+    /// OTLP endpoint for both signals (like OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// OTLP protocol (like OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long, value_enum)]
+    otlp_protocol: Option<Protocol>,
+    /// Extra OTLP request header, key=value (repeatable; replaces other header sources).
+    #[arg(long, value_name = "KEY=VALUE")]
+    otlp_header: Vec<String>,
+    /// Where /metrics and /healthz listen (host:port), or "off" [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,43 +107,99 @@ fn probe(json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    if !args.threshold_ms.is_finite() || args.threshold_ms < 0.0 {
-        bail!(
-            "--threshold-ms must be a number ≥ 0, got {}",
-            args.threshold_ms
-        );
-    }
-    let duration = match args.duration {
-        Some(d) if !d.is_finite() || d <= 0.0 => bail!("--duration must be > 0 seconds, got {d}"),
-        Some(d) => Some(Duration::from_secs_f64(d)),
-        None => None,
+/// Resolves and validates the whole configuration: nothing is attached before this.
+fn load_config(args: RunArgs) -> anyhow::Result<Config> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path).map_err(|e| anyhow!("config error: {e}"))?,
+        None => FileConfig::default(),
     };
+    let cli = CliOverrides {
+        threshold_ms: args.threshold_ms,
+        pid: args.pid,
+        comm: args.comm,
+        attach: args.attach,
+        duration_s: args.duration,
+        outputs: args.output,
+        otlp_endpoint: args.otlp_endpoint,
+        otlp_protocol: args.otlp_protocol,
+        otlp_headers: args.otlp_header,
+        metrics_listen: args.metrics_listen,
+    };
+    Config::resolve(&cli, &file, &|k| std::env::var(k).ok())
+        .map_err(|e| anyhow!("config error: {e}"))
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = load_config(args)?;
     preflight::check()?;
+    let metrics = Metrics::new();
     let options = RunOptions {
         tracer: TracerOptions {
-            threshold_ns: (args.threshold_ms * 1e6) as u64,
-            filter_pid: args.pid,
+            threshold_ns: (config.threshold_ms * 1e6) as u64,
+            filter_pid: config.pid,
         },
-        attach: args.attach,
-        comm: args.comm,
-    };
-    let sink: Box<dyn Sink> = match args.output {
-        Output::Table => Box::new(ConsoleSink::new(io::BufWriter::new(io::stdout()))),
-        Output::Json => Box::new(JsonSink::new(io::BufWriter::new(io::stdout()))),
+        attach: config.attach,
+        comm: config.comm.clone(),
+        correlator: Correlator::new(&host_name()),
+        metrics: metrics.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let summary = runtime.block_on(pipeline::run(options, vec![sink], shutdown(duration)))?;
+    let metrics_server = match config.metrics_listen.map(MetricsServer::bind) {
+        Some(Ok(server)) => Some(server),
+        Some(Err(e)) if config.metrics_listen_explicit => bail!("config error: {e}"),
+        Some(Err(e)) => {
+            tracing::warn!("{e}; running without /metrics (set --metrics-listen to choose a port)");
+            None
+        }
+        None => None,
+    };
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    for output in &config.outputs {
+        sinks.push(match output {
+            OutputKind::Table => Box::new(ConsoleSink::new(io::BufWriter::new(io::stdout()))),
+            OutputKind::Json => Box::new(JsonSink::new(io::BufWriter::new(io::stdout()))),
+            OutputKind::Otlp => {
+                let resources = Resources::from_env(&config.resource);
+                tracing::info!(
+                    traces = %config.otlp.traces.endpoint,
+                    logs = %config.otlp.logs.endpoint,
+                    protocol = ?config.otlp.traces.protocol,
+                    "exporting OTLP"
+                );
+                Box::new(
+                    OtlpSink::start(&config.otlp, resources, metrics.clone())
+                        .map_err(|e| anyhow!("config error: {e}"))?,
+                )
+            }
+        });
+    }
+    if let Some(server) = metrics_server {
+        let addr = server.local_addr().ok();
+        let metrics = metrics.clone();
+        runtime.spawn(async move {
+            if let Err(e) = server.serve(metrics).await {
+                tracing::warn!(error = %e, "metrics endpoint stopped");
+            }
+        });
+        if let Some(addr) = addr {
+            tracing::info!("metrics on http://{addr}/metrics");
+        }
+    }
+    let summary = runtime.block_on(pipeline::run(options, sinks, shutdown(config.duration)))?;
     tracing::info!(
         records = summary.records,
         ringbuf_drops = summary.kernel.ringbuf_drops,
         inflight_full = summary.kernel.inflight_full,
         sink_queue_drops = summary.sink_queue_drops,
         decode_errors = summary.decode_errors,
+        otlp_exported_spans = metrics.exported_spans(),
+        otlp_dropped_queue_full = metrics.dropped(iostall::metrics::DropReason::OtlpQueueFull),
+        otlp_dropped_export_failed =
+            metrics.dropped(iostall::metrics::DropReason::OtlpExportFailed),
         "stopped"
     );
     Ok(())

@@ -1,4 +1,5 @@
-//! Wires the stages: kernel ring buffer → decode → filter → bounded channel → sinks.
+//! Wires the stages: kernel ring buffer → decode → filter → bounded channel →
+//! correlate → sinks (correlate and the sinks run on the sink thread).
 //! The kernel side is read on the async runtime and never waits on a sink: when the
 //! sinks fall behind, records are dropped at the channel and counted.
 use std::{
@@ -16,8 +17,10 @@ use tokio::{
 };
 
 use crate::{
+    correlate::Correlator,
     decode::Decoder,
     event::{AttachMode, IoRecord},
+    metrics::{DropReason, Metrics},
     sink::Sink,
     tracer::{AttachRequest, KernelStats, Tracer, TracerError, TracerOptions},
 };
@@ -36,6 +39,10 @@ pub struct RunOptions {
     pub attach: AttachRequest,
     /// Only records of threads with this `comm`.
     pub comm: Option<String>,
+    /// Assigns trace and span ids before the sinks.
+    pub correlator: Correlator,
+    /// Counters served on `/metrics` (records, drops by reason, kernel counters).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Counts of one run.
@@ -96,7 +103,15 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel::<IoRecord>(SINK_QUEUE);
     let records = Arc::new(AtomicU64::new(0));
-    let sink_thread = spawn_sinks(sinks, rx, records.clone());
+    let sink_thread = spawn_sinks(
+        sinks,
+        rx,
+        records.clone(),
+        options.correlator.clone(),
+        options.metrics.clone(),
+    );
+    let metrics = options.metrics.clone();
+    let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
 
     let mut decoder = Decoder::new(mode);
     let mut sink_queue_drops = 0u64;
@@ -111,6 +126,11 @@ pub async fn run(
             _ = stats_tick.tick() => {
                 report_drops(&tracer, &mut last_kernel, sink_queue_drops);
             }
+            _ = metrics_tick.tick() => {
+                if let Ok(stats) = tracer.stats() {
+                    metrics.set_kernel(&stats);
+                }
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(PipelineError::Poll)?;
                 let ring = guard.get_inner_mut();
@@ -122,10 +142,12 @@ pub async fn run(
                             }
                             if tx.try_send(record).is_err() {
                                 sink_queue_drops += 1;
+                                metrics.add_dropped(DropReason::SinkQueueFull, 1);
                             }
                         }
                         Err(e) => {
                             decode_errors += 1;
+                            metrics.add_dropped(DropReason::DecodeError, 1);
                             tracing::warn!(error = %e, "dropping undecodable record");
                         }
                     }
@@ -139,6 +161,7 @@ pub async fn run(
         tracing::error!("sink thread panicked");
     }
     let kernel = tracer.stats().unwrap_or_default();
+    metrics.set_kernel(&kernel);
     report_drops(&tracer, &mut last_kernel, sink_queue_drops);
     Ok(RunSummary {
         mode: Some(mode),
@@ -154,10 +177,14 @@ fn spawn_sinks(
     mut sinks: Vec<Box<dyn Sink>>,
     mut rx: mpsc::Receiver<IoRecord>,
     records: Arc<AtomicU64>,
+    correlator: Correlator,
+    metrics: Arc<Metrics>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while let Some(record) = rx.blocking_recv() {
             records.fetch_add(1, Ordering::Relaxed);
+            metrics.add_records(1);
+            let record = correlator.correlate(record);
             for sink in &mut sinks {
                 if let Err(e) = sink.record(&record) {
                     tracing::warn!(error = %e, "sink failed to take a record");
@@ -174,6 +201,8 @@ fn spawn_sinks(
         for sink in &mut sinks {
             let _ = sink.idle();
         }
+        // Dropping the sinks flushes them (the OTLP sink exports what it still holds).
+        drop(sinks);
     })
 }
 

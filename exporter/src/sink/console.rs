@@ -2,7 +2,7 @@
 use std::io::Write;
 
 use super::Sink;
-use crate::event::IoRecord;
+use crate::{correlate::CorrelatedRecord, event::IoRecord};
 
 /// Writes the table to any writer (stdout in the CLI).
 pub struct ConsoleSink<W: Write> {
@@ -62,12 +62,12 @@ fn local_hms(unix_ns: u64) -> String {
 }
 
 impl<W: Write + Send> Sink for ConsoleSink<W> {
-    fn record(&mut self, record: &IoRecord) -> std::io::Result<()> {
+    fn record(&mut self, record: &CorrelatedRecord) -> std::io::Result<()> {
         if !self.header_written {
             writeln!(self.out, "{}", Self::HEADER)?;
             self.header_written = true;
         }
-        writeln!(self.out, "{}", format_row(record))
+        writeln!(self.out, "{}", format_row(&record.record))
     }
 
     fn idle(&mut self) -> std::io::Result<()> {
@@ -119,6 +119,7 @@ mod tests {
     fn errors_are_shown_and_header_printed_once() {
         let mut rec = record();
         rec.ret = -5;
+        let rec = crate::correlate::Correlator::new("n").correlate(rec);
         let mut sink = ConsoleSink::new(Vec::new());
         sink.record(&rec).expect("write");
         sink.record(&rec).expect("write");

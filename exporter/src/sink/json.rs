@@ -1,8 +1,9 @@
-//! One JSON object per record, one per line, every field.
+//! One JSON object per record, one per line, every field, plus `trace_id` and `span_id`
+//! (hex, as in OTLP/JSON) to join with the exported spans.
 use std::io::Write;
 
 use super::Sink;
-use crate::event::IoRecord;
+use crate::correlate::CorrelatedRecord;
 
 /// JSON lines to any writer.
 pub struct JsonSink<W: Write> {
@@ -17,7 +18,7 @@ impl<W: Write + Send> JsonSink<W> {
 }
 
 impl<W: Write + Send> Sink for JsonSink<W> {
-    fn record(&mut self, record: &IoRecord) -> std::io::Result<()> {
+    fn record(&mut self, record: &CorrelatedRecord) -> std::io::Result<()> {
         serde_json::to_writer(&mut self.out, record)?;
         self.out.write_all(b"\n")
     }

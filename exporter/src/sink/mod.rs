@@ -1,15 +1,17 @@
-//! The last stage: where records go. Each sink takes records one by one from the
+//! The last stage: where records go (`console` table, `json` lines, `otlp`; several at
+//! once). Each sink takes records one by one from the
 //! pipeline's sink task; none of them may block the kernel reader (the channel before
 //! them is bounded and drops are counted there).
 pub mod console;
 pub mod json;
+pub mod otlp;
 
-use crate::event::IoRecord;
+use crate::correlate::CorrelatedRecord;
 
 /// A destination for records.
 pub trait Sink: Send {
-    /// Takes one record.
-    fn record(&mut self, record: &IoRecord) -> std::io::Result<()>;
+    /// Takes one record (with its trace and span ids).
+    fn record(&mut self, record: &CorrelatedRecord) -> std::io::Result<()>;
     /// Called when no record is waiting: a chance to flush buffered output.
     fn idle(&mut self) -> std::io::Result<()>;
 }

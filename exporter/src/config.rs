@@ -1,0 +1,1104 @@
+//! One configuration, resolved and validated once at start, before anything is attached.
+//!
+//! # Sources and precedence
+//!
+//! Every setting is taken from the first source that has it:
+//!
+//! 1. a command-line flag (`--threshold-ms`, `--otlp-endpoint`, …),
+//! 2. the YAML config file (`--config PATH`, keys below),
+//! 3. the standard `OTEL_*` environment variables (OTLP exporter and resource only),
+//! 4. the documented default.
+//!
+//! Within the config file and within the environment, a per-signal setting
+//! (`otlp.traces.endpoint`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) beats the general one
+//! (`otlp.endpoint`, `OTEL_EXPORTER_OTLP_ENDPOINT`). Endpoints keep the OpenTelemetry
+//! specification's meaning: a general endpoint is a base URL to which, for
+//! `http/protobuf`, `/v1/traces` and `/v1/logs` are appended; a per-signal endpoint is
+//! used as is. gRPC endpoints are used as is.
+//!
+//! # Config file keys
+//!
+//! ```yaml
+//! threshold_ms: 10          # report operations at least this slow (0 = all)
+//! pid: 1234                 # only this process
+//! comm: containerd          # only threads with this comm
+//! attach: auto              # auto | fentry | kprobe | tracepoint
+//! duration_s: 60            # stop after this many seconds
+//! outputs: [table, otlp]    # any of table (alias console), json, otlp
+//! metrics:
+//!   listen: 127.0.0.1:9464  # /metrics and /healthz; "off" disables
+//! resource:
+//!   service_name: iostall
+//!   attributes: {deployment.environment.name: prod}
+//! otlp:
+//!   endpoint: http://collector:4317
+//!   protocol: grpc          # grpc | http/protobuf
+//!   headers: {x-api-key: secret}
+//!   timeout_ms: 10000
+//!   compression: gzip       # gzip | none
+//!   certificate: /etc/ssl/collector-ca.pem
+//!   traces: {endpoint: ..., protocol: ..., headers: ..., timeout_ms: ..., compression: ..., certificate: ...}
+//!   logs:   {same keys as traces}
+//!   warn_threshold_ms: 1000 # log records at least this slow are WARN, faster ones INFO
+//!   queue_size: 8192        # records waiting for export; more are dropped and counted
+//!   batch_size: 512         # records per export request
+//!   batch_timeout_ms: 1000  # longest wait before a partial batch is sent
+//!   max_attempts: 5         # tries per batch (retryable errors only)
+//!   initial_backoff_ms: 100 # doubled after each failed try, at most max_backoff_ms
+//!   max_backoff_ms: 5000
+//! ```
+//!
+//! Unknown keys are errors that name the key.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::tracer::AttachRequest;
+
+/// Default metrics listen address: Prometheus' registered port for OpenTelemetry
+/// exporters, on loopback only (a DaemonSet sets `0.0.0.0:9464` to be scraped).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// Default OTLP/gRPC endpoint (the specification's).
+pub const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
+/// Default OTLP/HTTP base endpoint (the specification's).
+pub const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
+/// Default `service.name`.
+pub const DEFAULT_SERVICE_NAME: &str = "iostall";
+
+/// A configuration error; its message names the field (or variable) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid YAML for this schema (unknown keys included).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the YAML parser said (it names the key and the line).
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field: a config key path (`otlp.endpoint`), a flag or an env variable.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Where records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// The `ext4slower`-style table on stdout.
+    #[serde(alias = "console")]
+    #[value(alias = "console")]
+    Table,
+    /// JSON lines on stdout.
+    Json,
+    /// OTLP traces and logs to a collector.
+    Otlp,
+}
+
+/// OTLP transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+pub enum Protocol {
+    /// OTLP/gRPC.
+    #[serde(rename = "grpc")]
+    #[value(name = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    #[serde(rename = "http/protobuf")]
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl Protocol {
+    fn parse(field: &str, value: &str) -> Result<Self, ConfigError> {
+        match value.trim() {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            other => Err(invalid(
+                field,
+                format!("{other:?} is not a supported protocol (grpc, http/protobuf)"),
+            )),
+        }
+    }
+}
+
+/// Request body compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+}
+
+impl Compression {
+    fn parse(field: &str, value: &str) -> Result<Self, ConfigError> {
+        match value.trim() {
+            "gzip" => Ok(Self::Gzip),
+            "none" | "" => Ok(Self::None),
+            other => Err(invalid(
+                field,
+                format!("{other:?} is not a supported compression (gzip, none)"),
+            )),
+        }
+    }
+}
+
+/// Per-signal OTLP settings in the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalFile {
+    /// Endpoint URL.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: Option<Protocol>,
+    /// Extra request headers (vendor API keys).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Export timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// `gzip` or `none`.
+    pub compression: Option<Compression>,
+    /// PEM file with the CA certificate(s) to trust.
+    pub certificate: Option<PathBuf>,
+}
+
+/// The `otlp:` section of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpFile {
+    /// Endpoint of both signals (a base URL for `http/protobuf`).
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: Option<Protocol>,
+    /// Extra request headers (vendor API keys).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Export timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// `gzip` or `none`.
+    pub compression: Option<Compression>,
+    /// PEM file with the CA certificate(s) to trust.
+    pub certificate: Option<PathBuf>,
+    /// Traces only.
+    pub traces: Option<SignalFile>,
+    /// Logs only.
+    pub logs: Option<SignalFile>,
+    /// WARN from this latency on, INFO below.
+    pub warn_threshold_ms: Option<f64>,
+    /// Export queue capacity.
+    pub queue_size: Option<usize>,
+    /// Records per export.
+    pub batch_size: Option<usize>,
+    /// Longest wait for a batch to fill.
+    pub batch_timeout_ms: Option<u64>,
+    /// Tries per batch.
+    pub max_attempts: Option<u32>,
+    /// First retry delay.
+    pub initial_backoff_ms: Option<u64>,
+    /// Longest retry delay.
+    pub max_backoff_ms: Option<u64>,
+}
+
+/// The `metrics:` section of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    /// `host:port`, or `off`.
+    pub listen: Option<String>,
+}
+
+/// The `resource:` section of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceFile {
+    /// `service.name`.
+    pub service_name: Option<String>,
+    /// Extra resource attributes.
+    pub attributes: Option<BTreeMap<String, String>>,
+}
+
+/// The YAML config file, as written (every key optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Threshold in milliseconds.
+    pub threshold_ms: Option<f64>,
+    /// Only this pid.
+    pub pid: Option<u32>,
+    /// Only this comm.
+    pub comm: Option<String>,
+    /// Attach mode.
+    pub attach: Option<AttachRequest>,
+    /// Stop after this many seconds.
+    pub duration_s: Option<f64>,
+    /// Sinks.
+    #[serde(alias = "sinks")]
+    pub outputs: Option<Vec<OutputKind>>,
+    /// OTLP exporter.
+    pub otlp: Option<OtlpFile>,
+    /// Local metrics endpoint.
+    pub metrics: Option<MetricsFile>,
+    /// Resource.
+    pub resource: Option<ResourceFile>,
+}
+
+impl FileConfig {
+    /// Reads and parses a YAML config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses YAML text (`path` only names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// What the command line sets (`None` = not given).
+#[derive(Debug, Clone, Default)]
+pub struct CliOverrides {
+    /// `--threshold-ms`.
+    pub threshold_ms: Option<f64>,
+    /// `--pid`.
+    pub pid: Option<u32>,
+    /// `--comm`.
+    pub comm: Option<String>,
+    /// `--attach`.
+    pub attach: Option<AttachRequest>,
+    /// `--duration`.
+    pub duration_s: Option<f64>,
+    /// `--output` (repeatable).
+    pub outputs: Vec<OutputKind>,
+    /// `--otlp-endpoint` (a base endpoint, like `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub otlp_endpoint: Option<String>,
+    /// `--otlp-protocol`.
+    pub otlp_protocol: Option<Protocol>,
+    /// `--otlp-header k=v` (repeatable).
+    pub otlp_headers: Vec<String>,
+    /// `--metrics-listen` (`off` disables).
+    pub metrics_listen: Option<String>,
+}
+
+/// Fully resolved settings of one signal's exporter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalConfig {
+    /// Full URL requests go to (with `/v1/traces` or `/v1/logs` for HTTP).
+    pub endpoint: String,
+    /// Transport.
+    pub protocol: Protocol,
+    /// Request headers, keys lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Per-export timeout.
+    pub timeout: Duration,
+    /// Body compression.
+    pub compression: Compression,
+    /// PEM bytes of extra CA certificates to trust.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Resolved OTLP exporter settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpConfig {
+    /// Traces exporter.
+    pub traces: SignalConfig,
+    /// Logs exporter.
+    pub logs: SignalConfig,
+    /// Log records at least this slow are WARN.
+    pub warn_threshold_ns: u64,
+    /// Export queue capacity (records).
+    pub queue_size: usize,
+    /// Records per export request.
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill.
+    pub batch_timeout: Duration,
+    /// Tries per batch.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub initial_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+/// Resolved Resource settings (the node's Resource).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceConfig {
+    /// `service.name`.
+    pub service_name: String,
+    /// Extra attributes (`OTEL_RESOURCE_ATTRIBUTES`, then the config file's, which win).
+    pub attributes: Vec<(String, String)>,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Threshold in milliseconds (default 10).
+    pub threshold_ms: f64,
+    /// Only this pid.
+    pub pid: Option<u32>,
+    /// Only this comm.
+    pub comm: Option<String>,
+    /// Attach mode (default auto).
+    pub attach: AttachRequest,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Sinks, without duplicates (default: table).
+    pub outputs: Vec<OutputKind>,
+    /// OTLP exporter settings (used when `outputs` has `otlp`).
+    pub otlp: OtlpConfig,
+    /// Resource settings.
+    pub resource: ResourceConfig,
+    /// Where `/metrics` and `/healthz` listen; `None` = disabled.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether `metrics_listen` was set (flag or file) rather than defaulted: only then
+    /// is a port already in use a start-up error (by default it is a warning, so that
+    /// two iostalls on one host still run).
+    pub metrics_listen_explicit: bool,
+}
+
+/// Which signal a setting is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Traces.
+    Traces,
+    /// Logs.
+    Logs,
+}
+
+impl Signal {
+    fn upper(self) -> &'static str {
+        match self {
+            Self::Traces => "TRACES",
+            Self::Logs => "LOGS",
+        }
+    }
+    fn lower(self) -> &'static str {
+        match self {
+            Self::Traces => "traces",
+            Self::Logs => "logs",
+        }
+    }
+}
+
+impl Config {
+    /// Resolves CLI > file > environment (`env` looks a variable up) > defaults, and
+    /// validates every value.
+    pub fn resolve(
+        cli: &CliOverrides,
+        file: &FileConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let threshold_ms = cli.threshold_ms.or(file.threshold_ms).unwrap_or(10.0);
+        let field = if cli.threshold_ms.is_some() {
+            "--threshold-ms"
+        } else {
+            "threshold_ms"
+        };
+        if !threshold_ms.is_finite() || threshold_ms < 0.0 {
+            return Err(invalid(
+                field,
+                format!("must be a number ≥ 0, got {threshold_ms}"),
+            ));
+        }
+        let duration = match cli.duration_s.or(file.duration_s) {
+            Some(d) if !d.is_finite() || d <= 0.0 => {
+                let field = if cli.duration_s.is_some() {
+                    "--duration"
+                } else {
+                    "duration_s"
+                };
+                return Err(invalid(field, format!("must be > 0 seconds, got {d}")));
+            }
+            Some(d) => Some(Duration::from_secs_f64(d)),
+            None => None,
+        };
+        let mut outputs = if !cli.outputs.is_empty() {
+            cli.outputs.clone()
+        } else {
+            file.outputs
+                .clone()
+                .unwrap_or_else(|| vec![OutputKind::Table])
+        };
+        let mut seen = Vec::new();
+        outputs.retain(|o| {
+            let new = !seen.contains(o);
+            seen.push(*o);
+            new
+        });
+        if outputs.is_empty() {
+            return Err(invalid("outputs", "must name at least one output"));
+        }
+        if let Some(comm) = cli.comm.as_ref().or(file.comm.as_ref())
+            && (comm.is_empty() || comm.len() > 15)
+        {
+            return Err(invalid("comm", format!("{comm:?} must be 1 to 15 bytes")));
+        }
+        let empty = OtlpFile::default();
+        let otlp_file = file.otlp.as_ref().unwrap_or(&empty);
+        let otlp = OtlpConfig {
+            traces: resolve_signal(Signal::Traces, cli, otlp_file, env)?,
+            logs: resolve_signal(Signal::Logs, cli, otlp_file, env)?,
+            warn_threshold_ns: {
+                let ms = otlp_file.warn_threshold_ms.unwrap_or(1000.0);
+                if !ms.is_finite() || ms < 0.0 {
+                    return Err(invalid(
+                        "otlp.warn_threshold_ms",
+                        format!("must be a number ≥ 0, got {ms}"),
+                    ));
+                }
+                (ms * 1e6) as u64
+            },
+            queue_size: positive("otlp.queue_size", otlp_file.queue_size, 8192)?,
+            batch_size: positive("otlp.batch_size", otlp_file.batch_size, 512)?,
+            batch_timeout: Duration::from_millis(positive(
+                "otlp.batch_timeout_ms",
+                otlp_file.batch_timeout_ms,
+                1000,
+            )?),
+            max_attempts: positive("otlp.max_attempts", otlp_file.max_attempts, 5)?,
+            initial_backoff: Duration::from_millis(positive(
+                "otlp.initial_backoff_ms",
+                otlp_file.initial_backoff_ms,
+                100,
+            )?),
+            max_backoff: Duration::from_millis(positive(
+                "otlp.max_backoff_ms",
+                otlp_file.max_backoff_ms,
+                5000,
+            )?),
+        };
+        let resource = resolve_resource(file.resource.as_ref(), env)?;
+        let metrics_listen = resolve_metrics(cli, file)?;
+        Ok(Self {
+            threshold_ms,
+            pid: cli.pid.or(file.pid),
+            comm: cli.comm.clone().or_else(|| file.comm.clone()),
+            attach: cli.attach.or(file.attach).unwrap_or_default(),
+            duration,
+            outputs,
+            otlp,
+            resource,
+            metrics_listen,
+            metrics_listen_explicit: cli.metrics_listen.is_some()
+                || file.metrics.as_ref().is_some_and(|m| m.listen.is_some()),
+        })
+    }
+}
+
+fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(
+    field: &str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v <= T::default() {
+        return Err(invalid(field, format!("must be > 0, got {v}")));
+    }
+    Ok(v)
+}
+
+fn resolve_metrics(
+    cli: &CliOverrides,
+    file: &FileConfig,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let (field, value) = match (
+        &cli.metrics_listen,
+        file.metrics.as_ref().and_then(|m| m.listen.as_ref()),
+    ) {
+        (Some(v), _) => ("--metrics-listen", v.as_str()),
+        (None, Some(v)) => ("metrics.listen", v.as_str()),
+        (None, None) => ("metrics.listen", DEFAULT_METRICS_LISTEN),
+    };
+    if matches!(value.trim(), "off" | "none" | "false" | "") {
+        return Ok(None);
+    }
+    value.trim().parse::<SocketAddr>().map(Some).map_err(|_| {
+        invalid(
+            field,
+            format!("{value:?} is not host:port (an IP address and a port), nor \"off\""),
+        )
+    })
+}
+
+/// One value and the name of where it came from (for error messages).
+struct Sourced<T> {
+    value: T,
+    field: String,
+}
+
+fn sourced<T>(value: T, field: impl Into<String>) -> Sourced<T> {
+    Sourced {
+        value,
+        field: field.into(),
+    }
+}
+
+fn resolve_signal(
+    signal: Signal,
+    cli: &CliOverrides,
+    file: &OtlpFile,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<SignalConfig, ConfigError> {
+    let per_file = match signal {
+        Signal::Traces => file.traces.as_ref(),
+        Signal::Logs => file.logs.as_ref(),
+    };
+    let sig = signal.lower();
+    let up = signal.upper();
+    let env_sig = |name: &str| {
+        let key = format!("OTEL_EXPORTER_OTLP_{up}_{name}");
+        env(&key)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| sourced(v, key))
+    };
+    let env_all = |name: &str| {
+        let key = format!("OTEL_EXPORTER_OTLP_{name}");
+        env(&key)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| sourced(v, key))
+    };
+
+    // Protocol.
+    let protocol = if let Some(p) = cli.otlp_protocol {
+        p
+    } else if let Some(p) = per_file.and_then(|s| s.protocol) {
+        p
+    } else if let Some(p) = file.protocol {
+        p
+    } else if let Some(s) = env_sig("PROTOCOL").or_else(|| env_all("PROTOCOL")) {
+        Protocol::parse(&s.field, &s.value)?
+    } else {
+        Protocol::Grpc
+    };
+
+    // Endpoint: (value, field, is it a per-signal endpoint used as is).
+    let endpoint = if let Some(e) = &cli.otlp_endpoint {
+        (sourced(e.clone(), "--otlp-endpoint"), false)
+    } else if let Some(e) = per_file.and_then(|s| s.endpoint.clone()) {
+        (sourced(e, format!("otlp.{sig}.endpoint")), true)
+    } else if let Some(e) = file.endpoint.clone() {
+        (sourced(e, "otlp.endpoint"), false)
+    } else if let Some(e) = env_sig("ENDPOINT") {
+        (e, true)
+    } else if let Some(e) = env_all("ENDPOINT") {
+        (e, false)
+    } else {
+        let default = match protocol {
+            Protocol::Grpc => DEFAULT_GRPC_ENDPOINT,
+            Protocol::HttpProtobuf => DEFAULT_HTTP_ENDPOINT,
+        };
+        (sourced(default.to_owned(), "otlp.endpoint"), false)
+    };
+    let (endpoint, as_is) = endpoint;
+    let url = validate_url(&endpoint.field, &endpoint.value)?;
+    let endpoint = match protocol {
+        Protocol::HttpProtobuf if !as_is => {
+            let base = url.trim_end_matches('/');
+            format!("{base}/v1/{sig}")
+        }
+        _ => url,
+    };
+
+    // Headers: the first layer that has any wins as a whole (per-signal before general).
+    let headers = if !cli.otlp_headers.is_empty() {
+        let mut out = Vec::new();
+        for h in &cli.otlp_headers {
+            out.extend(parse_key_values("--otlp-header", h)?);
+        }
+        out
+    } else if let Some(h) = per_file.and_then(|s| s.headers.as_ref()) {
+        h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    } else if let Some(h) = file.headers.as_ref() {
+        h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    } else if let Some(h) = env_sig("HEADERS").or_else(|| env_all("HEADERS")) {
+        parse_key_values(&h.field, &h.value)?
+    } else {
+        Vec::new()
+    };
+    let header_field = if cli.otlp_headers.is_empty() {
+        format!("otlp.{sig}.headers")
+    } else {
+        "--otlp-header".to_owned()
+    };
+    let headers = headers
+        .into_iter()
+        .map(|(k, v)| validate_header(&header_field, &k, &v).map(|()| (k.to_ascii_lowercase(), v)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Timeout.
+    let timeout_ms = if let Some(t) = per_file.and_then(|s| s.timeout_ms) {
+        sourced(t, format!("otlp.{sig}.timeout_ms"))
+    } else if let Some(t) = file.timeout_ms {
+        sourced(t, "otlp.timeout_ms")
+    } else if let Some(s) = env_sig("TIMEOUT").or_else(|| env_all("TIMEOUT")) {
+        let t = s.value.trim().parse::<u64>().map_err(|_| {
+            invalid(
+                &s.field,
+                format!("{:?} is not a whole number of milliseconds", s.value),
+            )
+        })?;
+        sourced(t, s.field)
+    } else {
+        sourced(10_000, "otlp.timeout_ms")
+    };
+    if timeout_ms.value == 0 {
+        return Err(invalid(timeout_ms.field, "must be > 0 milliseconds"));
+    }
+
+    // Compression.
+    let compression = if let Some(c) = per_file.and_then(|s| s.compression) {
+        c
+    } else if let Some(c) = file.compression {
+        c
+    } else if let Some(s) = env_sig("COMPRESSION").or_else(|| env_all("COMPRESSION")) {
+        Compression::parse(&s.field, &s.value)?
+    } else {
+        Compression::None
+    };
+
+    // CA certificate.
+    let cert = if let Some(c) = per_file.and_then(|s| s.certificate.clone()) {
+        Some(sourced(c, format!("otlp.{sig}.certificate")))
+    } else if let Some(c) = file.certificate.clone() {
+        Some(sourced(c, "otlp.certificate"))
+    } else {
+        env_sig("CERTIFICATE")
+            .or_else(|| env_all("CERTIFICATE"))
+            .map(|s| sourced(PathBuf::from(s.value), s.field))
+    };
+    let ca_pem = match cert {
+        None => None,
+        Some(c) => Some(load_ca(&c.field, &c.value)?),
+    };
+
+    Ok(SignalConfig {
+        endpoint,
+        protocol,
+        headers,
+        timeout: Duration::from_millis(timeout_ms.value),
+        compression,
+        ca_pem,
+    })
+}
+
+/// Checks that `value` is an absolute `http` or `https` URL with a host.
+pub fn validate_url(field: &str, value: &str) -> Result<String, ConfigError> {
+    let bad = || invalid(field, format!("{value:?} is not a valid http(s) URL"));
+    let url = reqwest::Url::parse(value.trim()).map_err(|_| bad())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(bad());
+    }
+    Ok(value.trim().to_owned())
+}
+
+fn validate_header(field: &str, key: &str, value: &str) -> Result<(), ConfigError> {
+    let key_ok = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !key_ok {
+        return Err(invalid(
+            field,
+            format!("{key:?} is not a valid header name"),
+        ));
+    }
+    if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        return Err(invalid(
+            field,
+            format!("the value of header {key:?} has control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn load_ca(field: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(pem),
+        _ => Err(invalid(
+            field,
+            format!("{} holds no PEM certificate", path.display()),
+        )),
+    }
+}
+
+/// Parses the `key1=value1,key2=value2` lists of `OTEL_EXPORTER_OTLP_HEADERS` and
+/// `OTEL_RESOURCE_ATTRIBUTES`: entries separated by `,`, blanks around them trimmed,
+/// values (and keys) percent-decoded. `field` names the source in errors.
+pub fn parse_key_values(field: &str, text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for entry in text.split(',') {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = entry.split_once('=') else {
+            return Err(invalid(field, format!("entry {entry:?} is not key=value")));
+        };
+        let key = percent_decode(key.trim())
+            .ok_or_else(|| invalid(field, format!("entry {entry:?}: bad percent-encoding")))?;
+        if key.is_empty() {
+            return Err(invalid(field, format!("entry {entry:?} has an empty key")));
+        }
+        let value = percent_decode(value.trim())
+            .ok_or_else(|| invalid(field, format!("entry {entry:?}: bad percent-encoding")))?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn resolve_resource(
+    file: Option<&ResourceFile>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ResourceConfig, ConfigError> {
+    let mut attributes: Vec<(String, String)> = Vec::new();
+    let mut push = |k: String, v: String| {
+        attributes.retain(|(old, _)| *old != k);
+        attributes.push((k, v));
+    };
+    if let Some(text) = env("OTEL_RESOURCE_ATTRIBUTES") {
+        for (k, v) in parse_key_values("OTEL_RESOURCE_ATTRIBUTES", &text)? {
+            push(k, v);
+        }
+    }
+    if let Some(attrs) = file.and_then(|f| f.attributes.as_ref()) {
+        for (k, v) in attrs {
+            if k.is_empty() {
+                return Err(invalid("resource.attributes", "empty attribute name"));
+            }
+            push(k.clone(), v.clone());
+        }
+    }
+    let from_attrs = attributes
+        .iter()
+        .find(|(k, _)| k == "service.name")
+        .map(|(_, v)| v.clone());
+    attributes.retain(|(k, _)| k != "service.name");
+    let service_name = file
+        .and_then(|f| f.service_name.clone())
+        .or_else(|| env("OTEL_SERVICE_NAME").filter(|s| !s.trim().is_empty()))
+        .or(from_attrs)
+        .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
+    if service_name.trim().is_empty() {
+        return Err(invalid("resource.service_name", "must not be empty"));
+    }
+    Ok(ResourceConfig {
+        service_name,
+        attributes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn resolve(
+        cli: &CliOverrides,
+        yaml: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let file = FileConfig::parse(Path::new("test.yaml"), yaml)?;
+        Config::resolve(cli, &file, &env_of(vars))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve(&CliOverrides::default(), "", &[]).expect("ok");
+        assert_eq!(c.threshold_ms, 10.0);
+        assert_eq!(c.outputs, vec![OutputKind::Table]);
+        assert_eq!(c.otlp.traces.endpoint, DEFAULT_GRPC_ENDPOINT);
+        assert_eq!(c.otlp.traces.protocol, Protocol::Grpc);
+        assert_eq!(c.otlp.traces.timeout, Duration::from_secs(10));
+        assert_eq!(c.otlp.warn_threshold_ns, 1_000_000_000);
+        assert_eq!(c.resource.service_name, "iostall");
+        assert_eq!(
+            c.metrics_listen,
+            Some("127.0.0.1:9464".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn http_general_endpoint_gets_signal_paths_and_per_signal_is_as_is() {
+        let c = resolve(
+            &CliOverrides::default(),
+            "",
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+                (
+                    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                    "https://logs.example:443/custom",
+                ),
+            ],
+        )
+        .expect("ok");
+        assert_eq!(c.otlp.traces.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(c.otlp.logs.endpoint, "https://logs.example:443/custom");
+        assert_eq!(c.otlp.logs.protocol, Protocol::HttpProtobuf);
+    }
+
+    #[test]
+    fn grpc_endpoint_is_used_as_is() {
+        let c = resolve(
+            &CliOverrides::default(),
+            "",
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")],
+        )
+        .expect("ok");
+        assert_eq!(c.otlp.traces.endpoint, "http://127.0.0.1:4317");
+        assert_eq!(c.otlp.logs.endpoint, "http://127.0.0.1:4317");
+    }
+
+    #[test]
+    fn per_signal_protocol_env() {
+        let c = resolve(
+            &CliOverrides::default(),
+            "",
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ],
+        )
+        .expect("ok");
+        assert_eq!(c.otlp.traces.protocol, Protocol::HttpProtobuf);
+        assert_eq!(c.otlp.traces.endpoint, "http://localhost:4318/v1/traces");
+        assert_eq!(c.otlp.logs.protocol, Protocol::Grpc);
+    }
+
+    #[test]
+    fn headers_are_url_decoded_and_lowercased() {
+        let c = resolve(
+            &CliOverrides::default(),
+            "",
+            &[
+                ("OTEL_EXPORTER_OTLP_HEADERS", " Api-Key = a%20b%3Dc , x=1 "),
+                ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "only=logs"),
+            ],
+        )
+        .expect("ok");
+        assert_eq!(
+            c.otlp.traces.headers,
+            vec![("api-key".into(), "a b=c".into()), ("x".into(), "1".into())]
+        );
+        assert_eq!(c.otlp.logs.headers, vec![("only".into(), "logs".into())]);
+    }
+
+    #[test]
+    fn bad_header_entry_names_the_variable() {
+        let e = resolve(
+            &CliOverrides::default(),
+            "",
+            &[("OTEL_EXPORTER_OTLP_HEADERS", "a=1,novalue")],
+        )
+        .expect_err("must fail")
+        .to_string();
+        assert_eq!(
+            e,
+            "OTEL_EXPORTER_OTLP_HEADERS: entry \"novalue\" is not key=value"
+        );
+    }
+
+    #[test]
+    fn bad_endpoint_names_the_field() {
+        let e = resolve(
+            &CliOverrides::default(),
+            "otlp:\n  endpoint: \"htp:/x\"\n",
+            &[],
+        )
+        .expect_err("must fail")
+        .to_string();
+        assert_eq!(e, "otlp.endpoint: \"htp:/x\" is not a valid http(s) URL");
+        let e = resolve(
+            &CliOverrides::default(),
+            "",
+            &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url")],
+        )
+        .expect_err("must fail")
+        .to_string();
+        assert!(e.starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "), "{e}");
+    }
+
+    #[test]
+    fn bad_timeout_protocol_compression() {
+        for (var, value) in [
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "ten"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+        ] {
+            let e = resolve(&CliOverrides::default(), "", &[(var, value)])
+                .expect_err("must fail")
+                .to_string();
+            assert!(e.starts_with(&format!("{var}: ")), "{e}");
+        }
+        let c = resolve(
+            &CliOverrides::default(),
+            "",
+            &[
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ],
+        )
+        .expect("ok");
+        assert_eq!(c.otlp.logs.timeout, Duration::from_millis(2500));
+        assert_eq!(c.otlp.logs.compression, Compression::Gzip);
+    }
+
+    #[test]
+    fn unknown_yaml_key_is_named() {
+        let e = resolve(
+            &CliOverrides::default(),
+            "otlp:\n  endpont: http://x:1\n",
+            &[],
+        )
+        .expect_err("must fail")
+        .to_string();
+        assert!(e.contains("unknown field `endpont`"), "{e}");
+        let e = resolve(&CliOverrides::default(), "treshold_ms: 5\n", &[])
+            .expect_err("must fail")
+            .to_string();
+        assert!(e.contains("unknown field `treshold_ms`"), "{e}");
+    }
+
+    #[test]
+    fn precedence_cli_then_file_then_env() {
+        let yaml = "threshold_ms: 5\noutputs: [json, otlp]\notlp:\n  endpoint: http://file:4317\n";
+        let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317")];
+        let c = resolve(&CliOverrides::default(), yaml, &vars).expect("ok");
+        assert_eq!(c.threshold_ms, 5.0);
+        assert_eq!(c.outputs, vec![OutputKind::Json, OutputKind::Otlp]);
+        assert_eq!(c.otlp.traces.endpoint, "http://file:4317");
+        let cli = CliOverrides {
+            threshold_ms: Some(1.0),
+            otlp_endpoint: Some("http://cli:4317".into()),
+            outputs: vec![OutputKind::Table],
+            ..CliOverrides::default()
+        };
+        let c = resolve(&cli, yaml, &vars).expect("ok");
+        assert_eq!(c.threshold_ms, 1.0);
+        assert_eq!(c.outputs, vec![OutputKind::Table]);
+        assert_eq!(c.otlp.traces.endpoint, "http://cli:4317");
+        let c = resolve(&CliOverrides::default(), "", &vars).expect("ok");
+        assert_eq!(c.otlp.traces.endpoint, "http://env:4317");
+    }
+
+    #[test]
+    fn resource_service_name_and_attributes() {
+        let c = resolve(
+            &CliOverrides::default(),
+            "",
+            &[
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "service.name=fromattrs,team=sre%2Cops",
+                ),
+                ("OTEL_SERVICE_NAME", "node-io"),
+            ],
+        )
+        .expect("ok");
+        assert_eq!(c.resource.service_name, "node-io");
+        assert_eq!(
+            c.resource.attributes,
+            vec![("team".into(), "sre,ops".into())]
+        );
+    }
+
+    #[test]
+    fn metrics_listen_off_and_bad() {
+        let c = resolve(
+            &CliOverrides::default(),
+            "metrics:\n  listen: \"off\"\n",
+            &[],
+        )
+        .expect("ok");
+        assert_eq!(c.metrics_listen, None);
+        let e = resolve(
+            &CliOverrides::default(),
+            "metrics:\n  listen: nowhere\n",
+            &[],
+        )
+        .expect_err("must fail")
+        .to_string();
+        assert!(e.starts_with("metrics.listen: "), "{e}");
+    }
+
+    #[test]
+    fn certificate_must_be_pem() {
+        let dir = std::env::temp_dir().join(format!("iostall-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let bad = dir.join("bad.pem");
+        std::fs::write(&bad, "not a cert").expect("write");
+        let e = resolve(
+            &CliOverrides::default(),
+            &format!("otlp:\n  certificate: {}\n", bad.display()),
+            &[],
+        )
+        .expect_err("must fail")
+        .to_string();
+        assert!(e.starts_with("otlp.certificate: "), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

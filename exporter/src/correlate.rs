@@ -1,0 +1,230 @@
+//! Correlate: gives each record the trace, span and Resource it belongs to.
+//!
+//! This is the minimal version of the stage (issue #3). Ids are deterministic, so the
+//! same kernel event always gets the same ids and a restarted exporter joins the same
+//! traces:
+//!
+//! - **trace id**: one trace per process and [`TRACE_WINDOW_NS`] window of wall-clock
+//!   time: 128 bits of a stable hash of `(host name, pid, start_unix_ns / 10 s)`. A
+//!   process's slow IO of the same 10 seconds shows as one trace; windows are aligned
+//!   to the Unix epoch, so every exporter on the node agrees on them.
+//! - **span id**: 64 bits of a stable hash of `(host name, pid, tid, op, start_unix_ns,
+//!   inode)`: unique per operation.
+//! - **Resource**: every record maps to [`ResourceKey::Node`] for now.
+//!
+//! The next issue replaces the trace grouping with per-pod startup traces (trace id from
+//! pod uid and attempt, IO spans under phase spans) and adds per-pod Resource keys.
+use serde::Serialize;
+
+use crate::event::IoRecord;
+
+/// Width of the time window that groups a process's slow IO into one trace.
+pub const TRACE_WINDOW_NS: u64 = 10_000_000_000;
+
+/// Which Resource a record is exported under. Exports group records into one
+/// `ResourceSpans`/`ResourceLogs` per key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKey {
+    /// The node itself (`service.name`, `host.name`, `k8s.node.name`, …): IO that
+    /// belongs to no known pod. (Per-pod keys come with the enrich stage.)
+    Node,
+}
+
+/// A 16-byte trace id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpanId(pub [u8; 8]);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Display for SpanId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl Serialize for TraceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Serialize for SpanId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A record with its place in the trace model: what every sink receives.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CorrelatedRecord {
+    /// The decoded record.
+    #[serde(flatten)]
+    pub record: IoRecord,
+    /// The trace it belongs to (hex in JSON).
+    pub trace_id: TraceId,
+    /// Its own span id (hex in JSON).
+    pub span_id: SpanId,
+    /// The Resource it is exported under.
+    #[serde(skip)]
+    pub resource: ResourceKey,
+}
+
+/// Assigns ids; holds what is constant for the node.
+#[derive(Debug, Clone)]
+pub struct Correlator {
+    host_seed: u64,
+}
+
+impl Default for Correlator {
+    fn default() -> Self {
+        Self::new(&crate::otlp::resource::host_name())
+    }
+}
+
+impl Correlator {
+    /// A correlator for the node called `host`.
+    #[must_use]
+    pub fn new(host: &str) -> Self {
+        Self {
+            host_seed: StableHasher::new(0x696f_7374_616c_6c00)
+                .bytes(host.as_bytes())
+                .finish(),
+        }
+    }
+
+    /// Wraps a record with its ids and Resource.
+    #[must_use]
+    pub fn correlate(&self, record: IoRecord) -> CorrelatedRecord {
+        let window = record.start_unix_ns / TRACE_WINDOW_NS;
+        let trace = |salt: u64| {
+            StableHasher::new(self.host_seed ^ salt)
+                .u64(u64::from(record.pid))
+                .u64(window)
+                .finish()
+        };
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&trace(0x7472_6163_6531).to_be_bytes());
+        trace_id[8..].copy_from_slice(&trace(0x7472_6163_6532).to_be_bytes());
+        if trace_id == [0; 16] {
+            trace_id[15] = 1;
+        }
+        let span = StableHasher::new(self.host_seed ^ 0x7370_616e)
+            .u64(u64::from(record.pid))
+            .u64(u64::from(record.tid))
+            .u64(record.op as u64)
+            .u64(record.start_unix_ns)
+            .u64(record.inode)
+            .finish();
+        let span = if span == 0 { 1 } else { span };
+        CorrelatedRecord {
+            record,
+            trace_id: TraceId(trace_id),
+            span_id: SpanId(span.to_be_bytes()),
+            resource: ResourceKey::Node,
+        }
+    }
+}
+
+/// FNV-1a with a splitmix64 finish: stable across Rust releases and platforms (unlike
+/// `DefaultHasher`), which deterministic ids need.
+struct StableHasher(u64);
+
+impl StableHasher {
+    fn new(seed: u64) -> Self {
+        Self(0xcbf2_9ce4_8422_2325 ^ seed)
+    }
+    fn bytes(mut self, data: &[u8]) -> Self {
+        for &b in data {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        self
+    }
+    fn u64(self, v: u64) -> Self {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn finish(self) -> u64 {
+        let mut z = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::event::{AttachMode, IoOp};
+
+    pub(crate) fn record(pid: u32, start_unix_ns: u64) -> IoRecord {
+        IoRecord {
+            op: IoOp::Fsync,
+            start_unix_ns,
+            end_unix_ns: start_unix_ns + 108_000_000,
+            latency_ns: 108_000_000,
+            pid,
+            tid: pid + 1,
+            comm: "containerd".into(),
+            cgroup_id: 42,
+            mntns: 4026531841,
+            bytes: 0,
+            offset: None,
+            ret: 0,
+            inode: 12,
+            dev_major: 7,
+            dev_minor: 3,
+            file_name: "meta.db".into(),
+            parents: vec!["io.containerd.metadata.v1.bolt".into()],
+            path_complete: true,
+            mount_point: Some("/var/lib/containerd".into()),
+            file_path: Some("/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db".into()),
+            datasync: false,
+            attach_mode: AttachMode::Tracepoint,
+        }
+    }
+
+    #[test]
+    fn same_process_and_window_share_a_trace() {
+        let c = Correlator::new("node-a");
+        let t0 = 1_700_000_000_000_000_000;
+        let a = c.correlate(record(10, t0));
+        let b = c.correlate(record(10, t0 + 1_000_000));
+        let other_pid = c.correlate(record(11, t0));
+        let later = c.correlate(record(10, t0 + TRACE_WINDOW_NS));
+        assert_eq!(a.trace_id, b.trace_id);
+        assert_ne!(a.span_id, b.span_id);
+        assert_ne!(a.trace_id, other_pid.trace_id);
+        assert_ne!(a.trace_id, later.trace_id);
+        assert_eq!(a.resource, ResourceKey::Node);
+    }
+
+    #[test]
+    fn ids_are_deterministic_and_host_specific() {
+        let t0 = 1_700_000_000_000_000_000;
+        let a = Correlator::new("node-a").correlate(record(10, t0));
+        let again = Correlator::new("node-a").correlate(record(10, t0));
+        let b = Correlator::new("node-b").correlate(record(10, t0));
+        assert_eq!((a.trace_id, a.span_id), (again.trace_id, again.span_id));
+        assert_ne!(a.trace_id, b.trace_id);
+        assert_ne!(a.span_id, b.span_id);
+    }
+
+    #[test]
+    fn json_has_hex_ids() {
+        let a = Correlator::new("n").correlate(record(10, 1));
+        let v = serde_json::to_value(&a).expect("json");
+        assert_eq!(v["trace_id"].as_str().map(str::len), Some(32));
+        assert_eq!(v["span_id"].as_str().map(str::len), Some(16));
+        assert_eq!(v["op"], "fsync");
+        assert_eq!(v["trace_id"], a.trace_id.to_string());
+    }
+}

@@ -1,0 +1,375 @@
+//! Self-observability: counters of what was seen, exported and lost, served as
+//! Prometheus text on `GET /metrics`, plus `GET /healthz`.
+//!
+//! Metric names:
+//! - `iostall_records_total`: records handed to the sinks (after decode and filters).
+//! - `iostall_dropped_records_total{reason}`: records lost, by reason:
+//!   `ringbuf_full` and `inflight_full` (kernel side, from the eBPF counters),
+//!   `decode_error`, `sink_queue_full` (the sinks fell behind the kernel reader),
+//!   `otlp_queue_full` (the OTLP exporter's queue was full: collector slow or down),
+//!   `otlp_export_failed` (a batch failed after all retries, or was rejected).
+//! - `iostall_otlp_exported_spans_total`, `iostall_otlp_exported_logs_total`: accepted
+//!   by the collector.
+//! - `iostall_otlp_export_requests_total{signal,result}`: export requests by outcome
+//!   (`ok`, `retry`, `failed`).
+//! - `iostall_kernel_events_total`: events the eBPF programs wrote to the ring buffer.
+//!
+//! The server is deliberately tiny (HTTP/1.1, one request per connection): it must add
+//! no dependency and no risk to the exporter.
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::tracer::KernelStats;
+
+/// Why a record was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The kernel's ring buffer was full.
+    RingbufFull,
+    /// The kernel's in-flight map was full (the operation was not timed).
+    InflightFull,
+    /// The record could not be decoded.
+    DecodeError,
+    /// The channel before the sinks was full.
+    SinkQueueFull,
+    /// The OTLP exporter's queue was full.
+    OtlpQueueFull,
+    /// An OTLP export failed after its retries, or the collector rejected it.
+    OtlpExportFailed,
+}
+
+impl DropReason {
+    /// Every reason, in exposition order.
+    pub const ALL: [Self; 6] = [
+        Self::RingbufFull,
+        Self::InflightFull,
+        Self::DecodeError,
+        Self::SinkQueueFull,
+        Self::OtlpQueueFull,
+        Self::OtlpExportFailed,
+    ];
+
+    /// The `reason` label.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RingbufFull => "ringbuf_full",
+            Self::InflightFull => "inflight_full",
+            Self::DecodeError => "decode_error",
+            Self::SinkQueueFull => "sink_queue_full",
+            Self::OtlpQueueFull => "otlp_queue_full",
+            Self::OtlpExportFailed => "otlp_export_failed",
+        }
+    }
+}
+
+/// Outcome of one export request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportOutcome {
+    /// Accepted.
+    Ok,
+    /// Failed with a retryable error; will be retried.
+    Retry,
+    /// Failed for good.
+    Failed,
+}
+
+/// All counters; share it as `Arc<Metrics>`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    records: AtomicU64,
+    dropped: [AtomicU64; 6],
+    exported_spans: AtomicU64,
+    exported_logs: AtomicU64,
+    /// [signal (0 traces, 1 logs)][outcome].
+    requests: [[AtomicU64; 3]; 2],
+    kernel_events: AtomicU64,
+}
+
+impl Metrics {
+    /// Fresh counters.
+    #[must_use]
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Counts records handed to the sinks.
+    pub fn add_records(&self, n: u64) {
+        self.records.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records handed to the sinks so far.
+    #[must_use]
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// Counts lost records.
+    pub fn add_dropped(&self, reason: DropReason, n: u64) {
+        self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records lost for `reason` so far.
+    #[must_use]
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Takes the kernel's own counters (totals since load).
+    pub fn set_kernel(&self, stats: &KernelStats) {
+        self.dropped[DropReason::RingbufFull as usize]
+            .store(stats.ringbuf_drops, Ordering::Relaxed);
+        self.dropped[DropReason::InflightFull as usize]
+            .store(stats.inflight_full, Ordering::Relaxed);
+        self.kernel_events.store(stats.events, Ordering::Relaxed);
+    }
+
+    /// Counts spans the collector accepted.
+    pub fn add_exported_spans(&self, n: u64) {
+        self.exported_spans.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts log records the collector accepted.
+    pub fn add_exported_logs(&self, n: u64) {
+        self.exported_logs.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Spans accepted so far.
+    #[must_use]
+    pub fn exported_spans(&self) -> u64 {
+        self.exported_spans.load(Ordering::Relaxed)
+    }
+
+    /// Log records accepted so far.
+    #[must_use]
+    pub fn exported_logs(&self) -> u64 {
+        self.exported_logs.load(Ordering::Relaxed)
+    }
+
+    /// Counts one export request's outcome; `logs` picks the signal.
+    pub fn add_request(&self, logs: bool, outcome: ExportOutcome) {
+        self.requests[usize::from(logs)][outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP iostall_records_total Slow operations handed to the sinks.\n\
+             # TYPE iostall_records_total counter\n\
+             iostall_records_total {}",
+            get(&self.records)
+        );
+        out.push_str(
+            "# HELP iostall_dropped_records_total Slow operations lost, by reason.\n\
+             # TYPE iostall_dropped_records_total counter\n",
+        );
+        for reason in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "iostall_dropped_records_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                get(&self.dropped[reason as usize])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP iostall_otlp_exported_spans_total Spans accepted by the OTLP endpoint.\n\
+             # TYPE iostall_otlp_exported_spans_total counter\n\
+             iostall_otlp_exported_spans_total {}\n\
+             # HELP iostall_otlp_exported_logs_total Log records accepted by the OTLP endpoint.\n\
+             # TYPE iostall_otlp_exported_logs_total counter\n\
+             iostall_otlp_exported_logs_total {}",
+            get(&self.exported_spans),
+            get(&self.exported_logs)
+        );
+        out.push_str(
+            "# HELP iostall_otlp_export_requests_total OTLP export requests by signal and outcome.\n\
+             # TYPE iostall_otlp_export_requests_total counter\n",
+        );
+        for (i, signal) in ["traces", "logs"].into_iter().enumerate() {
+            for (j, result) in ["ok", "retry", "failed"].into_iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "iostall_otlp_export_requests_total{{signal=\"{signal}\",result=\"{result}\"}} {}",
+                    get(&self.requests[i][j])
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP iostall_kernel_events_total Events the eBPF programs wrote to the ring buffer.\n\
+             # TYPE iostall_kernel_events_total counter\n\
+             iostall_kernel_events_total {}",
+            get(&self.kernel_events)
+        );
+        out
+    }
+}
+
+/// Errors of the metrics endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The listen address could not be bound.
+    #[error("metrics.listen: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet serving, metrics listener: binding happens at start, before attach,
+/// so a taken port is a start-up error.
+#[derive(Debug)]
+pub struct MetricsServer {
+    listener: std::net::TcpListener,
+}
+
+impl MetricsServer {
+    /// Binds `addr`.
+    pub fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| MetricsError::Bind { addr, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| MetricsError::Bind { addr, source })?;
+        Ok(Self { listener })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves forever on the current tokio runtime.
+    pub async fn serve(self, metrics: Arc<Metrics>) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::from_std(self.listener)?;
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), handle(stream, &metrics)).await;
+            });
+        }
+    }
+}
+
+async fn handle(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = buf
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default();
+    let path = parts.next().unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default();
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "method not allowed\n".to_owned(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_every_reason_and_kernel_drops() {
+        let m = Metrics::new();
+        m.add_records(3);
+        m.add_dropped(DropReason::OtlpQueueFull, 2);
+        m.set_kernel(&KernelStats {
+            ringbuf_drops: 7,
+            inflight_full: 1,
+            events: 10,
+            ..KernelStats::default()
+        });
+        m.add_exported_spans(1);
+        let text = m.render();
+        assert!(text.contains("iostall_records_total 3\n"), "{text}");
+        assert!(text.contains("iostall_dropped_records_total{reason=\"otlp_queue_full\"} 2\n"));
+        assert!(text.contains("iostall_dropped_records_total{reason=\"ringbuf_full\"} 7\n"));
+        assert!(text.contains("iostall_dropped_records_total{reason=\"inflight_full\"} 1\n"));
+        assert!(text.contains("iostall_otlp_exported_spans_total 1\n"));
+        assert!(text.contains("iostall_otlp_exported_logs_total 0\n"));
+    }
+
+    #[test]
+    fn serves_metrics_and_healthz() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let server = MetricsServer::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+            let addr = server.local_addr().expect("addr");
+            let m = Metrics::new();
+            m.add_records(5);
+            tokio::spawn(server.serve(m));
+            for (path, want) in [("/metrics", "iostall_records_total 5"), ("/healthz", "ok")] {
+                let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                    .await
+                    .expect("write");
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.expect("read");
+                assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+                assert!(out.contains(want), "{out}");
+            }
+        });
+    }
+}

@@ -1,0 +1,215 @@
+//! The export task: takes correlated records from a bounded queue, batches them (up to
+//! `batch_size` records or `batch_timeout`), encodes one traces and one logs request per
+//! batch, and sends both with retry and exponential backoff. It runs on its own thread
+//! with its own single-threaded tokio runtime, so neither the kernel reader nor the
+//! sink thread ever waits on the network.
+//!
+//! Loss is counted, never hidden: a batch whose export still fails after
+//! `max_attempts` tries (or is rejected as not retryable) adds its records to
+//! `iostall_dropped_records_total{reason="otlp_export_failed"}`.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{
+    encode::now_unix_ns,
+    resource::Resources,
+    transport::{ExportError, SignalClient, TransportError},
+    wire::WireEncoder,
+};
+use crate::{
+    config::{OtlpConfig, Signal},
+    correlate::CorrelatedRecord,
+    metrics::{DropReason, ExportOutcome, Metrics},
+};
+
+/// How long, once the sink is closing, queued records may still take to export; the
+/// rest is dropped and counted (`otlp_export_failed`), so that a stop never hangs on an
+/// unreachable collector.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The export task's state.
+pub struct ExportTask {
+    traces: SignalClient,
+    logs: SignalClient,
+    resources: Resources,
+    config: OtlpConfig,
+    metrics: Arc<Metrics>,
+    closing: Arc<AtomicBool>,
+    shutdown_deadline: std::sync::OnceLock<tokio::time::Instant>,
+}
+
+impl ExportTask {
+    /// Builds both clients (inside a tokio runtime: gRPC channels connect lazily).
+    /// `closing` is set when the sink shuts down: from then on batches get one try.
+    pub fn new(
+        config: &OtlpConfig,
+        resources: Resources,
+        metrics: Arc<Metrics>,
+        closing: Arc<AtomicBool>,
+    ) -> Result<Self, TransportError> {
+        Ok(Self {
+            traces: SignalClient::new(Signal::Traces, &config.traces)?,
+            logs: SignalClient::new(Signal::Logs, &config.logs)?,
+            resources,
+            config: config.clone(),
+            metrics,
+            closing,
+            shutdown_deadline: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// When closing: the instant by which everything must be done.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        if !self.closing.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(
+            *self
+                .shutdown_deadline
+                .get_or_init(|| tokio::time::Instant::now() + SHUTDOWN_GRACE),
+        )
+    }
+
+    /// Runs until `rx` is closed and drained.
+    pub async fn run(self, mut rx: mpsc::Receiver<CorrelatedRecord>) {
+        let mut encoder = WireEncoder::new();
+        let batch_size = self.config.batch_size;
+        let mut batch: Vec<CorrelatedRecord> = Vec::with_capacity(batch_size);
+        loop {
+            if rx.recv_many(&mut batch, batch_size).await == 0 {
+                break;
+            }
+            let deadline = tokio::time::Instant::now() + self.config.batch_timeout;
+            let mut closed = false;
+            while batch.len() < batch_size {
+                let want = batch_size - batch.len();
+                match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, want)).await {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            self.export(&mut encoder, &batch).await;
+            batch.clear();
+            if closed {
+                break;
+            }
+        }
+    }
+
+    /// Exports one batch (traces and logs concurrently) and counts the outcome.
+    async fn export(&self, encoder: &mut WireEncoder, batch: &[CorrelatedRecord]) {
+        if self
+            .deadline()
+            .is_some_and(|d| tokio::time::Instant::now() >= d)
+        {
+            self.metrics
+                .add_dropped(DropReason::OtlpExportFailed, batch.len() as u64);
+            tracing::warn!(
+                records = batch.len(),
+                "OTLP: shutting down, records dropped"
+            );
+            return;
+        }
+        let traces = Bytes::from(encoder.traces(batch, &self.resources));
+        let logs = Bytes::from(encoder.logs(
+            batch,
+            &self.resources,
+            self.config.warn_threshold_ns,
+            now_unix_ns(),
+        ));
+        let n = batch.len() as u64;
+        let (traces_ok, logs_ok) = tokio::join!(
+            self.with_retry(false, &self.traces, traces, n),
+            self.with_retry(true, &self.logs, logs, n),
+        );
+        if traces_ok {
+            self.metrics.add_exported_spans(n);
+        }
+        if logs_ok {
+            self.metrics.add_exported_logs(n);
+        }
+        if !(traces_ok && logs_ok) {
+            self.metrics.add_dropped(DropReason::OtlpExportFailed, n);
+        }
+    }
+
+    /// Sends `body`, retrying retryable failures with exponential backoff (or the
+    /// server's `Retry-After`) up to `max_attempts` tries; `true` if it got through.
+    async fn with_retry(
+        &self,
+        logs: bool,
+        client: &SignalClient,
+        body: Bytes,
+        records: u64,
+    ) -> bool {
+        let signal = if logs { "logs" } else { "traces" };
+        let mut backoff = self.config.initial_backoff;
+        let mut attempt = 1u32;
+        loop {
+            let sent = match self.deadline() {
+                None => client.export(body.clone()).await,
+                Some(deadline) => tokio::time::timeout_at(deadline, client.export(body.clone()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ExportError {
+                            retryable: false,
+                            retry_after: None,
+                            message: "shutting down: export did not finish in time".into(),
+                        })
+                    }),
+            };
+            match sent {
+                Ok(()) => {
+                    self.metrics.add_request(logs, ExportOutcome::Ok);
+                    return true;
+                }
+                Err(e)
+                    if e.retryable
+                        && attempt < self.config.max_attempts
+                        && !self.closing.load(Ordering::Relaxed) =>
+                {
+                    self.metrics.add_request(logs, ExportOutcome::Retry);
+                    let delay = e
+                        .retry_after
+                        .unwrap_or(backoff)
+                        .min(self.config.max_backoff);
+                    tracing::debug!(signal, attempt, error = %e, ?delay, "OTLP export failed, retrying");
+                    tokio::time::sleep(jitter(delay)).await;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.metrics.add_request(logs, ExportOutcome::Failed);
+                    tracing::warn!(
+                        signal,
+                        attempts = attempt,
+                        records,
+                        error = %e,
+                        "OTLP export failed; records dropped (counted in iostall_dropped_records_total{{reason=\"otlp_export_failed\"}})"
+                    );
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Up to +25% of `d`, so that exporters restarted together do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}

@@ -1,0 +1,30 @@
+//! OTLP export: slow operations as spans and log records, to any OpenTelemetry backend.
+//!
+//! # Why not the OpenTelemetry SDK
+//!
+//! The messages are built directly with `opentelemetry-proto` and sent with its tonic
+//! client (gRPC) or as HTTP/protobuf (reqwest), instead of through the SDK's
+//! `TracerProvider`/`LoggerProvider`: the SDK (0.32) keeps **one Resource per provider**
+//! and lets **no span builder set trace or span ids**, while iostall needs
+//!
+//! - **kernel timestamps**: a span starts and ends when the kernel says the operation
+//!   did, not when userspace learned about it;
+//! - **deterministic ids** (see [`crate::correlate`]), so a restarted exporter joins the
+//!   same traces and a log record carries its span's ids;
+//! - **one Resource per pod**: the Collector's `k8sattributes` processor matches Resource
+//!   attributes only, so each export groups records into one `ResourceSpans` /
+//!   `ResourceLogs` per [`crate::correlate::ResourceKey`].
+//!
+//! The standard `OTEL_EXPORTER_OTLP_*` settings keep their documented meaning (see
+//! [`crate::config`]).
+//!
+//! Modules: [`resource`] (the node's Resource), [`encode`] (records to OTLP messages:
+//! the attribute definition and the `opentelemetry-proto` reference), [`wire`] (the same
+//! messages written straight to protobuf bytes: the hot path),
+//! [`transport`] (gRPC and HTTP clients, retry classification), [`exporter`] (the
+//! batching, retrying export task behind [`crate::sink::otlp::OtlpSink`]).
+pub mod encode;
+pub mod exporter;
+pub mod resource;
+pub mod transport;
+pub mod wire;

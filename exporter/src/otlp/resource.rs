@@ -1,0 +1,115 @@
+//! The Resource every export carries: who is sending (`service.*`) and where
+//! (`host.name`, `k8s.node.name`, `os.*`).
+use std::collections::BTreeMap;
+
+use opentelemetry_proto::tonic::{
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    resource::v1::Resource,
+};
+
+use crate::{config::ResourceConfig, correlate::ResourceKey};
+
+/// The node's host name (`/proc/sys/kernel/hostname`, else `uname`).
+#[must_use]
+pub fn host_name() -> String {
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let name = name.trim();
+        if !name.is_empty() {
+            return name.to_owned();
+        }
+    }
+    uname_field(|u| &u.nodename)
+}
+
+/// The kernel release (`uname -r`).
+#[must_use]
+pub fn kernel_release() -> String {
+    uname_field(|u| &u.release)
+}
+
+fn uname_field(pick: impl Fn(&libc::utsname) -> &[libc::c_char; 65]) -> String {
+    // SAFETY: zeroed utsname is a valid out value.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to an initialised value.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    let field = pick(&u);
+    let bytes: Vec<u8> = field
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A string attribute.
+#[must_use]
+pub fn kv_str(key: &str, value: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+        ..KeyValue::default()
+    }
+}
+
+/// The Resources records are exported under, one per [`ResourceKey`].
+#[derive(Debug, Clone)]
+pub struct Resources {
+    node: Resource,
+    node_encoded: Vec<u8>,
+}
+
+impl Resources {
+    /// The node's Resource: `service.name` (config / `OTEL_SERVICE_NAME` / `iostall`),
+    /// `service.version`, `host.name`, `k8s.node.name` (from `NODE_NAME` when set),
+    /// `os.type=linux`, `os.version` (kernel release), then `OTEL_RESOURCE_ATTRIBUTES`
+    /// and the config file's attributes, which override the detected ones.
+    #[must_use]
+    pub fn new(config: &ResourceConfig, node_name: Option<String>) -> Self {
+        let mut attrs: BTreeMap<String, String> = BTreeMap::new();
+        attrs.insert("service.version".into(), env!("CARGO_PKG_VERSION").into());
+        attrs.insert("host.name".into(), host_name());
+        if let Some(node) = node_name.filter(|n| !n.is_empty()) {
+            attrs.insert("k8s.node.name".into(), node);
+        }
+        attrs.insert("os.type".into(), "linux".into());
+        attrs.insert("os.version".into(), kernel_release());
+        for (k, v) in &config.attributes {
+            attrs.insert(k.clone(), v.clone());
+        }
+        attrs.insert("service.name".into(), config.service_name.clone());
+        let node = Resource {
+            attributes: attrs.iter().map(|(k, v)| kv_str(k, v.clone())).collect(),
+            ..Resource::default()
+        };
+        Self {
+            node_encoded: prost::Message::encode_to_vec(&node),
+            node,
+        }
+    }
+
+    /// From the environment (`NODE_NAME`) and the resolved config.
+    #[must_use]
+    pub fn from_env(config: &ResourceConfig) -> Self {
+        Self::new(config, std::env::var("NODE_NAME").ok())
+    }
+
+    /// The Resource of `key`.
+    #[must_use]
+    pub fn get(&self, key: &ResourceKey) -> &Resource {
+        match key {
+            ResourceKey::Node => &self.node,
+        }
+    }
+
+    /// The Resource of `key`, protobuf-encoded.
+    #[must_use]
+    pub fn encoded(&self, key: &ResourceKey) -> &[u8] {
+        match key {
+            ResourceKey::Node => &self.node_encoded,
+        }
+    }
+}

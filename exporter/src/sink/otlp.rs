@@ -1,0 +1,151 @@
+//! The OTLP sink: hands records to the export task without ever waiting.
+//!
+//! [`Sink::record`] only `try_send`s into the exporter's bounded queue (`otlp.queue_size`
+//! records); when the collector is slow or down the queue fills, further records are
+//! dropped and counted as `otlp_queue_full`, and a warning is logged at most every 10 s.
+//! Memory stays bounded by the queue and one batch in flight.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::Sink;
+use crate::{
+    config::OtlpConfig,
+    correlate::CorrelatedRecord,
+    metrics::{DropReason, Metrics},
+    otlp::{exporter::ExportTask, resource::Resources, transport::TransportError},
+};
+
+/// How often queue-full drops are reported in the log.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Errors starting the OTLP sink.
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpSinkError {
+    /// A client could not be built from the settings.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The export thread or its runtime could not start.
+    #[error("otlp: cannot start the export thread: {0}")]
+    Start(#[source] std::io::Error),
+}
+
+/// Sends records as OTLP spans and log records.
+pub struct OtlpSink {
+    tx: Option<mpsc::Sender<CorrelatedRecord>>,
+    thread: Option<JoinHandle<()>>,
+    closing: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    unreported_drops: u64,
+    last_warn: Option<Instant>,
+}
+
+impl OtlpSink {
+    /// Starts the export thread; fails (before anything is sent) if a client cannot be
+    /// built, e.g. an invalid CA certificate.
+    pub fn start(
+        config: &OtlpConfig,
+        resources: Resources,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, OtlpSinkError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(OtlpSinkError::Start)?;
+        let closing = Arc::new(AtomicBool::new(false));
+        let task = {
+            let _guard = runtime.enter();
+            ExportTask::new(config, resources, metrics.clone(), closing.clone())?
+        };
+        let (tx, rx) = mpsc::channel(config.queue_size);
+        let thread = std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || runtime.block_on(task.run(rx)))
+            .map_err(OtlpSinkError::Start)?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            closing,
+            metrics,
+            unreported_drops: 0,
+            last_warn: None,
+        })
+    }
+
+    /// Queues a record without counting a drop: gives it back (`Some`) if the queue is
+    /// full (for callers that would rather wait, such as the benchmark).
+    #[must_use]
+    pub fn offer(&mut self, record: CorrelatedRecord) -> Option<CorrelatedRecord> {
+        match &self.tx {
+            Some(tx) => match tx.try_send(record) {
+                Ok(()) => None,
+                Err(TrySendError::Full(r) | TrySendError::Closed(r)) => Some(r),
+            },
+            None => Some(record),
+        }
+    }
+
+    /// Stops taking records, exports what is queued (one try per batch), and waits for
+    /// the export thread.
+    pub fn close(&mut self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.tx = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("OTLP export thread panicked");
+        }
+        self.report_drops(true);
+    }
+
+    fn report_drops(&mut self, force: bool) {
+        if self.unreported_drops == 0 {
+            return;
+        }
+        let due = self.last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY);
+        if force || due {
+            tracing::warn!(
+                dropped = self.unreported_drops,
+                dropped_total = self.metrics.dropped(DropReason::OtlpQueueFull),
+                "OTLP queue full (collector slow or down): records dropped"
+            );
+            self.unreported_drops = 0;
+            self.last_warn = Some(Instant::now());
+        }
+    }
+}
+
+impl Sink for OtlpSink {
+    fn record(&mut self, record: &CorrelatedRecord) -> std::io::Result<()> {
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
+        match tx.try_send(record.clone()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
+                self.metrics.add_dropped(DropReason::OtlpQueueFull, 1);
+                self.unreported_drops += 1;
+                self.report_drops(false);
+            }
+        }
+        Ok(())
+    }
+
+    fn idle(&mut self) -> std::io::Result<()> {
+        self.report_drops(false);
+        Ok(())
+    }
+}
+
+impl Drop for OtlpSink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

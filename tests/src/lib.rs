@@ -1,0 +1,6 @@
+//! Test fixtures.
+
+pub mod iostall_proc;
+pub mod otlp_receiver;
+pub mod slowfs;
+pub mod workload;
