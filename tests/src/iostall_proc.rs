@@ -40,7 +40,9 @@ fn build_iostall() -> Result<PathBuf> {
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "iostall", "--bin", "iostall"]);
+    // The same package selection as `cargo test --workspace`, so cargo resolves the same
+    // features and reuses the artifacts instead of rebuilding dependencies.
+    cmd.args(["build", "--workspace", "--bins"]);
     if release {
         cmd.arg("--release");
     }

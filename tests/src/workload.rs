@@ -11,7 +11,7 @@ pub fn workload_binary() -> Result<PathBuf> {
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "iostall-tests", "--bin", "iostall-workload"]);
+        cmd.args(["build", "--workspace", "--bins"]);
         if iostall
             .parent()
             .and_then(|p| p.file_name())
@@ -65,8 +65,8 @@ fn field_str(v: &Value, key: &str) -> Result<String> {
         .with_context(|| format!("workload record has no string {key}: {v}"))
 }
 
-/// Runs the workload with `args` and returns the operations it reported.
-pub fn run_workload(args: &[&str]) -> Result<Vec<WorkloadOp>> {
+/// Runs the workload with `args` to completion and returns its stdout.
+fn run_to_stdout(args: &[&str]) -> Result<String> {
     let bin = workload_binary()?;
     let out = Command::new(&bin)
         .args(args)
@@ -79,8 +79,13 @@ pub fn run_workload(args: &[&str]) -> Result<Vec<WorkloadOp>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let text = String::from_utf8(out.stdout).context("workload output is not UTF-8")?;
-    text.lines()
+    String::from_utf8(out.stdout).context("workload output is not UTF-8")
+}
+
+/// Runs the workload with `args` and returns the operations it reported.
+pub fn run_workload(args: &[&str]) -> Result<Vec<WorkloadOp>> {
+    run_to_stdout(args)?
+        .lines()
         .map(|line| {
             let v: Value =
                 serde_json::from_str(line).with_context(|| format!("bad line {line}"))?;
@@ -102,19 +107,7 @@ pub fn run_workload(args: &[&str]) -> Result<Vec<WorkloadOp>> {
 
 /// Runs the workload and returns its single summary line (benchmark subcommands).
 pub fn run_workload_summary(args: &[&str]) -> Result<Value> {
-    let bin = workload_binary()?;
-    let out = Command::new(&bin)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "workload {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8(out.stdout).context("workload output is not UTF-8")?;
+    let text = run_to_stdout(args)?;
     let line = text.lines().last().context("workload printed nothing")?;
     serde_json::from_str(line).with_context(|| format!("bad summary {line}"))
 }

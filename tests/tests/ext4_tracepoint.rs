@@ -328,12 +328,8 @@ fn fast_operations_and_other_filesystems_are_filtered_in_the_kernel() -> Result<
     Ok(())
 }
 
-/// `auto` picks the first mode `iostall probe` says works, and says why the modes before
-/// it were refused; on this project's machines that is tracepoint (fentry: EPERM,
-/// kprobe: not built in).
-#[test]
-fn auto_mode_falls_back_and_says_why() -> Result<()> {
-    setup();
+/// `iostall probe --json`, and its attach-mode lines as (mode, works, detail).
+fn probe_attach_modes() -> Result<(Value, Vec<(String, bool, String)>)> {
     let bin = iostall_tests::iostall_proc::iostall_binary()?;
     let probe = std::process::Command::new(&bin)
         .args(["probe", "--json"])
@@ -344,13 +340,30 @@ fn auto_mode_falls_back_and_says_why() -> Result<()> {
         String::from_utf8_lossy(&probe.stderr)
     );
     let report: Value = serde_json::from_slice(&probe.stdout)?;
+    let modes = report["capabilities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let mode = s(c, "name").strip_prefix("attach mode ")?.to_owned();
+            Some((mode, c["ok"].as_bool() == Some(true), s(c, "detail")))
+        })
+        .collect();
+    Ok((report, modes))
+}
+
+/// `auto` picks the first mode `iostall probe` says works, and says why the modes before
+/// it were refused; on this project's machines that is tracepoint (fentry: EPERM,
+/// kprobe: not built in).
+#[test]
+fn auto_mode_falls_back_and_says_why() -> Result<()> {
+    setup();
+    let (report, modes) = probe_attach_modes()?;
     let mode_ok = |mode: &str| {
-        report["capabilities"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["name"] == format!("attach mode {mode}"))
-            .map(|c| (c["ok"].as_bool() == Some(true), s(c, "detail")))
+        modes
+            .iter()
+            .find(|(m, _, _)| m == mode)
+            .map(|(_, ok, detail)| (*ok, detail.clone()))
             .unwrap_or_else(|| panic!("probe reports no attach mode {mode}: {report}"))
     };
     let expected = ["fentry", "kprobe", "tracepoint"]
@@ -390,17 +403,11 @@ fn auto_mode_falls_back_and_says_why() -> Result<()> {
 fn forced_mode_that_cannot_attach_fails_clearly() -> Result<()> {
     setup();
     let bin = iostall_tests::iostall_proc::iostall_binary()?;
-    let probe = std::process::Command::new(&bin)
-        .args(["probe", "--json"])
-        .output()?;
-    let report: Value = serde_json::from_slice(&probe.stdout)?;
-    let refused: Vec<String> = report["capabilities"]
-        .as_array()
+    let (_, modes) = probe_attach_modes()?;
+    let refused = modes
         .into_iter()
-        .flatten()
-        .filter(|c| s(c, "name").starts_with("attach mode ") && c["ok"] == false)
-        .map(|c| s(c, "name").trim_start_matches("attach mode ").to_owned())
-        .collect();
+        .filter(|(_, ok, _)| !ok)
+        .map(|(m, _, _)| m);
     for mode in refused {
         let out = std::process::Command::new(&bin)
             .args(["--attach", &mode, "-d", "1"])
