@@ -328,8 +328,11 @@ fn fast_operations_and_other_filesystems_are_filtered_in_the_kernel() -> Result<
     Ok(())
 }
 
-/// `iostall probe --json`, and its attach-mode lines as (mode, works, detail).
-fn probe_attach_modes() -> Result<(Value, Vec<(String, bool, String)>)> {
+/// One "attach mode …" line of `iostall probe`: (mode, whether it works, detail).
+type AttachModeLine = (String, bool, String);
+
+/// `iostall probe --json`, and its attach-mode lines.
+fn probe_attach_modes() -> Result<(Value, Vec<AttachModeLine>)> {
     let bin = iostall_tests::iostall_proc::iostall_binary()?;
     let probe = std::process::Command::new(&bin)
         .args(["probe", "--json"])
