@@ -267,14 +267,16 @@ fn fast_operations_and_other_filesystems_are_filtered_in_the_kernel() -> Result<
     let tmp_dir = tmpfs.path().to_string_lossy().into_owned();
     let mut ops = Vec::new();
     for dir in [&ext4_dir, &tmp_dir] {
-        let sub = format!("{dir}/opened");
-        std::fs::create_dir(&sub)?;
+        // Subdirectories, so each file has a parent directory inside the filesystem.
+        let (written, opened) = (format!("{dir}/written"), format!("{dir}/opened"));
+        std::fs::create_dir(&written)?;
+        std::fs::create_dir(&opened)?;
         ops.extend(run_workload(&[
             "--comm",
             comm,
             "write-fsync",
             "--dir",
-            dir,
+            &written,
             "--count",
             "5",
             "--size",
@@ -283,7 +285,7 @@ fn fast_operations_and_other_filesystems_are_filtered_in_the_kernel() -> Result<
             "wf-",
         ])?);
         ops.extend(run_workload(&[
-            "--comm", comm, "open", "--dir", &sub, "--count", "3",
+            "--comm", comm, "open", "--dir", &opened, "--count", "3",
         ])?);
     }
     let all = events_of(&all.stop()?, comm);
