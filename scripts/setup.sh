@@ -12,8 +12,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- apt packages ------------------------------------------------------------------
+# containerd + runc: the real runtime the tests drive through CRI; busybox-static: the
+# binary the tests' locally built images are made of (no registry is reachable).
 APT_PACKAGES=(e2fsprogs util-linux mount pkg-config protobuf-compiler ca-certificates
-              containerd runc python3)
+              containerd runc busybox-static python3)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod correlate;
 pub mod decode;
+pub mod enrich;
 pub mod event;
 pub mod metrics;
 pub mod mounts;

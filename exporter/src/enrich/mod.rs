@@ -1,0 +1,318 @@
+//! enrich: who an [`IoRecord`] belongs to — container, pod — and how that was found.
+//!
+//! In order of trust:
+//! 1. **cgroup**: the record's cgroup v2 id ([`pid_map::CgroupIdMap`]) or its pid's
+//!    `/proc/<pid>/cgroup` ([`pid_map::PidMap`]) is a container's cgroup
+//!    ([`cgroup_path`]).
+//! 2. **path**: the file's path names a container or pod ([`path_attribution`]): IO a
+//!    runtime or the kubelet does on a container's behalf.
+//! 3. **time-overlap** (a later stage): shared runtime files by overlap with a
+//!    container's startup phases.
+//!
+//! Names, image and pod come from [`metadata::MetadataCache`], filled from runtime
+//! labels by the runtime event sources.
+
+pub mod cgroup_path;
+pub mod metadata;
+pub mod path_attribution;
+pub mod pid_map;
+
+use serde::Serialize;
+
+use self::{
+    cgroup_path::{ContainerRef, QosClass, Runtime},
+    metadata::MetadataCache,
+    path_attribution::{PathKind, PathRules},
+    pid_map::{CgroupIdMap, PidMap},
+};
+use crate::event::IoRecord;
+
+/// How a record was tied to its container or pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttributionMethod {
+    /// The thread was in the container's cgroup.
+    Cgroup,
+    /// The file's path names the container or pod.
+    Path(PathKind),
+    /// It overlapped the container's startup phases in time (shared runtime files).
+    TimeOverlap,
+    /// Not tied to any container.
+    None,
+}
+
+impl AttributionMethod {
+    /// The attribute value: `cgroup`, `path`, `time-overlap` or `none`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cgroup => "cgroup",
+            Self::Path(_) => "path",
+            Self::TimeOverlap => "time-overlap",
+            Self::None => "none",
+        }
+    }
+}
+
+/// What a record gains from enrichment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Enrichment {
+    /// How it was attributed.
+    pub method: AttributionMethod,
+    /// The container id.
+    pub container_id: Option<String>,
+    /// The runtime.
+    pub runtime: Option<Runtime>,
+    /// The container's name in its pod.
+    pub container_name: Option<String>,
+    /// The image reference.
+    pub image: Option<String>,
+    /// The pod uid.
+    pub pod_uid: Option<String>,
+    /// The pod name.
+    pub pod_name: Option<String>,
+    /// The pod namespace.
+    pub pod_namespace: Option<String>,
+    /// The pod's QoS class (from the cgroup path).
+    pub qos: Option<QosClass>,
+    /// The pod sandbox id.
+    pub sandbox_id: Option<String>,
+}
+
+impl Enrichment {
+    /// Nothing known.
+    #[must_use]
+    pub fn none() -> Self {
+        Self {
+            method: AttributionMethod::None,
+            container_id: None,
+            runtime: None,
+            container_name: None,
+            image: None,
+            pod_uid: None,
+            pod_name: None,
+            pod_namespace: None,
+            qos: None,
+            sandbox_id: None,
+        }
+    }
+
+    fn from_container(container: ContainerRef) -> Self {
+        Self {
+            method: AttributionMethod::Cgroup,
+            runtime: Some(container.runtime),
+            pod_uid: container.pod_uid,
+            qos: container.qos,
+            container_id: Some(container.id),
+            ..Self::none()
+        }
+    }
+
+    /// Fills what is still unknown from the metadata cache (container, then pod).
+    fn fill_from(&mut self, metadata: &MetadataCache) {
+        if let Some(meta) = self
+            .container_id
+            .as_deref()
+            .and_then(|id| metadata.container(id))
+        {
+            fill(&mut self.container_name, &meta.container_name);
+            fill(&mut self.image, &meta.image);
+            fill(&mut self.pod_uid, &meta.pod_uid);
+            fill(&mut self.pod_name, &meta.pod_name);
+            fill(&mut self.pod_namespace, &meta.pod_namespace);
+            fill(&mut self.sandbox_id, &meta.sandbox_id);
+            if self.runtime.is_none_or(|r| r == Runtime::Unknown) && meta.runtime.is_some() {
+                self.runtime = meta.runtime;
+            }
+        }
+        if let Some(pod) = self.pod_uid.as_deref().and_then(|uid| metadata.pod(uid)) {
+            fill(&mut self.pod_name, &pod.name);
+            fill(&mut self.pod_namespace, &pod.namespace);
+        }
+    }
+}
+
+fn fill(slot: &mut Option<String>, from: &Option<String>) {
+    if slot.is_none() {
+        slot.clone_from(from);
+    }
+}
+
+/// Attributes records with the cgroup, pid and path lookups and the metadata cache.
+#[derive(Debug)]
+pub struct Enricher {
+    /// pid → container.
+    pub pids: PidMap,
+    /// cgroup v2 id → cgroup path; `None` when no unified hierarchy is mounted.
+    pub cgroup_ids: Option<CgroupIdMap>,
+    /// Path rules.
+    pub paths: PathRules,
+    /// Container and pod metadata, filled by the runtime sources.
+    pub metadata: MetadataCache,
+}
+
+impl Enricher {
+    /// An enricher for this host: `/proc`, the discovered unified hierarchy (if any),
+    /// default path rules, empty metadata.
+    #[must_use]
+    pub fn for_host() -> Self {
+        Self {
+            pids: PidMap::default(),
+            cgroup_ids: CgroupIdMap::discover().ok(),
+            paths: PathRules::default(),
+            metadata: MetadataCache::new(),
+        }
+    }
+
+    /// Who `record` belongs to: cgroup id, then pid, then the file path.
+    pub fn enrich(&mut self, record: &IoRecord) -> Enrichment {
+        let by_cgroup = match (&mut self.cgroup_ids, record.cgroup_id) {
+            (Some(ids), id) if id != 0 => ids.resolve_container(id),
+            _ => None,
+        };
+        let mut out = match by_cgroup.or_else(|| self.pids.resolve(record.pid)) {
+            Some(container) => Enrichment::from_container(container),
+            None => match record
+                .file_path
+                .as_deref()
+                .and_then(|p| self.paths.attribute(p))
+            {
+                Some(found) => Enrichment {
+                    method: found
+                        .kind
+                        .map_or(AttributionMethod::None, AttributionMethod::Path),
+                    container_id: found.container_id,
+                    container_name: found.container_name,
+                    pod_uid: found.pod_uid,
+                    pod_name: found.pod_name,
+                    pod_namespace: found.pod_namespace,
+                    ..Enrichment::none()
+                },
+                None => return Enrichment::none(),
+            },
+        };
+        out.fill_from(&self.metadata);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::{metadata::ContainerMeta, *};
+    use crate::event::{AttachMode, IoOp};
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const UID: &str = "8f3a2b1c-4d5e-6f70-8192-a3b4c5d6e7f8";
+
+    fn record(pid: u32, path: Option<&str>) -> IoRecord {
+        IoRecord {
+            op: IoOp::Fsync,
+            start_unix_ns: 0,
+            end_unix_ns: 1,
+            latency_ns: 1,
+            pid,
+            tid: pid,
+            comm: "x".into(),
+            cgroup_id: 0,
+            mntns: 0,
+            bytes: 0,
+            offset: None,
+            ret: 0,
+            inode: 1,
+            dev_major: 7,
+            dev_minor: 0,
+            file_name: "f".into(),
+            parents: vec![],
+            path_complete: true,
+            mount_point: None,
+            file_path: path.map(str::to_owned),
+            datasync: false,
+            attach_mode: AttachMode::Tracepoint,
+        }
+    }
+
+    fn enricher(proc_dir: &std::path::Path) -> Enricher {
+        let mut metadata = MetadataCache::new();
+        metadata.insert(
+            ContainerMeta::from_labels(
+                ID,
+                [
+                    (metadata::LABEL_POD_NAME, "web-0"),
+                    (metadata::LABEL_POD_NAMESPACE, "shop"),
+                    (metadata::LABEL_POD_UID, UID),
+                    (metadata::LABEL_CONTAINER_NAME, "nginx"),
+                ],
+            )
+            .expect("meta")
+            .with_image("iostall.test/busybox:1")
+            .with_runtime(Runtime::Containerd),
+        );
+        Enricher {
+            pids: PidMap::new(proc_dir, 64),
+            cgroup_ids: None,
+            paths: PathRules::default(),
+            metadata,
+        }
+    }
+
+    #[test]
+    fn by_cgroup_then_metadata() {
+        let proc_dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(proc_dir.path().join("42")).expect("mkdir");
+        fs::write(
+            proc_dir.path().join("42/cgroup"),
+            format!("7:blkio:/kubepods/besteffort/pod{UID}/{ID}\n0::/\n"),
+        )
+        .expect("write");
+        let mut e = enricher(proc_dir.path());
+        let got = e.enrich(&record(42, Some("/data/x")));
+        assert_eq!(got.method, AttributionMethod::Cgroup);
+        assert_eq!(got.method.as_str(), "cgroup");
+        assert_eq!(got.container_id.as_deref(), Some(ID));
+        assert_eq!(got.container_name.as_deref(), Some("nginx"));
+        assert_eq!(got.pod_name.as_deref(), Some("web-0"));
+        assert_eq!(got.pod_namespace.as_deref(), Some("shop"));
+        assert_eq!(got.qos, Some(QosClass::BestEffort));
+        // The bare id under a pod cgroup says "unknown runtime"; metadata knows better.
+        assert_eq!(got.runtime, Some(Runtime::Containerd));
+        assert_eq!(got.image.as_deref(), Some("iostall.test/busybox:1"));
+    }
+
+    #[test]
+    fn by_path_for_host_processes() {
+        let proc_dir = tempfile::tempdir().expect("tempdir");
+        let mut e = enricher(proc_dir.path());
+        let got = e.enrich(&record(
+            7,
+            Some(&format!(
+                "/var/lib/containerd/io.containerd.grpc.v1.cri/containers/{ID}/status"
+            )),
+        ));
+        assert_eq!(got.method, AttributionMethod::Path(PathKind::CriContainer));
+        assert_eq!(got.method.as_str(), "path");
+        assert_eq!(got.container_name.as_deref(), Some("nginx"));
+        assert_eq!(got.pod_uid.as_deref(), Some(UID));
+        let got = e.enrich(&record(
+            7,
+            Some(&format!("/var/lib/kubelet/pods/{UID}/volumes/x")),
+        ));
+        assert_eq!(got.method, AttributionMethod::Path(PathKind::KubeletPod));
+        assert_eq!(got.pod_name.as_deref(), Some("web-0"));
+        assert_eq!(got.container_id, None);
+    }
+
+    #[test]
+    fn nothing_known() {
+        let proc_dir = tempfile::tempdir().expect("tempdir");
+        let mut e = enricher(proc_dir.path());
+        let got = e.enrich(&record(
+            7,
+            Some("/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db"),
+        ));
+        assert_eq!(got, Enrichment::none());
+        assert_eq!(got.method.as_str(), "none");
+        assert_eq!(e.enrich(&record(7, None)), Enrichment::none());
+    }
+}

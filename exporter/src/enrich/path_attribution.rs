@@ -1,0 +1,390 @@
+//! File path → container or pod, for IO that a runtime or the kubelet does on a
+//! container's behalf (its config, logs, rootfs bundle, volumes).
+//!
+//! | path | names |
+//! | --- | --- |
+//! | `/var/lib/docker/containers/<id>/…` | docker container |
+//! | `/run/containerd/io.containerd.runtime.v2.task/<ns>/<id>/…` | containerd task (container or sandbox) |
+//! | `/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/<id>/…` (and under `/run/containerd`) | CRI sandbox |
+//! | `/var/lib/containerd/io.containerd.grpc.v1.cri/containers/<id>/…` (and under `/run/containerd`) | CRI container |
+//! | `/var/log/pods/<ns>_<pod>_<uid>/<container>/…` | pod (and container name) |
+//! | `/var/lib/kubelet/pods/<uid>/…` | pod |
+//! | `/var/log/containers/<pod>_<ns>_<container>-<id>.log` | container of a pod |
+//!
+//! The roots are configurable ([`PathRules`]): runtimes and the kubelet can be told to
+//! use others, and tests run containerd under a temporary directory.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::Serialize;
+
+use super::cgroup_path::is_container_id;
+
+/// Which kind of path named the container or pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    /// `<docker root>/containers/<id>/…`.
+    DockerContainer,
+    /// `<containerd state>/io.containerd.runtime.v2.task/<ns>/<id>/…`.
+    ContainerdTask,
+    /// `<containerd root or state>/io.containerd.grpc.v1.cri/sandboxes/<id>/…`.
+    CriSandbox,
+    /// `<containerd root or state>/io.containerd.grpc.v1.cri/containers/<id>/…`.
+    CriContainer,
+    /// `<pod logs>/<ns>_<pod>_<uid>/…`.
+    PodLogs,
+    /// `<kubelet root>/pods/<uid>/…`.
+    KubeletPod,
+    /// `<container logs>/<pod>_<ns>_<container>-<id>.log`.
+    ContainerLog,
+}
+
+impl PathKind {
+    /// Kebab-case name (`docker-container`, `pod-logs`…).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DockerContainer => "docker-container",
+            Self::ContainerdTask => "containerd-task",
+            Self::CriSandbox => "cri-sandbox",
+            Self::CriContainer => "cri-container",
+            Self::PodLogs => "pod-logs",
+            Self::KubeletPod => "kubelet-pod",
+            Self::ContainerLog => "container-log",
+        }
+    }
+}
+
+/// What a path told about the container or pod it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Attribution {
+    /// Which rule matched (`None` only in [`Attribution::default`]).
+    pub kind: Option<PathKind>,
+    /// The container id (for a sandbox path: the sandbox's id).
+    pub container_id: Option<String>,
+    /// The containerd namespace (`k8s.io`, `moby`…), from task paths.
+    pub containerd_namespace: Option<String>,
+    /// The container's name in its pod.
+    pub container_name: Option<String>,
+    /// The pod uid.
+    pub pod_uid: Option<String>,
+    /// The pod name.
+    pub pod_name: Option<String>,
+    /// The pod namespace.
+    pub pod_namespace: Option<String>,
+}
+
+/// The directories whose layout names containers and pods. Defaults are the
+/// runtimes' and the kubelet's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRules {
+    /// docker's data root (default `/var/lib/docker`).
+    pub docker_root: PathBuf,
+    /// containerd's root (default `/var/lib/containerd`).
+    pub containerd_root: PathBuf,
+    /// containerd's state directory (default `/run/containerd`; `/var/run/containerd`
+    /// is accepted too).
+    pub containerd_state: PathBuf,
+    /// The kubelet's root (default `/var/lib/kubelet`).
+    pub kubelet_root: PathBuf,
+    /// The pod log directory (default `/var/log/pods`).
+    pub pod_logs: PathBuf,
+    /// The container log symlink directory (default `/var/log/containers`).
+    pub container_logs: PathBuf,
+}
+
+impl Default for PathRules {
+    fn default() -> Self {
+        Self {
+            docker_root: "/var/lib/docker".into(),
+            containerd_root: "/var/lib/containerd".into(),
+            containerd_state: "/run/containerd".into(),
+            kubelet_root: "/var/lib/kubelet".into(),
+            pod_logs: "/var/log/pods".into(),
+            container_logs: "/var/log/containers".into(),
+        }
+    }
+}
+
+/// The normal components of `path` after `prefix`, or `None` when it is not under it.
+fn rest_after<'a>(path: &'a Path, prefix: &Path) -> Option<Vec<&'a str>> {
+    let rest = path.strip_prefix(prefix).ok()?;
+    rest.components()
+        .map(|c| match c {
+            Component::Normal(s) => s.to_str(),
+            _ => None,
+        })
+        .collect()
+}
+
+const CRI_PLUGIN_DIR: &str = "io.containerd.grpc.v1.cri";
+const TASK_DIR: &str = "io.containerd.runtime.v2.task";
+
+impl PathRules {
+    /// The container or pod `path` names, if any rule matches.
+    #[must_use]
+    pub fn attribute(&self, path: &str) -> Option<Attribution> {
+        let path = Path::new(path);
+        if !path.is_absolute() {
+            return None;
+        }
+        if let Some(rest) = rest_after(path, &self.docker_root) {
+            return match rest.as_slice() {
+                ["containers", id, ..] if is_container_id(id) => Some(Attribution {
+                    kind: Some(PathKind::DockerContainer),
+                    container_id: Some((*id).to_owned()),
+                    ..Attribution::default()
+                }),
+                _ => None,
+            };
+        }
+        // `/var/run` is a symlink to `/run`; paths may be spelled either way.
+        let var_run_state = self
+            .containerd_state
+            .strip_prefix("/run")
+            .ok()
+            .map(|rest| Path::new("/var/run").join(rest));
+        for state in std::iter::once(&self.containerd_state).chain(var_run_state.as_ref()) {
+            if let Some(rest) = rest_after(path, state) {
+                if let [TASK_DIR, ns, id, ..] = rest.as_slice() {
+                    return is_container_id(id).then(|| Attribution {
+                        kind: Some(PathKind::ContainerdTask),
+                        container_id: Some((*id).to_owned()),
+                        containerd_namespace: Some((*ns).to_owned()),
+                        ..Attribution::default()
+                    });
+                }
+                return cri_dir(&rest);
+            }
+        }
+        if let Some(rest) = rest_after(path, &self.containerd_root) {
+            return cri_dir(&rest);
+        }
+        if let Some(rest) = rest_after(path, &self.pod_logs) {
+            let [dir, more @ ..] = rest.as_slice() else {
+                return None;
+            };
+            let (namespace, name, uid) = split_pod_log_dir(dir)?;
+            // `<container>/<n>.log`: the container's name (not the pod-level dir itself).
+            let container_name = match more {
+                [container, _file, ..] => Some((*container).to_owned()),
+                _ => None,
+            };
+            return Some(Attribution {
+                kind: Some(PathKind::PodLogs),
+                container_name,
+                pod_uid: Some(uid.to_owned()),
+                pod_name: Some(name.to_owned()),
+                pod_namespace: Some(namespace.to_owned()),
+                ..Attribution::default()
+            });
+        }
+        if let Some(rest) = rest_after(path, &self.kubelet_root) {
+            return match rest.as_slice() {
+                ["pods", uid, ..] if !uid.is_empty() => Some(Attribution {
+                    kind: Some(PathKind::KubeletPod),
+                    pod_uid: Some((*uid).to_owned()),
+                    ..Attribution::default()
+                }),
+                _ => None,
+            };
+        }
+        if let Some(rest) = rest_after(path, &self.container_logs) {
+            return match rest.as_slice() {
+                [file] => container_log_name(file),
+                _ => None,
+            };
+        }
+        None
+    }
+}
+
+/// `io.containerd.grpc.v1.cri/{sandboxes,containers}/<id>/…` under a containerd dir.
+fn cri_dir(rest: &[&str]) -> Option<Attribution> {
+    let (kind, id) = match rest {
+        [CRI_PLUGIN_DIR, "sandboxes", id, ..] => (PathKind::CriSandbox, *id),
+        [CRI_PLUGIN_DIR, "containers", id, ..] => (PathKind::CriContainer, *id),
+        _ => return None,
+    };
+    is_container_id(id).then(|| Attribution {
+        kind: Some(kind),
+        container_id: Some(id.to_owned()),
+        ..Attribution::default()
+    })
+}
+
+/// `<ns>_<pod>_<uid>`: namespaces and pod names cannot hold `_`, so split on it.
+fn split_pod_log_dir(dir: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = dir.splitn(3, '_');
+    let ns = parts.next().filter(|s| !s.is_empty())?;
+    let pod = parts.next().filter(|s| !s.is_empty())?;
+    let uid = parts.next().filter(|s| !s.is_empty() && !s.contains('_'))?;
+    Some((ns, pod, uid))
+}
+
+/// `<pod>_<ns>_<container>-<id>.log`.
+fn container_log_name(file: &str) -> Option<Attribution> {
+    let stem = file.strip_suffix(".log")?;
+    let mut parts = stem.splitn(3, '_');
+    let pod = parts.next().filter(|s| !s.is_empty())?;
+    let ns = parts.next().filter(|s| !s.is_empty())?;
+    let container_and_id = parts.next()?;
+    let (container, id) = container_and_id.rsplit_once('-')?;
+    if container.is_empty() || !is_container_id(id) {
+        return None;
+    }
+    Some(Attribution {
+        kind: Some(PathKind::ContainerLog),
+        container_id: Some(id.to_owned()),
+        container_name: Some(container.to_owned()),
+        pod_name: Some(pod.to_owned()),
+        pod_namespace: Some(ns.to_owned()),
+        ..Attribution::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const UID: &str = "8f3a2b1c-4d5e-6f70-8192-a3b4c5d6e7f8";
+
+    fn attr(kind: PathKind) -> Attribution {
+        Attribution {
+            kind: Some(kind),
+            ..Attribution::default()
+        }
+    }
+
+    #[test]
+    fn default_rules() {
+        let rules = PathRules::default();
+        let with_id = |kind| Attribution {
+            container_id: Some(ID.to_owned()),
+            ..attr(kind)
+        };
+        let cases: Vec<(String, Option<Attribution>)> = vec![
+            (
+                format!("/var/lib/docker/containers/{ID}/.tmp-hostconfig.json378595825"),
+                Some(with_id(PathKind::DockerContainer)),
+            ),
+            (
+                format!("/var/lib/docker/containers/{ID}/{ID}-json.log"),
+                Some(with_id(PathKind::DockerContainer)),
+            ),
+            (
+                "/var/lib/docker/image/overlay2/repositories.json".into(),
+                None,
+            ),
+            ("/var/lib/docker/containers/not-an-id/x".into(), None),
+            (
+                format!("/run/containerd/io.containerd.runtime.v2.task/k8s.io/{ID}/config.json"),
+                Some(Attribution {
+                    containerd_namespace: Some("k8s.io".into()),
+                    ..with_id(PathKind::ContainerdTask)
+                }),
+            ),
+            (
+                format!("/var/run/containerd/io.containerd.runtime.v2.task/moby/{ID}/rootfs/etc/x"),
+                Some(Attribution {
+                    containerd_namespace: Some("moby".into()),
+                    ..with_id(PathKind::ContainerdTask)
+                }),
+            ),
+            (
+                format!("/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/{ID}/hostname"),
+                Some(with_id(PathKind::CriSandbox)),
+            ),
+            (
+                format!("/run/containerd/io.containerd.grpc.v1.cri/sandboxes/{ID}/resolv.conf"),
+                Some(with_id(PathKind::CriSandbox)),
+            ),
+            (
+                format!("/var/lib/containerd/io.containerd.grpc.v1.cri/containers/{ID}/status"),
+                Some(with_id(PathKind::CriContainer)),
+            ),
+            (
+                "/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db".into(),
+                None,
+            ),
+            (
+                format!("/var/log/pods/kube-system_coredns-5d78c9869d-x2l8q_{UID}/coredns/0.log"),
+                Some(Attribution {
+                    container_name: Some("coredns".into()),
+                    pod_uid: Some(UID.into()),
+                    pod_name: Some("coredns-5d78c9869d-x2l8q".into()),
+                    pod_namespace: Some("kube-system".into()),
+                    ..attr(PathKind::PodLogs)
+                }),
+            ),
+            (
+                format!("/var/log/pods/default_web_{UID}"),
+                Some(Attribution {
+                    pod_uid: Some(UID.into()),
+                    pod_name: Some("web".into()),
+                    pod_namespace: Some("default".into()),
+                    ..attr(PathKind::PodLogs)
+                }),
+            ),
+            ("/var/log/pods/not-a-pod-dir/c/0.log".into(), None),
+            (
+                format!("/var/lib/kubelet/pods/{UID}/volumes/kubernetes.io~empty-dir/data/f"),
+                Some(Attribution {
+                    pod_uid: Some(UID.into()),
+                    ..attr(PathKind::KubeletPod)
+                }),
+            ),
+            ("/var/lib/kubelet/config.yaml".into(), None),
+            (
+                format!("/var/log/containers/web-7d4b9c_default_nginx-proxy-{ID}.log"),
+                Some(Attribution {
+                    container_id: Some(ID.into()),
+                    container_name: Some("nginx-proxy".into()),
+                    pod_name: Some("web-7d4b9c".into()),
+                    pod_namespace: Some("default".into()),
+                    ..attr(PathKind::ContainerLog)
+                }),
+            ),
+            ("/var/log/containers/garbage.log".into(), None),
+            ("/etc/passwd".into(), None),
+            ("relative/var/lib/docker/containers/x".into(), None),
+            ("".into(), None),
+            // `..` must not sneak a path into a rule.
+            (
+                format!("/var/lib/kubelet/../docker/containers/{ID}/x"),
+                None,
+            ),
+        ];
+        for (path, want) in cases {
+            assert_eq!(rules.attribute(&path), want, "path {path:?}");
+        }
+    }
+
+    #[test]
+    fn custom_roots() {
+        let rules = PathRules {
+            containerd_root: "/tmp/ctd/root".into(),
+            containerd_state: "/tmp/ctd/state".into(),
+            pod_logs: "/tmp/ctd/pods".into(),
+            ..PathRules::default()
+        };
+        let got = rules
+            .attribute(&format!(
+                "/tmp/ctd/state/io.containerd.runtime.v2.task/k8s.io/{ID}/log.json"
+            ))
+            .expect("a task");
+        assert_eq!(got.container_id.as_deref(), Some(ID));
+        let got = rules
+            .attribute(&format!("/tmp/ctd/pods/ns_p_{UID}/c/0.log"))
+            .expect("pod logs");
+        assert_eq!(got.pod_uid.as_deref(), Some(UID));
+        assert_eq!(
+            rules.attribute(&format!(
+                "/run/containerd/io.containerd.runtime.v2.task/k8s.io/{ID}/x"
+            )),
+            None
+        );
+    }
+}
