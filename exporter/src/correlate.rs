@@ -4,19 +4,22 @@
 //! same kernel event always gets the same ids and a restarted exporter joins the same
 //! traces:
 //!
-//! - **trace id**: one trace per process and [`TRACE_WINDOW_NS`] window of wall-clock
-//!   time: 128 bits of a stable hash of `(host name, pid, start_unix_ns / 10 s)`. A
-//!   process's slow IO of the same 10 seconds shows as one trace; windows are aligned
-//!   to the Unix epoch, so every exporter on the node agrees on them.
+//! - **trace id**: one trace per container (or, outside containers, per process) and
+//!   [`TRACE_WINDOW_NS`] window of wall-clock time: 128 bits of a stable hash of
+//!   `(host name, container id | pod uid | pid, start_unix_ns / 10 s)`. A container's
+//!   slow IO of the same 10 seconds shows as one trace; windows are aligned to the Unix
+//!   epoch, so every exporter on the node agrees on them.
 //! - **span id**: 64 bits of a stable hash of `(host name, pid, tid, op, start_unix_ns,
 //!   inode)`: unique per operation.
-//! - **Resource**: every record maps to [`ResourceKey::Node`] for now.
+//! - **Resource**: IO of a pod or container goes under its own Resource
+//!   ([`ResourceKey::Workload`]): the Collector's `k8sattributes` processor matches
+//!   Resource attributes only. IO of no pod stays under [`ResourceKey::Node`].
 //!
-//! The next issue replaces the trace grouping with per-pod startup traces (trace id from
-//! pod uid and attempt, IO spans under phase spans) and adds per-pod Resource keys.
+//! Per-pod startup traces (trace id from pod uid and attempt, IO spans under phase
+//! spans) build on this later.
 use serde::Serialize;
 
-use crate::event::IoRecord;
+use crate::{enrich::Enrichment, event::IoRecord};
 
 /// Width of the time window that groups a process's slow IO into one trace.
 pub const TRACE_WINDOW_NS: u64 = 10_000_000_000;
@@ -27,8 +30,57 @@ pub const TRACE_WINDOW_NS: u64 = 10_000_000_000;
 #[serde(rename_all = "snake_case")]
 pub enum ResourceKey {
     /// The node itself (`service.name`, `host.name`, `k8s.node.name`, …): IO that
-    /// belongs to no known pod. (Per-pod keys come with the enrich stage.)
+    /// belongs to no known pod or container.
     Node,
+    /// A pod, or one container (of a pod or not): the node's attributes plus these.
+    Workload(Workload),
+}
+
+/// The identity of a pod (and container) that goes on its Resource.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Workload {
+    /// `k8s.pod.uid`.
+    pub pod_uid: Option<String>,
+    /// `k8s.pod.name`.
+    pub pod_name: Option<String>,
+    /// `k8s.namespace.name`.
+    pub namespace: Option<String>,
+    /// `container.id`, when one container is meant.
+    pub container_id: Option<String>,
+    /// `k8s.container.name`, when one container is meant.
+    pub container_name: Option<String>,
+}
+
+impl Workload {
+    /// The identity of what `enrichment` found, if it found a pod or a container.
+    #[must_use]
+    pub fn of(enrichment: &Enrichment) -> Option<Self> {
+        if enrichment.pod_uid.is_none() && enrichment.container_id.is_none() {
+            return None;
+        }
+        Some(Self {
+            pod_uid: enrichment.pod_uid.clone(),
+            pod_name: enrichment.pod_name.clone(),
+            namespace: enrichment.pod_namespace.clone(),
+            container_id: enrichment.container_id.clone(),
+            container_name: enrichment.container_name.clone(),
+        })
+    }
+
+    /// Its Resource attributes, semantic-convention names, known values only.
+    #[must_use]
+    pub fn attributes(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("k8s.pod.uid", &self.pod_uid),
+            ("k8s.pod.name", &self.pod_name),
+            ("k8s.namespace.name", &self.namespace),
+            ("container.id", &self.container_id),
+            ("k8s.container.name", &self.container_name),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+        .collect()
+    }
 }
 
 /// A 16-byte trace id.
@@ -73,6 +125,9 @@ pub struct CorrelatedRecord {
     pub trace_id: TraceId,
     /// Its own span id (hex in JSON).
     pub span_id: SpanId,
+    /// Who it belongs to and how that was found (JSON: `container.id`, `k8s.pod.name`…).
+    #[serde(flatten)]
+    pub enrichment: Enrichment,
     /// The Resource it is exported under.
     #[serde(skip)]
     pub resource: ResourceKey,
@@ -101,15 +156,28 @@ impl Correlator {
         }
     }
 
-    /// Wraps a record with its ids and Resource.
+    /// Wraps a record that belongs to no known pod with its ids and Resource.
     #[must_use]
     pub fn correlate(&self, record: IoRecord) -> CorrelatedRecord {
+        self.correlate_enriched(record, Enrichment::none())
+    }
+
+    /// Wraps a record with its ids and the Resource of the pod/container it belongs to.
+    #[must_use]
+    pub fn correlate_enriched(&self, record: IoRecord, enrichment: Enrichment) -> CorrelatedRecord {
         let window = record.start_unix_ns / TRACE_WINDOW_NS;
+        // Group by the most specific owner known: container, pod, else the process.
+        let owner = enrichment
+            .container_id
+            .as_deref()
+            .or(enrichment.pod_uid.as_deref());
         let trace = |salt: u64| {
-            StableHasher::new(self.host_seed ^ salt)
-                .u64(u64::from(record.pid))
-                .u64(window)
-                .finish()
+            let h = StableHasher::new(self.host_seed ^ salt);
+            let h = match owner {
+                Some(owner) => h.bytes(owner.as_bytes()),
+                None => h.u64(u64::from(record.pid)),
+            };
+            h.u64(window).finish()
         };
         let mut trace_id = [0u8; 16];
         trace_id[..8].copy_from_slice(&trace(0x7472_6163_6531).to_be_bytes());
@@ -125,11 +193,13 @@ impl Correlator {
             .u64(record.inode)
             .finish();
         let span = if span == 0 { 1 } else { span };
+        let resource = Workload::of(&enrichment).map_or(ResourceKey::Node, ResourceKey::Workload);
         CorrelatedRecord {
             record,
             trace_id: TraceId(trace_id),
             span_id: SpanId(span.to_be_bytes()),
-            resource: ResourceKey::Node,
+            enrichment,
+            resource,
         }
     }
 }
@@ -216,6 +286,46 @@ pub(crate) mod tests {
         assert_eq!((a.trace_id, a.span_id), (again.trace_id, again.span_id));
         assert_ne!(a.trace_id, b.trace_id);
         assert_ne!(a.span_id, b.span_id);
+    }
+
+    #[test]
+    fn a_containers_io_gets_its_own_resource_and_trace() {
+        use crate::enrich::{AttributionMethod, Enrichment};
+        let c = Correlator::new("node-a");
+        let t0 = 1_700_000_000_000_000_000;
+        let enrichment = Enrichment {
+            method: AttributionMethod::Cgroup,
+            container_id: Some("c0ffee".into()),
+            container_name: Some("app".into()),
+            pod_uid: Some("uid-1".into()),
+            pod_name: Some("web-0".into()),
+            pod_namespace: Some("shop".into()),
+            ..Enrichment::none()
+        };
+        let a = c.correlate_enriched(record(10, t0), enrichment.clone());
+        let b = c.correlate_enriched(record(11, t0 + 1), enrichment);
+        let host = c.correlate(record(10, t0));
+        // Two processes of one container share its trace; the host process does not.
+        assert_eq!(a.trace_id, b.trace_id);
+        assert_ne!(a.trace_id, host.trace_id);
+        let ResourceKey::Workload(w) = &a.resource else {
+            panic!("container IO under the node Resource");
+        };
+        assert_eq!(
+            w.attributes(),
+            vec![
+                ("k8s.pod.uid", "uid-1"),
+                ("k8s.pod.name", "web-0"),
+                ("k8s.namespace.name", "shop"),
+                ("container.id", "c0ffee"),
+                ("k8s.container.name", "app"),
+            ]
+        );
+        assert_eq!(host.resource, ResourceKey::Node);
+        let v = serde_json::to_value(&a).expect("json");
+        assert_eq!(v["k8s.pod.name"], "web-0");
+        assert_eq!(v["container.id"], "c0ffee");
+        assert_eq!(v["iostall.attribution"], "cgroup");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use iostall::{
     config::{CliOverrides, Config, FileConfig, OutputKind, Protocol},
     correlate::Correlator,
+    enrich::Enricher,
     metrics::{Metrics, MetricsServer},
     otlp::resource::{Resources, host_name},
     pipeline::{self, RunOptions},
@@ -140,6 +141,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         attach: config.attach,
         comm: config.comm.clone(),
+        enricher: Some(Enricher::for_host()),
         correlator: Correlator::new(&host_name()),
         metrics: metrics.clone(),
     };

@@ -1,5 +1,5 @@
 //! Wires the stages: kernel ring buffer → decode → filter → bounded channel →
-//! correlate → sinks (correlate and the sinks run on the sink thread).
+//! enrich → correlate → sinks (enrich, correlate and the sinks run on the sink thread).
 //! The kernel side is read on the async runtime and never waits on a sink: when the
 //! sinks fall behind, records are dropped at the channel and counted.
 use std::{
@@ -19,6 +19,7 @@ use tokio::{
 use crate::{
     correlate::Correlator,
     decode::Decoder,
+    enrich::Enricher,
     event::{AttachMode, IoRecord},
     metrics::{DropReason, Metrics},
     sink::Sink,
@@ -31,7 +32,7 @@ pub const SINK_QUEUE: usize = 16384;
 pub const STATS_EVERY: Duration = Duration::from_secs(10);
 
 /// What `run` needs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct RunOptions {
     /// Kernel-side settings.
     pub tracer: TracerOptions,
@@ -39,6 +40,8 @@ pub struct RunOptions {
     pub attach: AttachRequest,
     /// Only records of threads with this `comm`.
     pub comm: Option<String>,
+    /// Ties records to containers and pods before correlation; `None` skips it.
+    pub enricher: Option<Enricher>,
     /// Assigns trace and span ids before the sinks.
     pub correlator: Correlator,
     /// Counters served on `/metrics` (records, drops by reason, kernel counters).
@@ -107,8 +110,11 @@ pub async fn run(
         sinks,
         rx,
         records.clone(),
-        options.correlator.clone(),
-        options.metrics.clone(),
+        SinkStages {
+            enricher: options.enricher,
+            correlator: options.correlator.clone(),
+            metrics: options.metrics.clone(),
+        },
     );
     let metrics = options.metrics.clone();
     let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
@@ -172,19 +178,37 @@ pub async fn run(
     })
 }
 
-/// Runs the sinks on their own thread: a slow terminal or disk never stalls the reader.
+/// The stages that run on the sink thread, between the queue and the sinks.
+struct SinkStages {
+    enricher: Option<Enricher>,
+    correlator: Correlator,
+    metrics: Arc<Metrics>,
+}
+
+/// Runs enrich → correlate → sinks on their own thread: a slow `/proc` read, terminal
+/// or disk never stalls the kernel reader.
 fn spawn_sinks(
     mut sinks: Vec<Box<dyn Sink>>,
     mut rx: mpsc::Receiver<IoRecord>,
     records: Arc<AtomicU64>,
-    correlator: Correlator,
-    metrics: Arc<Metrics>,
+    stages: SinkStages,
 ) -> std::thread::JoinHandle<()> {
+    let SinkStages {
+        mut enricher,
+        correlator,
+        metrics,
+    } = stages;
     std::thread::spawn(move || {
         while let Some(record) = rx.blocking_recv() {
             records.fetch_add(1, Ordering::Relaxed);
             metrics.add_records(1);
-            let record = correlator.correlate(record);
+            let record = match &mut enricher {
+                Some(enricher) => {
+                    let enrichment = enricher.enrich(&record);
+                    correlator.correlate_enriched(record, enrichment)
+                }
+                None => correlator.correlate(record),
+            };
             for sink in &mut sinks {
                 if let Err(e) = sink.record(&record) {
                     tracing::warn!(error = %e, "sink failed to take a record");

@@ -123,7 +123,7 @@ async fn enricher_attributes_a_real_pod() {
             pod_logs: ctd.pod_log_root(),
             ..PathRules::default()
         },
-        metadata,
+        metadata: std::sync::Arc::new(std::sync::RwLock::new(metadata)),
     };
 
     // By the cgroup id the kernel would report.

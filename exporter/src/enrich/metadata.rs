@@ -178,6 +178,10 @@ pub struct PodMeta {
     pub sandbox_ids: Vec<String>,
 }
 
+/// The metadata cache shared between the runtime sources (writers) and the enrich
+/// stage (reader).
+pub type SharedMetadata = std::sync::Arc<std::sync::RwLock<MetadataCache>>;
+
 /// Container id → [`ContainerMeta`] and pod uid → [`PodMeta`].
 #[derive(Debug, Default)]
 pub struct MetadataCache {

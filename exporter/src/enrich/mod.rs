@@ -21,15 +21,14 @@ use serde::Serialize;
 
 use self::{
     cgroup_path::{ContainerRef, QosClass, Runtime},
-    metadata::MetadataCache,
+    metadata::{MetadataCache, SharedMetadata},
     path_attribution::{PathKind, PathRules},
     pid_map::{CgroupIdMap, PidMap},
 };
 use crate::event::IoRecord;
 
-/// How a record was tied to its container or pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// How a record was tied to its container or pod (serialized as [`Self::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttributionMethod {
     /// The thread was in the container's cgroup.
     Cgroup,
@@ -54,28 +53,45 @@ impl AttributionMethod {
     }
 }
 
-/// What a record gains from enrichment.
+impl Serialize for AttributionMethod {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// What a record gains from enrichment. In JSON its keys are the OpenTelemetry
+/// attribute names, so JSON lines and OTLP read alike.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Enrichment {
     /// How it was attributed.
+    #[serde(rename = "iostall.attribution")]
     pub method: AttributionMethod,
     /// The container id.
+    #[serde(rename = "container.id")]
     pub container_id: Option<String>,
     /// The runtime.
+    #[serde(rename = "container.runtime.name")]
     pub runtime: Option<Runtime>,
     /// The container's name in its pod.
+    #[serde(rename = "k8s.container.name")]
     pub container_name: Option<String>,
     /// The image reference.
+    #[serde(rename = "container.image.name")]
     pub image: Option<String>,
     /// The pod uid.
+    #[serde(rename = "k8s.pod.uid")]
     pub pod_uid: Option<String>,
     /// The pod name.
+    #[serde(rename = "k8s.pod.name")]
     pub pod_name: Option<String>,
     /// The pod namespace.
+    #[serde(rename = "k8s.namespace.name")]
     pub pod_namespace: Option<String>,
     /// The pod's QoS class (from the cgroup path).
+    #[serde(rename = "iostall.pod.qos")]
     pub qos: Option<QosClass>,
     /// The pod sandbox id.
+    #[serde(rename = "iostall.sandbox.id")]
     pub sandbox_id: Option<String>,
 }
 
@@ -148,7 +164,7 @@ pub struct Enricher {
     /// Path rules.
     pub paths: PathRules,
     /// Container and pod metadata, filled by the runtime sources.
-    pub metadata: MetadataCache,
+    pub metadata: SharedMetadata,
 }
 
 impl Enricher {
@@ -160,7 +176,7 @@ impl Enricher {
             pids: PidMap::default(),
             cgroup_ids: CgroupIdMap::discover().ok(),
             paths: PathRules::default(),
-            metadata: MetadataCache::new(),
+            metadata: SharedMetadata::default(),
         }
     }
 
@@ -191,7 +207,12 @@ impl Enricher {
                 None => return Enrichment::none(),
             },
         };
-        out.fill_from(&self.metadata);
+        // A poisoned lock only means a writer panicked mid-insert; the map is still usable.
+        let metadata = self
+            .metadata
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        out.fill_from(&metadata);
         out
     }
 }
@@ -253,7 +274,7 @@ mod tests {
             pids: PidMap::new(proc_dir, 64),
             cgroup_ids: None,
             paths: PathRules::default(),
-            metadata,
+            metadata: std::sync::Arc::new(std::sync::RwLock::new(metadata)),
         }
     }
 

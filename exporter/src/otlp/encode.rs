@@ -38,7 +38,7 @@ use opentelemetry_proto::tonic::{
 use super::resource::Resources;
 use crate::{
     correlate::{CorrelatedRecord, ResourceKey},
-    event::{IoOp, IoRecord},
+    event::IoOp,
     sink::console::format_row,
 };
 
@@ -151,8 +151,9 @@ impl std::fmt::Write for StackStr {
 
 /// Calls `f` with each attribute of a record's span and log record, in a fixed order:
 /// the single definition both encoders ([`attributes`] and [`super::wire`]) use.
-pub fn for_each_attribute(r: &IoRecord, mut f: impl FnMut(&'static str, AttrValue<'_>)) {
+pub fn for_each_attribute(c: &CorrelatedRecord, mut f: impl FnMut(&'static str, AttrValue<'_>)) {
     use std::fmt::Write as _;
+    let r = &c.record;
     f("process.pid", AttrValue::Int(i64::from(r.pid)));
     f("process.command", AttrValue::Str(&r.comm));
     f("thread.id", AttrValue::Int(i64::from(r.tid)));
@@ -191,6 +192,11 @@ pub fn for_each_attribute(r: &IoRecord, mut f: impl FnMut(&'static str, AttrValu
         "iostall.attach_mode",
         AttrValue::Str(r.attach_mode.as_str()),
     );
+    // Who the IO belongs to is on the Resource; how that was decided is on each span.
+    f(
+        "iostall.attribution",
+        AttrValue::Str(c.enrichment.method.as_str()),
+    );
     if let Some(errno) = r.errno() {
         f("error.type", AttrValue::Str(&errno_name(errno)));
     }
@@ -198,9 +204,9 @@ pub fn for_each_attribute(r: &IoRecord, mut f: impl FnMut(&'static str, AttrValu
 
 /// The attributes shared by a record's span and log record.
 #[must_use]
-pub fn attributes(r: &IoRecord) -> Vec<KeyValue> {
-    let mut a = Vec::with_capacity(18);
-    for_each_attribute(r, |key, value| {
+pub fn attributes(c: &CorrelatedRecord) -> Vec<KeyValue> {
+    let mut a = Vec::with_capacity(19);
+    for_each_attribute(c, |key, value| {
         a.push(kv(
             key,
             match value {
@@ -271,7 +277,7 @@ pub fn log_record(
             "INFO".to_owned()
         },
         body: Some(AnyValue {
-            value: Some(Value::StringValue(format_row(r))),
+            value: Some(Value::StringValue(format_row(c))),
         }),
         attributes,
         flags: 1,
@@ -329,7 +335,7 @@ pub fn build_requests_at(
                 groups.len() - 1
             }
         };
-        let attrs = attributes(&c.record);
+        let attrs = attributes(c);
         let group = &mut groups[idx];
         group
             .2
@@ -339,7 +345,7 @@ pub fn build_requests_at(
     let mut traces = ExportTraceServiceRequest::default();
     let mut logs = ExportLogsServiceRequest::default();
     for (key, spans, records) in groups {
-        let resource = resources.get(key);
+        let resource = resources.get(key).into_owned();
         traces.resource_spans.push(ResourceSpans {
             resource: Some(resource.clone()),
             scope_spans: vec![ScopeSpans {
@@ -350,7 +356,7 @@ pub fn build_requests_at(
             ..ResourceSpans::default()
         });
         logs.resource_logs.push(ResourceLogs {
-            resource: Some(resource.clone()),
+            resource: Some(resource),
             scope_logs: vec![ScopeLogs {
                 scope: Some(scope()),
                 log_records: records,
@@ -505,7 +511,7 @@ mod tests {
             Some(Value::StringValue(s)) => s.clone(),
             other => panic!("body {other:?}"),
         };
-        assert_eq!(body, format_row(&fast.record));
+        assert_eq!(body, format_row(&fast));
     }
 
     #[test]
@@ -554,7 +560,7 @@ mod tests {
         r.op = IoOp::Write;
         r.bytes = 4096;
         r.offset = Some(8192);
-        let a = attributes(&r);
+        let a = attributes(&Correlator::new("n").correlate(r));
         assert_eq!(attr(&a, "iostall.io.bytes"), Some(&Value::IntValue(4096)));
         assert_eq!(attr(&a, "iostall.io.offset"), Some(&Value::IntValue(8192)));
         assert!(attr(&a, "iostall.io.datasync").is_none());

@@ -1,6 +1,6 @@
 //! The Resource every export carries: who is sending (`service.*`) and where
 //! (`host.name`, `k8s.node.name`, `os.*`).
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value::Value},
@@ -99,17 +99,26 @@ impl Resources {
 
     /// The Resource of `key`.
     #[must_use]
-    pub fn get(&self, key: &ResourceKey) -> &Resource {
+    pub fn get(&self, key: &ResourceKey) -> Cow<'_, Resource> {
         match key {
-            ResourceKey::Node => &self.node,
+            ResourceKey::Node => Cow::Borrowed(&self.node),
+            ResourceKey::Workload(w) => {
+                let mut resource = self.node.clone();
+                resource
+                    .attributes
+                    .extend(w.attributes().into_iter().map(|(k, v)| kv_str(k, v)));
+                Cow::Owned(resource)
+            }
         }
     }
 
     /// The Resource of `key`, protobuf-encoded.
     #[must_use]
-    pub fn encoded(&self, key: &ResourceKey) -> &[u8] {
+    pub fn encoded(&self, key: &ResourceKey) -> Cow<'_, [u8]> {
         match key {
-            ResourceKey::Node => &self.node_encoded,
+            ResourceKey::Node => Cow::Borrowed(&self.node_encoded),
+            // Once per pod per batch: cheap next to the batch's spans.
+            ResourceKey::Workload(_) => Cow::Owned(prost::Message::encode_to_vec(&*self.get(key))),
         }
     }
 }

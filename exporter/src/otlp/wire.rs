@@ -145,7 +145,7 @@ impl WireEncoder {
                 self.span(c);
                 bytes_field(&mut self.items, 2, &self.item);
             }
-            self.resource_group(&mut out, resources.encoded(key));
+            self.resource_group(&mut out, &resources.encoded(key));
         }
         out
     }
@@ -165,7 +165,7 @@ impl WireEncoder {
                 self.log_record(c, warn_threshold_ns, observed_unix_ns);
                 bytes_field(&mut self.items, 2, &self.item);
             }
-            self.resource_group(&mut out, resources.encoded(key));
+            self.resource_group(&mut out, &resources.encoded(key));
         }
         out
     }
@@ -181,7 +181,7 @@ impl WireEncoder {
         varint_field(b, 6, 1); // SPAN_KIND_INTERNAL
         fixed64_field(b, 7, r.start_unix_ns);
         fixed64_field(b, 8, r.end_unix_ns.max(r.start_unix_ns));
-        for_each_attribute(r, |key, v| key_value(b, 9, key, &v));
+        for_each_attribute(c, |key, v| key_value(b, 9, key, &v));
         if let Some(errno) = r.errno() {
             let message = error_message(errno);
             let len = 1 + varint_len(message.len() as u64) + message.len() + 2;
@@ -201,11 +201,11 @@ impl WireEncoder {
         let warn = r.latency_ns >= warn_threshold_ns;
         varint_field(b, 2, if warn { 13 } else { 9 });
         bytes_field(b, 3, if warn { b"WARN" } else { b"INFO" });
-        let body = format_row(r);
+        let body = format_row(c);
         tag(b, 5, LEN);
         varint(b, (1 + varint_len(body.len() as u64) + body.len()) as u64);
         bytes_field(b, 1, body.as_bytes());
-        for_each_attribute(r, |key, v| key_value(b, 6, key, &v));
+        for_each_attribute(c, |key, v| key_value(b, 6, key, &v));
         tag(b, 8, I32);
         b.extend_from_slice(&1u32.to_le_bytes());
         bytes_field(b, 9, &c.trace_id.0);

@@ -1,8 +1,9 @@
-//! The `ext4slower` table: `TIME COMM PID T BYTES OFF_KB LAT(ms) FILENAME`.
+//! The `ext4slower` table, with the pod and container each operation belongs to:
+//! `TIME COMM PID T BYTES OFF_KB LAT(ms) POD CONTAINER FILENAME`.
 use std::io::Write;
 
 use super::Sink;
-use crate::{correlate::CorrelatedRecord, event::IoRecord};
+use crate::correlate::CorrelatedRecord;
 
 /// Writes the table to any writer (stdout in the CLI).
 pub struct ConsoleSink<W: Write> {
@@ -20,13 +21,40 @@ impl<W: Write + Send> ConsoleSink<W> {
     }
 
     /// The header line.
-    pub const HEADER: &'static str =
-        "TIME     COMM             PID     T BYTES   OFF_KB   LAT(ms) FILENAME";
+    pub const HEADER: &'static str = "TIME     COMM             PID     T BYTES   OFF_KB   LAT(ms) \
+         POD                            CONTAINER        FILENAME";
+}
+
+/// Width of the POD column (`namespace/name`, cut with `…`).
+const POD_WIDTH: usize = 30;
+/// Width of the CONTAINER column (its name in the pod, else a short id).
+const CONTAINER_WIDTH: usize = 16;
+
+/// `s` cut to `width` characters, the cut marked with `…`.
+fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(width - 1).collect();
+    out.push('…');
+    out
 }
 
 /// One table row for a record (without newline).
 #[must_use]
-pub fn format_row(record: &IoRecord) -> String {
+pub fn format_row(correlated: &CorrelatedRecord) -> String {
+    let record = &correlated.record;
+    let who = &correlated.enrichment;
+    let pod = match (&who.pod_namespace, &who.pod_name) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        (None, Some(name)) => name.clone(),
+        _ => who.pod_uid.clone().unwrap_or_else(|| "-".to_owned()),
+    };
+    let container = match (&who.container_name, &who.container_id) {
+        (Some(name), _) => name.clone(),
+        (None, Some(id)) => id.chars().take(12).collect(),
+        (None, None) => "-".to_owned(),
+    };
     let bytes = match record.op {
         crate::event::IoOp::Read | crate::event::IoOp::Write => record.bytes.to_string(),
         _ => "-".to_owned(),
@@ -39,7 +67,7 @@ pub fn format_row(record: &IoRecord) -> String {
         name.push_str(&format!(" [{}]", std::io::Error::from_raw_os_error(errno)));
     }
     format!(
-        "{} {:<16} {:<7} {} {:<7} {:<8} {:>7.2} {}",
+        "{} {:<16} {:<7} {} {:<7} {:<8} {:>7.2} {:<pw$} {:<cw$} {}",
         local_hms(record.end_unix_ns),
         record.comm,
         record.pid,
@@ -47,7 +75,11 @@ pub fn format_row(record: &IoRecord) -> String {
         bytes,
         off_kb,
         record.latency_ns as f64 / 1e6,
-        name
+        fit(&pod, POD_WIDTH),
+        fit(&container, CONTAINER_WIDTH),
+        name,
+        pw = POD_WIDTH,
+        cw = CONTAINER_WIDTH,
     )
 }
 
@@ -67,7 +99,7 @@ impl<W: Write + Send> Sink for ConsoleSink<W> {
             writeln!(self.out, "{}", Self::HEADER)?;
             self.header_written = true;
         }
-        writeln!(self.out, "{}", format_row(&record.record))
+        writeln!(self.out, "{}", format_row(record))
     }
 
     fn idle(&mut self) -> std::io::Result<()> {
@@ -78,7 +110,11 @@ impl<W: Write + Send> Sink for ConsoleSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{AttachMode, IoOp};
+    use crate::{
+        correlate::Correlator,
+        enrich::{AttributionMethod, Enrichment},
+        event::{AttachMode, IoOp, IoRecord},
+    };
 
     pub(crate) fn record() -> IoRecord {
         IoRecord {
@@ -108,18 +144,37 @@ mod tests {
     }
 
     #[test]
-    fn row_has_ext4slower_columns() {
-        let row = format_row(&record());
+    fn row_has_ext4slower_columns_then_pod_and_container() {
+        let row = format_row(&Correlator::new("n").correlate(record()));
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cols[1..7], ["dockerd", "3616", "W", "4096", "8", "125.43"]);
-        assert_eq!(cols[7], "…/io.containerd.metadata.v1.bolt/meta.db");
+        assert_eq!(cols[7..9], ["-", "-"], "no pod, no container");
+        assert_eq!(cols[9], "…/io.containerd.metadata.v1.bolt/meta.db");
+        let in_pod = Enrichment {
+            method: AttributionMethod::Cgroup,
+            container_id: Some("0123456789abcdef".into()),
+            pod_name: Some("a-very-long-deployment-name-7d9f8b6c5d-x2x4z".into()),
+            pod_namespace: Some("shop".into()),
+            ..Enrichment::none()
+        };
+        let row = format_row(&Correlator::new("n").correlate_enriched(record(), in_pod));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols[7], "shop/a-very-long-deployment-n…");
+        assert_eq!(cols[7].chars().count(), POD_WIDTH);
+        assert_eq!(cols[8], "0123456789ab", "short id when the name is unknown");
+        assert_eq!(
+            row.find("…/io.containerd")
+                .map(|i| row[..i].chars().count()),
+            ConsoleSink::<Vec<u8>>::HEADER.find("FILENAME"),
+            "FILENAME column lines up with the header"
+        );
     }
 
     #[test]
     fn errors_are_shown_and_header_printed_once() {
         let mut rec = record();
         rec.ret = -5;
-        let rec = crate::correlate::Correlator::new("n").correlate(rec);
+        let rec = Correlator::new("n").correlate(rec);
         let mut sink = ConsoleSink::new(Vec::new());
         sink.record(&rec).expect("write");
         sink.record(&rec).expect("write");
