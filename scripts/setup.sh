@@ -12,10 +12,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- apt packages ------------------------------------------------------------------
-# containerd + runc: the real runtime the tests drive through CRI; busybox-static: the
-# binary the tests' locally built images are made of (no registry is reachable).
+# containerd + runc and docker.io: the real runtimes the tests drive (their services are
+# not enabled: the tests start their own instances); busybox-static: the binary the
+# tests' locally built images are made of (no registry is reachable).
 APT_PACKAGES=(e2fsprogs util-linux mount pkg-config protobuf-compiler ca-certificates
-              containerd runc busybox-static python3)
+              containerd runc docker.io busybox-static python3)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -23,6 +24,13 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing apt packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Keep the packages' own services (containerd, docker) from starting: the tests run
+    # private instances, and a system dockerd would also touch iptables.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

@@ -16,6 +16,7 @@ pub mod mounts;
 pub mod otlp;
 pub mod pipeline;
 pub mod preflight;
+pub mod runtime;
 pub mod sink;
 pub mod tracefs_format;
 pub mod tracer;

@@ -1,6 +1,8 @@
 //! Test fixtures.
 
 pub mod containerd;
+pub mod dockerd;
+pub mod fake_kube;
 pub mod image;
 pub mod iostall_proc;
 pub mod otlp_receiver;
