@@ -242,6 +242,16 @@ pub struct ResourceFile {
     pub attributes: Option<BTreeMap<String, String>>,
 }
 
+/// The `runtime:` section: where the container runtimes listen.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFile {
+    /// containerd's gRPC socket, or `off` (default `/run/containerd/containerd.sock`).
+    pub containerd_socket: Option<String>,
+    /// dockerd's API socket, or `off` (default `/var/run/docker.sock`).
+    pub docker_socket: Option<String>,
+}
+
 /// The YAML config file, as written (every key optional).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +275,8 @@ pub struct FileConfig {
     pub metrics: Option<MetricsFile>,
     /// Resource.
     pub resource: Option<ResourceFile>,
+    /// Container runtime sockets.
+    pub runtime: Option<RuntimeFile>,
 }
 
 impl FileConfig {
@@ -312,6 +324,10 @@ pub struct CliOverrides {
     pub otlp_headers: Vec<String>,
     /// `--metrics-listen` (`off` disables).
     pub metrics_listen: Option<String>,
+    /// `--containerd-socket` (`off` disables).
+    pub containerd_socket: Option<String>,
+    /// `--docker-socket` (`off` disables).
+    pub docker_socket: Option<String>,
 }
 
 /// Fully resolved settings of one signal's exporter.
@@ -388,6 +404,22 @@ pub struct Config {
     /// is a port already in use a start-up error (by default it is a warning, so that
     /// two iostalls on one host still run).
     pub metrics_listen_explicit: bool,
+    /// Container runtime sources.
+    pub sources: SourcesConfig,
+}
+
+/// Default containerd socket.
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// Default dockerd socket.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// Where runtime and pod metadata come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcesConfig {
+    /// containerd's socket (events, containers, CRI); `None` = not watched.
+    pub containerd_socket: Option<PathBuf>,
+    /// dockerd's socket; `None` = not watched.
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// Which signal a setting is for.
@@ -515,8 +547,46 @@ impl Config {
             metrics_listen,
             metrics_listen_explicit: cli.metrics_listen.is_some()
                 || file.metrics.as_ref().is_some_and(|m| m.listen.is_some()),
+            sources: resolve_sources(cli, file)?,
         })
     }
+}
+
+/// A socket setting: `off` disables, a relative path is an error naming the field.
+fn socket(field: &str, value: Option<&str>, default: &str) -> Result<Option<PathBuf>, ConfigError> {
+    match value.map(str::trim) {
+        Some("off" | "none" | "false") => Ok(None),
+        Some(path) if !path.starts_with('/') => Err(invalid(
+            field,
+            format!("{path:?} must be an absolute socket path, or \"off\""),
+        )),
+        Some(path) => Ok(Some(PathBuf::from(path))),
+        None => Ok(Some(PathBuf::from(default))),
+    }
+}
+
+fn resolve_sources(cli: &CliOverrides, file: &FileConfig) -> Result<SourcesConfig, ConfigError> {
+    let runtime = file.runtime.clone().unwrap_or_default();
+    let containerd_socket = match &cli.containerd_socket {
+        Some(v) => socket("--containerd-socket", Some(v), DEFAULT_CONTAINERD_SOCKET)?,
+        None => socket(
+            "runtime.containerd_socket",
+            runtime.containerd_socket.as_deref(),
+            DEFAULT_CONTAINERD_SOCKET,
+        )?,
+    };
+    let docker_socket = match &cli.docker_socket {
+        Some(v) => socket("--docker-socket", Some(v), DEFAULT_DOCKER_SOCKET)?,
+        None => socket(
+            "runtime.docker_socket",
+            runtime.docker_socket.as_deref(),
+            DEFAULT_DOCKER_SOCKET,
+        )?,
+    };
+    Ok(SourcesConfig {
+        containerd_socket,
+        docker_socket,
+    })
 }
 
 fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(

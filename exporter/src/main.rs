@@ -11,6 +11,7 @@ use iostall::{
     otlp::resource::{Resources, host_name},
     pipeline::{self, RunOptions},
     preflight,
+    runtime::start::RuntimeSources,
     sink::{Sink, console::ConsoleSink, json::JsonSink, otlp::OtlpSink},
     tracer::{AttachRequest, TracerOptions},
 };
@@ -73,6 +74,12 @@ struct RunArgs {
     /// Where /metrics and /healthz listen (host:port), or "off" [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// containerd's socket, for container and pod names (or "off").
+    #[arg(long, value_name = "PATH")]
+    containerd_socket: Option<String>,
+    /// dockerd's socket, for container names (or "off").
+    #[arg(long, value_name = "PATH")]
+    docker_socket: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -125,6 +132,8 @@ fn load_config(args: RunArgs) -> anyhow::Result<Config> {
         otlp_protocol: args.otlp_protocol,
         otlp_headers: args.otlp_header,
         metrics_listen: args.metrics_listen,
+        containerd_socket: args.containerd_socket,
+        docker_socket: args.docker_socket,
     };
     Config::resolve(&cli, &file, &|k| std::env::var(k).ok())
         .map_err(|e| anyhow!("config error: {e}"))
@@ -134,6 +143,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
     preflight::check()?;
     let metrics = Metrics::new();
+    let enricher = Enricher::for_host();
+    let metadata = enricher.metadata.clone();
     let options = RunOptions {
         tracer: TracerOptions {
             threshold_ns: (config.threshold_ms * 1e6) as u64,
@@ -141,7 +152,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         attach: config.attach,
         comm: config.comm.clone(),
-        enricher: Some(Enricher::for_host()),
+        enricher: Some(enricher),
         correlator: Correlator::new(&host_name()),
         metrics: metrics.clone(),
     };
@@ -191,7 +202,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!("metrics on http://{addr}/metrics");
         }
     }
+    // Runtime sources only feed the metadata cache: an absent or restarting runtime
+    // slows nothing (they retry in the background).
+    let sources = runtime.block_on(async { RuntimeSources::start(&config.sources, metadata) });
     let summary = runtime.block_on(pipeline::run(options, sinks, shutdown(config.duration)))?;
+    if sources.dropped() > 0 {
+        tracing::warn!(
+            dropped = sources.dropped(),
+            "runtime events dropped (updater behind)"
+        );
+    }
+    drop(sources);
     tracing::info!(
         records = summary.records,
         ringbuf_drops = summary.kernel.ringbuf_drops,

@@ -178,10 +178,6 @@ pub struct PodMeta {
     pub sandbox_ids: Vec<String>,
 }
 
-/// The metadata cache shared between the runtime sources (writers) and the enrich
-/// stage (reader).
-pub type SharedMetadata = std::sync::Arc<std::sync::RwLock<MetadataCache>>;
-
 /// Container id → [`ContainerMeta`] and pod uid → [`PodMeta`].
 #[derive(Debug, Default)]
 pub struct MetadataCache {
@@ -253,6 +249,47 @@ impl MetadataCache {
     pub fn is_empty(&self) -> bool {
         self.containers.is_empty()
     }
+}
+
+/// The metadata cache, shared by the runtime sources (writers) and enrichment (reader).
+pub type SharedMetadata = std::sync::Arc<std::sync::RwLock<MetadataCache>>;
+
+/// A new, empty [`SharedMetadata`].
+#[must_use]
+pub fn shared_metadata() -> SharedMetadata {
+    std::sync::Arc::new(std::sync::RwLock::new(MetadataCache::new()))
+}
+
+/// Adds `meta` to the cache, keeping what an earlier entry of the same container knew
+/// and `meta` does not (labels are merged, `meta`'s win).
+pub fn merge_metadata(cache: &SharedMetadata, mut meta: ContainerMeta) {
+    let mut cache = cache
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(old) = cache.container(&meta.id) {
+        let mut labels = old.labels.clone();
+        labels.append(&mut meta.labels);
+        meta.labels = labels;
+        macro_rules! keep {
+            ($($field:ident),*) => {$(
+                if meta.$field.is_none() {
+                    meta.$field.clone_from(&old.$field);
+                }
+            )*};
+        }
+        keep!(
+            container_name,
+            image,
+            runtime,
+            pod_name,
+            pod_namespace,
+            pod_uid,
+            attempt,
+            sandbox_id,
+            kind
+        );
+    }
+    cache.insert(meta);
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@
 //! restarting runtime through [`Reconnect`]: exponential backoff with jitter, one log
 //! line per outage.
 
+pub mod containerd;
+pub mod cri;
 pub mod docker;
 pub mod kube;
+pub mod start;
 
 use std::{
     collections::BTreeMap,

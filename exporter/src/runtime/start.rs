@@ -1,0 +1,151 @@
+//! Starts the configured runtime sources and keeps the metadata cache current from
+//! their events, so the enrich stage can name the containers and pods it attributes.
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::{EventSender, RuntimeEvent, RuntimeEventKind, containerd, cri, docker};
+use crate::{
+    config::SourcesConfig,
+    enrich::metadata::{SharedMetadata, merge_metadata},
+};
+
+/// Runtime events buffered between the sources and the metadata updater.
+pub const EVENT_QUEUE: usize = 4096;
+/// How long a deleted container's metadata is kept: its last IO may still be on its way
+/// through the pipeline when the runtime says it is gone.
+pub const DELETED_GRACE: Duration = Duration::from_secs(60);
+
+/// The running sources.
+pub struct RuntimeSources {
+    sender: EventSender,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RuntimeSources {
+    /// Starts every configured source (on the current tokio runtime) and the task that
+    /// applies their events to `metadata`.
+    #[must_use]
+    pub fn start(config: &SourcesConfig, metadata: SharedMetadata) -> Self {
+        let (sender, mut rx) = EventSender::channel(EVENT_QUEUE);
+        let mut tasks = Vec::new();
+        if let Some(socket) = &config.containerd_socket {
+            // containerd serves its own API and CRI on one socket: events and labels from
+            // the first, the kubelet's pod view (names, attempts) from the second.
+            let events = containerd::ContainerdSource::new(
+                containerd::ContainerdConfig::default().with_socket(socket.clone()),
+                sender.clone(),
+                metadata.clone(),
+            );
+            tasks.push(events.spawn());
+            let pods = cri::CriPoller::new(
+                cri::CriConfig::default().with_socket(socket.clone()),
+                metadata.clone(),
+            );
+            tasks.push(pods.spawn());
+        }
+        if let Some(socket) = &config.docker_socket {
+            let source = docker::DockerSource::new(
+                docker::DockerConfig::default().with_socket(socket.clone()),
+                sender.clone(),
+            );
+            tasks.push(source.spawn());
+        }
+        tasks.push(tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                apply(&metadata, &event);
+            }
+        }));
+        Self { sender, tasks }
+    }
+
+    /// Events the sources produced and the updater could not take (queue full).
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.sender.dropped()
+    }
+}
+
+impl Drop for RuntimeSources {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Updates `metadata` from one event: labels of created or listed containers are merged
+/// in; a deleted container's entry goes after [`DELETED_GRACE`]. (The containerd source
+/// also writes the cache itself, from `Containers.Get`: events carry no labels there.)
+pub fn apply(metadata: &SharedMetadata, event: &RuntimeEvent) {
+    tracing::debug!(
+        runtime = %event.runtime,
+        event = event.kind.name(),
+        container = event.container_id.as_deref().unwrap_or("-"),
+        "runtime event"
+    );
+    if event.kind == RuntimeEventKind::ContainerDeleted {
+        if let Some(id) = event.container_id.clone() {
+            let metadata = metadata.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(DELETED_GRACE).await;
+                if let Ok(mut cache) = metadata.write() {
+                    cache.remove(&id);
+                }
+            });
+        }
+        return;
+    }
+    if let Some(meta) = event.container_meta() {
+        merge_metadata(metadata, meta);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        enrich::metadata::{
+            LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
+        },
+        runtime::EventSource,
+    };
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[tokio::test(start_paused = true)]
+    async fn created_containers_are_named_and_deleted_ones_kept_for_a_grace() {
+        let metadata = SharedMetadata::default();
+        let mut created =
+            RuntimeEvent::new(1, EventSource::Docker, RuntimeEventKind::ContainerCreated);
+        created.container_id = Some(ID.into());
+        for (k, v) in [
+            (LABEL_POD_NAME, "web-0"),
+            (LABEL_POD_NAMESPACE, "shop"),
+            (LABEL_POD_UID, "uid-1"),
+            (LABEL_CONTAINER_NAME, "app"),
+        ] {
+            created.labels.insert(k.into(), v.into());
+        }
+        apply(&metadata, &created);
+        let name = |m: &SharedMetadata| {
+            m.read()
+                .ok()
+                .and_then(|c| c.container(ID).and_then(|meta| meta.pod_name.clone()))
+        };
+        assert_eq!(name(&metadata).as_deref(), Some("web-0"));
+
+        let mut deleted =
+            RuntimeEvent::new(2, EventSource::Docker, RuntimeEventKind::ContainerDeleted);
+        deleted.container_id = Some(ID.into());
+        apply(&metadata, &deleted);
+        tokio::time::sleep(DELETED_GRACE / 2).await;
+        assert_eq!(
+            name(&metadata).as_deref(),
+            Some("web-0"),
+            "kept during the grace"
+        );
+        tokio::time::sleep(DELETED_GRACE).await;
+        assert_eq!(name(&metadata), None, "removed after it");
+    }
+}
