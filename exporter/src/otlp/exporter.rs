@@ -7,16 +7,10 @@
 //! Loss is counted, never hidden: a batch whose export still fails after
 //! `max_attempts` tries (or is rejected as not retryable) adds its records to
 //! `iostall_dropped_records_total{reason="otlp_export_failed"}`.
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{
     encode::now_unix_ns,
@@ -42,7 +36,7 @@ pub struct ExportTask {
     resources: Resources,
     config: OtlpConfig,
     metrics: Arc<Metrics>,
-    closing: Arc<AtomicBool>,
+    closing: watch::Receiver<bool>,
     shutdown_deadline: std::sync::OnceLock<tokio::time::Instant>,
 }
 
@@ -53,7 +47,7 @@ impl ExportTask {
         config: &OtlpConfig,
         resources: Resources,
         metrics: Arc<Metrics>,
-        closing: Arc<AtomicBool>,
+        closing: watch::Receiver<bool>,
     ) -> Result<Self, TransportError> {
         Ok(Self {
             traces: SignalClient::new(Signal::Traces, &config.traces)?,
@@ -68,7 +62,7 @@ impl ExportTask {
 
     /// When closing: the instant by which everything must be done.
     fn deadline(&self) -> Option<tokio::time::Instant> {
-        if !self.closing.load(Ordering::Relaxed) {
+        if !*self.closing.borrow() {
             return None;
         }
         Some(
@@ -158,17 +152,23 @@ impl ExportTask {
         let mut backoff = self.config.initial_backoff;
         let mut attempt = 1u32;
         loop {
-            let sent = match self.deadline() {
-                None => client.export(body.clone()).await,
-                Some(deadline) => tokio::time::timeout_at(deadline, client.export(body.clone()))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ExportError {
-                            retryable: false,
-                            retry_after: None,
-                            message: "shutting down: export did not finish in time".into(),
-                        })
-                    }),
+            // An export may be in flight when the sink starts closing (a collector that
+            // accepts but never answers): from then on it only gets the shutdown grace.
+            let mut closing = self.closing.clone();
+            let grace_over = async {
+                let _ = closing.wait_for(|c| *c).await;
+                match self.deadline() {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let sent = tokio::select! {
+                sent = client.export(body.clone()) => sent,
+                () = grace_over => Err(ExportError {
+                    retryable: false,
+                    retry_after: None,
+                    message: "shutting down: export did not finish in time".into(),
+                }),
             };
             match sent {
                 Ok(()) => {
@@ -178,7 +178,7 @@ impl ExportTask {
                 Err(e)
                     if e.retryable
                         && attempt < self.config.max_attempts
-                        && !self.closing.load(Ordering::Relaxed) =>
+                        && !*self.closing.borrow() =>
                 {
                     self.metrics.add_request(logs, ExportOutcome::Retry);
                     let delay = e

@@ -5,15 +5,15 @@
 //! dropped and counted as `otlp_queue_full`, and a warning is logged at most every 10 s.
 //! Memory stays bounded by the queue and one batch in flight.
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    watch,
+};
 
 use super::Sink;
 use crate::{
@@ -41,7 +41,7 @@ pub enum OtlpSinkError {
 pub struct OtlpSink {
     tx: Option<mpsc::Sender<CorrelatedRecord>>,
     thread: Option<JoinHandle<()>>,
-    closing: Arc<AtomicBool>,
+    closing: watch::Sender<bool>,
     metrics: Arc<Metrics>,
     unreported_drops: u64,
     last_warn: Option<Instant>,
@@ -59,10 +59,10 @@ impl OtlpSink {
             .enable_all()
             .build()
             .map_err(OtlpSinkError::Start)?;
-        let closing = Arc::new(AtomicBool::new(false));
+        let (closing, closing_rx) = watch::channel(false);
         let task = {
             let _guard = runtime.enter();
-            ExportTask::new(config, resources, metrics.clone(), closing.clone())?
+            ExportTask::new(config, resources, metrics.clone(), closing_rx)?
         };
         let (tx, rx) = mpsc::channel(config.queue_size);
         let thread = std::thread::Builder::new()
@@ -95,7 +95,7 @@ impl OtlpSink {
     /// Stops taking records, exports what is queued (one try per batch), and waits for
     /// the export thread.
     pub fn close(&mut self) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.closing.send_replace(true);
         self.tx = None;
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
