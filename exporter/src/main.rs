@@ -144,6 +144,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     preflight::check()?;
     let metrics = Metrics::new();
     let enricher = Enricher::for_host();
+    let (runtime_events_tx, runtime_events_rx) =
+        tokio::sync::mpsc::channel(iostall::runtime::start::EVENT_QUEUE);
     let metadata = enricher.metadata.clone();
     let options = RunOptions {
         tracer: TracerOptions {
@@ -153,6 +155,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         attach: config.attach,
         comm: config.comm.clone(),
         enricher: Some(enricher),
+        runtime_events: Some(runtime_events_rx),
         correlator: Correlator::new(&host_name()),
         metrics: metrics.clone(),
     };
@@ -204,7 +207,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // Runtime sources only feed the metadata cache: an absent or restarting runtime
     // slows nothing (they retry in the background).
-    let sources = runtime.block_on(async { RuntimeSources::start(&config.sources, metadata) });
+    let sources = runtime.block_on(async {
+        RuntimeSources::start(&config.sources, metadata, Some(runtime_events_tx))
+    });
     let summary = runtime.block_on(pipeline::run(options, sinks, shutdown(config.duration)))?;
     if sources.dropped() > 0 {
         tracing::warn!(

@@ -22,6 +22,7 @@ use crate::{
     enrich::Enricher,
     event::{AttachMode, IoRecord},
     metrics::{DropReason, Metrics},
+    runtime::RuntimeEvent,
     sink::Sink,
     tracer::{AttachRequest, KernelStats, Tracer, TracerError, TracerOptions},
 };
@@ -42,6 +43,8 @@ pub struct RunOptions {
     pub comm: Option<String>,
     /// Ties records to containers and pods before correlation; `None` skips it.
     pub enricher: Option<Enricher>,
+    /// Runtime lifecycle events to hand to the sinks beside the IO records.
+    pub runtime_events: Option<mpsc::Receiver<RuntimeEvent>>,
     /// Assigns trace and span ids before the sinks.
     pub correlator: Correlator,
     /// Counters served on `/metrics` (records, drops by reason, kernel counters).
@@ -76,7 +79,7 @@ pub enum PipelineError {
 
 /// Loads, attaches, and runs until `shutdown` completes.
 pub async fn run(
-    options: RunOptions,
+    mut options: RunOptions,
     sinks: Vec<Box<dyn Sink>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, PipelineError> {
@@ -104,7 +107,19 @@ pub async fn run(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| PipelineError::Poll(e.into()))?;
 
-    let (tx, rx) = mpsc::channel::<IoRecord>(SINK_QUEUE);
+    let (tx, rx) = mpsc::channel::<SinkItem>(SINK_QUEUE);
+    // Runtime lifecycle events share the sinks' queue (and its drop accounting).
+    let forwarder = options.runtime_events.take().map(|mut events| {
+        let tx = tx.clone();
+        let metrics = options.metrics.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if tx.try_send(SinkItem::Runtime(event)).is_err() {
+                    metrics.add_dropped(DropReason::SinkQueueFull, 1);
+                }
+            }
+        })
+    });
     let records = Arc::new(AtomicU64::new(0));
     let sink_thread = spawn_sinks(
         sinks,
@@ -146,7 +161,7 @@ pub async fn run(
                             if options.comm.as_deref().is_some_and(|c| c != record.comm) {
                                 continue;
                             }
-                            if tx.try_send(record).is_err() {
+                            if tx.try_send(SinkItem::Io(record)).is_err() {
                                 sink_queue_drops += 1;
                                 metrics.add_dropped(DropReason::SinkQueueFull, 1);
                             }
@@ -161,6 +176,12 @@ pub async fn run(
                 guard.clear_ready();
             }
         }
+    }
+    // Every sender must go for the sink thread to drain and stop: ours, and the
+    // forwarder's (its runtime sources outlive the pipeline).
+    if let Some(forwarder) = forwarder {
+        forwarder.abort();
+        let _ = forwarder.await;
     }
     drop(tx);
     if sink_thread.join().is_err() {
@@ -178,6 +199,15 @@ pub async fn run(
     })
 }
 
+/// What the sink thread takes from its queue.
+#[derive(Debug)]
+pub enum SinkItem {
+    /// A slow operation, to enrich and correlate.
+    Io(IoRecord),
+    /// A runtime lifecycle event.
+    Runtime(RuntimeEvent),
+}
+
 /// The stages that run on the sink thread, between the queue and the sinks.
 struct SinkStages {
     enricher: Option<Enricher>,
@@ -189,7 +219,7 @@ struct SinkStages {
 /// or disk never stalls the kernel reader.
 fn spawn_sinks(
     mut sinks: Vec<Box<dyn Sink>>,
-    mut rx: mpsc::Receiver<IoRecord>,
+    mut rx: mpsc::Receiver<SinkItem>,
     records: Arc<AtomicU64>,
     stages: SinkStages,
 ) -> std::thread::JoinHandle<()> {
@@ -199,7 +229,18 @@ fn spawn_sinks(
         metrics,
     } = stages;
     std::thread::spawn(move || {
-        while let Some(record) = rx.blocking_recv() {
+        while let Some(item) = rx.blocking_recv() {
+            let record = match item {
+                SinkItem::Io(record) => record,
+                SinkItem::Runtime(event) => {
+                    for sink in &mut sinks {
+                        if let Err(e) = sink.runtime_event(&event) {
+                            tracing::warn!(error = %e, "sink failed to take a runtime event");
+                        }
+                    }
+                    continue;
+                }
+            };
             records.fetch_add(1, Ordering::Relaxed);
             metrics.add_records(1);
             let record = match &mut enricher {

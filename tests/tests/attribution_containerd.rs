@@ -2,7 +2,8 @@
 //! the kubelet would, writes and fsyncs on a slow ext4 loop filesystem bind-mounted into
 //! it; iostall (real eBPF, tracepoint mode) attributes every slow operation to the right
 //! container and pod — in its JSON output, and in OTLP on the Resource of the spans and
-//! logs the test's OTLP receiver gets. Nothing is mocked.
+//! logs the test's OTLP receiver gets — and the container's lifecycle (create, start,
+//! exit with its code) arrives in order in the same output. Nothing is mocked.
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -90,8 +91,28 @@ fn container_io_is_attributed_to_its_pod_in_json_and_otlp() -> Result<()> {
 
     let finished = iostall.stop()?;
     assert!(finished.success, "{}", finished.stderr);
-    let events: Vec<Json> = finished
-        .json()?
+    let lines = finished.json()?;
+    // The runtime's lifecycle is its own stream in the same output, in order.
+    let lifecycle: Vec<&Json> = lines
+        .iter()
+        .filter(|l| l["type"] == "runtime" && l["container_id"] == id.as_str())
+        .collect();
+    let kinds: Vec<&str> = lifecycle
+        .iter()
+        .filter_map(|l| l["kind"].as_str())
+        .collect();
+    let created = kinds.iter().position(|k| *k == "container_created");
+    let started = kinds.iter().position(|k| *k == "container_started");
+    let exited = kinds.iter().position(|k| *k == "container_exited");
+    assert!(
+        created.is_some() && created < started && started < exited,
+        "lifecycle out of order or missing: {kinds:?}"
+    );
+    let exit = lifecycle[exited.unwrap_or_default()];
+    assert_eq!(exit["exit_code"], 0, "{exit}");
+    assert_eq!(exit["event.name"], "container.exited", "{exit}");
+    assert_eq!(exit["runtime"], "containerd", "{exit}");
+    let events: Vec<Json> = lines
         .into_iter()
         .filter(|e| e["file_name"] == "out")
         .collect();

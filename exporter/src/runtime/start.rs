@@ -2,7 +2,7 @@
 //! their events, so the enrich stage can name the containers and pods it attributes.
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{EventSender, RuntimeEvent, RuntimeEventKind, containerd, cri, docker};
 use crate::{
@@ -24,9 +24,14 @@ pub struct RuntimeSources {
 
 impl RuntimeSources {
     /// Starts every configured source (on the current tokio runtime) and the task that
-    /// applies their events to `metadata`.
+    /// applies their events to `metadata`, then passes them on to `forward` (the sinks)
+    /// without waiting: when that queue is full the event is dropped and counted there.
     #[must_use]
-    pub fn start(config: &SourcesConfig, metadata: SharedMetadata) -> Self {
+    pub fn start(
+        config: &SourcesConfig,
+        metadata: SharedMetadata,
+        forward: Option<mpsc::Sender<RuntimeEvent>>,
+    ) -> Self {
         let (sender, mut rx) = EventSender::channel(EVENT_QUEUE);
         let mut tasks = Vec::new();
         if let Some(socket) = &config.containerd_socket {
@@ -54,6 +59,9 @@ impl RuntimeSources {
         tasks.push(tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 apply(&metadata, &event);
+                if let Some(forward) = &forward {
+                    let _ = forward.try_send(event);
+                }
             }
         }));
         Self { sender, tasks }

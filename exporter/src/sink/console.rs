@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::Sink;
-use crate::correlate::CorrelatedRecord;
+use crate::{correlate::CorrelatedRecord, runtime::RuntimeEvent};
 
 /// Writes the table to any writer (stdout in the CLI).
 pub struct ConsoleSink<W: Write> {
@@ -102,9 +102,47 @@ impl<W: Write + Send> Sink for ConsoleSink<W> {
         writeln!(self.out, "{}", format_row(record))
     }
 
+    fn runtime_event(&mut self, event: &RuntimeEvent) -> std::io::Result<()> {
+        writeln!(self.out, "{}", format_runtime_event(event))
+    }
+
     fn idle(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }
+}
+
+/// A runtime event as one line between the table rows:
+/// `TIME [runtime] event.name short-id namespace/pod container key=value…`.
+#[must_use]
+pub fn format_runtime_event(event: &RuntimeEvent) -> String {
+    use crate::{enrich::metadata, runtime::RuntimeEventKind};
+    let label = |k: &str| event.labels.get(k).map(String::as_str);
+    let mut line = format!(
+        "{} [{}] {}",
+        local_hms(event.time_unix_ns),
+        event.runtime,
+        event.kind.name()
+    );
+    if let Some(id) = &event.container_id {
+        line.push(' ');
+        line.extend(id.chars().take(12));
+    }
+    if let (Some(ns), Some(pod)) = (
+        label(metadata::LABEL_POD_NAMESPACE),
+        label(metadata::LABEL_POD_NAME),
+    ) {
+        line.push_str(&format!(" {ns}/{pod}"));
+    }
+    if let Some(name) = label(metadata::LABEL_CONTAINER_NAME) {
+        line.push_str(&format!(" {name}"));
+    }
+    if let RuntimeEventKind::ContainerExited { exit_code } = event.kind {
+        line.push_str(&format!(" exit_code={exit_code}"));
+    }
+    if let Some(image) = &event.image {
+        line.push_str(&format!(" image={image}"));
+    }
+    line
 }
 
 #[cfg(test)]
@@ -168,6 +206,37 @@ mod tests {
             ConsoleSink::<Vec<u8>>::HEADER.find("FILENAME"),
             "FILENAME column lines up with the header"
         );
+    }
+
+    #[test]
+    fn runtime_events_are_one_line_with_pod_and_exit_code() {
+        use crate::runtime::{EventSource, RuntimeEvent, RuntimeEventKind};
+        let mut ev = RuntimeEvent::new(
+            1_700_000_000_000_000_000,
+            EventSource::Containerd,
+            RuntimeEventKind::ContainerExited { exit_code: 7 },
+        );
+        ev.container_id = Some("0123456789abcdef".into());
+        for (k, v) in [
+            ("io.kubernetes.pod.namespace", "shop"),
+            ("io.kubernetes.pod.name", "web-0"),
+            ("io.kubernetes.container.name", "app"),
+        ] {
+            ev.labels.insert(k.into(), v.into());
+        }
+        let line = format_runtime_event(&ev);
+        assert!(
+            line.ends_with("[containerd] container.exited 0123456789ab shop/web-0 app exit_code=7"),
+            "{line}"
+        );
+        let mut json = super::super::json::JsonSink::new(Vec::new());
+        json.runtime_event(&ev).expect("write");
+        let text = String::from_utf8(json.into_inner()).expect("utf8");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["type"], "runtime");
+        assert_eq!(v["event.name"], "container.exited");
+        assert_eq!(v["kind"], "container_exited");
+        assert_eq!(v["exit_code"], 7);
     }
 
     #[test]

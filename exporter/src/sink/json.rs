@@ -1,9 +1,29 @@
 //! One JSON object per record, one per line, every field, plus `trace_id` and `span_id`
-//! (hex, as in OTLP/JSON) to join with the exported spans.
+//! (hex, as in OTLP/JSON) to join with the exported spans. Runtime lifecycle events are
+//! lines too, told apart by `"type": "runtime"` (and `"event.name"`).
 use std::io::Write;
 
 use super::Sink;
-use crate::correlate::CorrelatedRecord;
+use crate::{correlate::CorrelatedRecord, runtime::RuntimeEvent};
+
+/// A runtime event as a JSON line: flat, `kind` and its fields (`exit_code`) at the top.
+#[derive(serde::Serialize)]
+struct RuntimeLine<'a> {
+    #[serde(rename = "type")]
+    line_type: &'static str,
+    #[serde(rename = "event.name")]
+    event_name: &'static str,
+    time_unix_ns: u64,
+    runtime: crate::runtime::EventSource,
+    #[serde(flatten)]
+    kind: &'a crate::runtime::RuntimeEventKind,
+    container_id: &'a Option<String>,
+    sandbox_id: &'a Option<String>,
+    namespace: &'a Option<String>,
+    image: &'a Option<String>,
+    labels: &'a std::collections::BTreeMap<String, String>,
+    attributes: &'a std::collections::BTreeMap<String, String>,
+}
 
 /// JSON lines to any writer.
 pub struct JsonSink<W: Write> {
@@ -15,11 +35,34 @@ impl<W: Write + Send> JsonSink<W> {
     pub fn new(out: W) -> Self {
         Self { out }
     }
+
+    /// The writer back (tests read what was written).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
 }
 
 impl<W: Write + Send> Sink for JsonSink<W> {
     fn record(&mut self, record: &CorrelatedRecord) -> std::io::Result<()> {
         serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn runtime_event(&mut self, event: &RuntimeEvent) -> std::io::Result<()> {
+        let line = RuntimeLine {
+            line_type: "runtime",
+            event_name: event.kind.name(),
+            time_unix_ns: event.time_unix_ns,
+            runtime: event.runtime,
+            kind: &event.kind,
+            container_id: &event.container_id,
+            sandbox_id: &event.sandbox_id,
+            namespace: &event.namespace,
+            image: &event.image,
+            labels: &event.labels,
+            attributes: &event.attributes,
+        };
+        serde_json::to_writer(&mut self.out, &line)?;
         self.out.write_all(b"\n")
     }
 

@@ -6,12 +6,17 @@ pub mod console;
 pub mod json;
 pub mod otlp;
 
-use crate::correlate::CorrelatedRecord;
+use crate::{correlate::CorrelatedRecord, runtime::RuntimeEvent};
 
 /// A destination for records.
 pub trait Sink: Send {
     /// Takes one record (with its trace and span ids).
     fn record(&mut self, record: &CorrelatedRecord) -> std::io::Result<()>;
+    /// Takes one runtime lifecycle event; sinks that do not show them ignore it.
+    fn runtime_event(&mut self, event: &RuntimeEvent) -> std::io::Result<()> {
+        let _ = event;
+        Ok(())
+    }
     /// Called when no record is waiting: a chance to flush buffered output.
     fn idle(&mut self) -> std::io::Result<()>;
 }
