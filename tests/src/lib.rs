@@ -5,6 +5,7 @@ pub mod dockerd;
 pub mod fake_kube;
 pub mod image;
 pub mod iostall_proc;
+pub mod log_capture;
 pub mod otlp_receiver;
 pub mod slowfs;
 pub mod workload;

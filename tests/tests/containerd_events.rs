@@ -21,50 +21,13 @@ use iostall::{
 };
 use iostall_tests::{
     containerd::{CRI_NAMESPACE, ContainerSpec, Containerd, CriClient, new_pod_uid},
+    log_capture::{capture_logs, log_lines},
     slowfs::require_root,
 };
 use tokio::task::JoinHandle;
 
 /// How long an expected event may take.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Log lines of this test binary (a global subscriber), to count outage warnings.
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_writer(|| LogWriter)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .try_init();
-    });
-}
-
-/// Log lines containing every one of `needles`.
-fn log_lines(needles: &[&str]) -> Vec<String> {
-    let logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
-    String::from_utf8_lossy(&logs)
-        .lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .map(str::to_owned)
-        .collect()
-}
 
 /// Every event the source sent, with when the test received it.
 #[derive(Clone, Default)]
@@ -386,7 +349,7 @@ async fn oom_kill_gives_an_oom_event_and_exit_137() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_containerd_is_killed() {
     require_root();
-    capture_logs();
+    capture_logs(tracing::Level::DEBUG);
     let (mut ctd, cri) = containerd().await;
     let source = Source::start(&ctd).await;
     let socket = ctd.socket().display().to_string();
@@ -443,7 +406,7 @@ async fn reconnects_after_containerd_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sources_list_a_pod_started_before_them() {
     require_root();
-    capture_logs();
+    capture_logs(tracing::Level::DEBUG);
     let (ctd, mut cri) = containerd().await;
     let uid = new_pod_uid().expect("uid");
     let sandbox = cri

@@ -14,46 +14,12 @@ use iostall::runtime::{
     docker::{DockerConfig, DockerSource},
     now_unix_ns,
 };
-use iostall_tests::{dockerd::Dockerd, slowfs::require_root};
+use iostall_tests::{
+    dockerd::Dockerd,
+    log_capture::{capture_logs, log_lines},
+    slowfs::require_root,
+};
 use tokio::sync::mpsc;
-
-/// Log lines of this test binary (a global subscriber), to count outage warnings.
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_writer(|| LogWriter)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .try_init();
-    });
-}
-
-/// Log lines mentioning `needle`.
-fn log_lines(needle: &str) -> Vec<String> {
-    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
-    String::from_utf8_lossy(&logs)
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_owned)
-        .collect()
-}
 
 fn kube_labels(pod: &str, container: &str) -> BTreeMap<String, String> {
     [
@@ -110,7 +76,7 @@ fn kinds(events: &[RuntimeEvent]) -> Vec<RuntimeEventKind> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_lifecycle_labels_listing_and_reconnect() -> Result<()> {
     require_root();
-    capture_logs();
+    capture_logs(tracing::Level::INFO);
     let mut dockerd = Dockerd::start().await?;
     eprintln!(
         "dockerd ({}) ready in {:?}",
@@ -309,13 +275,13 @@ async fn docker_lifecycle_labels_listing_and_reconnect() -> Result<()> {
     );
     // The outage (several failed attempts) logged one warning, and its end one line.
     let what = format!("docker events at {}", dockerd.socket().display());
-    let warned: Vec<_> = log_lines("unavailable, retrying")
+    let warned: Vec<_> = log_lines(&["unavailable, retrying"])
         .into_iter()
         .filter(|l| l.contains(&what))
         .collect();
     assert_eq!(warned.len(), 1, "{warned:#?}");
     assert!(
-        log_lines("available again")
+        log_lines(&["available again"])
             .iter()
             .any(|l| l.contains(&what) && l.contains("failed attempts")),
         "no recovery line"

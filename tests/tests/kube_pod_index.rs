@@ -17,49 +17,14 @@ use iostall::runtime::{
     EventSender, EventSource, RuntimeEvent, RuntimeEventKind,
     kube::{ClientSource, KubeConfig, KubePodIndex},
 };
-use iostall_tests::fake_kube::{FakeKube, deployment_pod, owned_pod, replicaset};
+use iostall_tests::{
+    fake_kube::{FakeKube, deployment_pod, owned_pod, replicaset},
+    log_capture::{capture_logs, log_lines},
+};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 const NODE: &str = "node-a";
-
-/// Log lines of this test binary (a global subscriber), to count outage warnings.
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_writer(|| LogWriter)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .try_init();
-    });
-}
-
-/// Log lines mentioning `needle`.
-fn log_lines(needle: &str) -> Vec<String> {
-    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
-    String::from_utf8_lossy(&logs)
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_owned)
-        .collect()
-}
 
 async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let start = Instant::now();
@@ -302,7 +267,7 @@ async fn kube_watch_added_modified_deleted() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_api_server_down_at_start_then_up() -> Result<()> {
     // A port nobody listens on yet.
-    capture_logs();
+    capture_logs(tracing::Level::INFO);
     let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let (index, task) = KubePodIndex::spawn(
         config(),
@@ -342,10 +307,10 @@ async fn kube_api_server_down_at_start_then_up() -> Result<()> {
     eprintln!("populated {:?} after the API server came up", up.elapsed());
     // One warning for the whole outage (several attempts), one line when it ends.
     let source = format!("Kubernetes API at http://{addr}/");
-    let warned = log_lines("unavailable, retrying");
+    let warned = log_lines(&["unavailable, retrying"]);
     let warned: Vec<_> = warned.iter().filter(|l| l.contains(&source)).collect();
     assert_eq!(warned.len(), 1, "{warned:#?}");
-    let recovered = log_lines("available again");
+    let recovered = log_lines(&["available again"]);
     assert_eq!(
         recovered.iter().filter(|l| l.contains(&source)).count(),
         1,
