@@ -187,3 +187,100 @@ fn container_io_is_attributed_to_its_pod_in_json_and_otlp() -> Result<()> {
     }
     Ok(())
 }
+
+/// containerd killed mid-run (as when it crashes): iostall keeps tracing, its sources
+/// reconnect (one warning, one recovery line), a container created after the restart is
+/// still attributed by name, and an OOM-killed container shows in the output as
+/// `container_oom` before its exit with code 137.
+#[test]
+fn after_a_containerd_restart_new_containers_are_named_and_ooms_reported() -> Result<()> {
+    require_root();
+    ensure_kernel_mounts()?;
+    let fs = SlowExt4::create(SlowExt4Options::default())?;
+    let volume = fs.mount_point().join("volume");
+    std::fs::create_dir(&volume)?;
+    let mut ctd = Containerd::start()?;
+    ctd.import_test_images()?;
+    let socket = ctd.socket().to_string_lossy().into_owned();
+    let iostall = Iostall::start(&[
+        "--attach",
+        "tracepoint",
+        "-t",
+        "0",
+        "-o",
+        "json",
+        "-c",
+        "dd",
+        "--containerd-socket",
+        &socket,
+        "--docker-socket",
+        "off",
+        "--metrics-listen",
+        "off",
+    ])?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let uid = new_pod_uid()?;
+    let sandbox = rt.block_on(async {
+        let mut cri = ctd.cri().await?;
+        cri.run_pod_sandbox("api-0", "prod", &uid, 0).await
+    })?;
+    ctd.kill_and_restart()?;
+    let (id, oom_id) = rt.block_on(async {
+        let mut cri = ctd.cri().await?;
+        let spec = ContainerSpec::busybox(
+            "after",
+            &[
+                "sh",
+                "-c",
+                "sleep 2; dd if=/dev/zero of=/data/after bs=4096 count=2 conv=fsync",
+            ],
+        )
+        .bind(&volume, "/data");
+        let id = cri.create_container(&sandbox, &spec).await?;
+        cri.start_container(&id).await?;
+        let status = cri.wait_exited(&id, Duration::from_secs(60)).await?;
+        assert_eq!(status.exit_code, 0, "{status:?}");
+        let hog = ContainerSpec::busybox("hog", &["sh", "-c", "x=a; while true; do x=$x$x; done"])
+            .memory_limit(16 * 1024 * 1024);
+        let oom_id = cri.create_container(&sandbox, &hog).await?;
+        cri.start_container(&oom_id).await?;
+        let status = cri.wait_exited(&oom_id, Duration::from_secs(60)).await?;
+        assert_eq!(status.exit_code, 137, "{status:?}");
+        anyhow::Ok((id, oom_id))
+    })?;
+
+    let finished = iostall.stop()?;
+    assert!(finished.success, "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("available again"),
+        "no reconnect logged:\n{}",
+        finished.stderr
+    );
+    let lines = finished.json()?;
+    let io: Vec<&Json> = lines.iter().filter(|l| l["file_name"] == "after").collect();
+    assert!(
+        !io.is_empty(),
+        "no IO of the container created after the restart"
+    );
+    for e in &io {
+        assert_eq!(e["container.id"], id.as_str(), "{e}");
+        assert_eq!(e["k8s.pod.name"], "api-0", "{e}");
+        assert_eq!(e["k8s.namespace.name"], "prod", "{e}");
+        assert_eq!(e["k8s.container.name"], "after", "{e}");
+    }
+    let kinds: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["type"] == "runtime" && l["container_id"] == oom_id.as_str())
+        .filter_map(|l| l["kind"].as_str())
+        .collect();
+    let oom = kinds.iter().position(|k| *k == "container_oom");
+    let exited = lines
+        .iter()
+        .filter(|l| l["type"] == "runtime" && l["container_id"] == oom_id.as_str())
+        .position(|l| l["kind"] == "container_exited" && l["exit_code"] == 137);
+    assert!(
+        oom.is_some() && exited.is_some() && oom < exited,
+        "OOM then exit 137 expected, got {kinds:?}"
+    );
+    Ok(())
+}
