@@ -25,36 +25,53 @@ fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
     })
 }
 
+/// A slow ext4 filesystem with a `volume` directory to bind-mount into containers, and a
+/// private containerd with the test images imported.
+struct Stack {
+    fs: SlowExt4,
+    volume: std::path::PathBuf,
+    ctd: Containerd,
+}
+
+impl Stack {
+    fn start() -> Result<Self> {
+        require_root();
+        ensure_kernel_mounts()?;
+        let fs = SlowExt4::create(SlowExt4Options::default())?;
+        let volume = fs.mount_point().join("volume");
+        std::fs::create_dir(&volume)?;
+        let ctd = Containerd::start()?;
+        ctd.import_test_images()?;
+        Ok(Self { fs, volume, ctd })
+    }
+
+    /// Starts iostall on `dd`'s IO with this containerd as its only runtime source.
+    fn iostall(&self, extra: &[&str]) -> Result<Iostall> {
+        let socket = self.ctd.socket().to_string_lossy().into_owned();
+        let mut args = vec![
+            "--attach",
+            "tracepoint",
+            "-c",
+            "dd",
+            "--containerd-socket",
+            &socket,
+            "--docker-socket",
+            "off",
+            "--metrics-listen",
+            "off",
+        ];
+        args.extend_from_slice(extra);
+        Iostall::start(&args)
+    }
+}
+
 #[test]
 fn container_io_is_attributed_to_its_pod_in_json_and_otlp() -> Result<()> {
-    require_root();
-    ensure_kernel_mounts()?;
-    let fs = SlowExt4::create(SlowExt4Options::default())?;
-    let volume = fs.mount_point().join("volume");
-    std::fs::create_dir(&volume)?;
-    let ctd = Containerd::start()?;
-    ctd.import_test_images()?;
+    let stack = Stack::start()?;
+    let (fs, volume, ctd) = (&stack.fs, &stack.volume, &stack.ctd);
     let mut rx = OtlpReceiver::grpc()?;
-    let socket = ctd.socket().to_string_lossy().into_owned();
     let endpoint = rx.endpoint();
-    let iostall = Iostall::start(&[
-        "--attach",
-        "tracepoint",
-        "-t",
-        "20",
-        "-o",
-        "json,otlp",
-        "-c",
-        "dd",
-        "--otlp-endpoint",
-        &endpoint,
-        "--containerd-socket",
-        &socket,
-        "--docker-socket",
-        "off",
-        "--metrics-listen",
-        "off",
-    ])?;
+    let iostall = stack.iostall(&["-t", "20", "-o", "json,otlp", "--otlp-endpoint", &endpoint])?;
 
     // The receiver runs its own runtime; the CRI calls get theirs.
     let rt = tokio::runtime::Runtime::new()?;
@@ -74,7 +91,7 @@ fn container_io_is_attributed_to_its_pod_in_json_and_otlp() -> Result<()> {
              dd if=/dev/zero of=/data/out bs=4096 count=2 seek=3 conv=notrunc,fsync",
             ],
         )
-        .bind(&volume, "/data");
+        .bind(volume, "/data");
         let id = cri.create_container(&sandbox, &spec).await?;
         cri.start_container(&id).await?;
         let (major, minor) = fs.device();
@@ -194,30 +211,10 @@ fn container_io_is_attributed_to_its_pod_in_json_and_otlp() -> Result<()> {
 /// `container_oom` before its exit with code 137.
 #[test]
 fn after_a_containerd_restart_new_containers_are_named_and_ooms_reported() -> Result<()> {
-    require_root();
-    ensure_kernel_mounts()?;
-    let fs = SlowExt4::create(SlowExt4Options::default())?;
-    let volume = fs.mount_point().join("volume");
-    std::fs::create_dir(&volume)?;
-    let mut ctd = Containerd::start()?;
-    ctd.import_test_images()?;
-    let socket = ctd.socket().to_string_lossy().into_owned();
-    let iostall = Iostall::start(&[
-        "--attach",
-        "tracepoint",
-        "-t",
-        "0",
-        "-o",
-        "json",
-        "-c",
-        "dd",
-        "--containerd-socket",
-        &socket,
-        "--docker-socket",
-        "off",
-        "--metrics-listen",
-        "off",
-    ])?;
+    let mut stack = Stack::start()?;
+    let iostall = stack.iostall(&["-t", "0", "-o", "json"])?;
+    let volume = stack.volume.clone();
+    let ctd = &mut stack.ctd;
     let rt = tokio::runtime::Runtime::new()?;
     let uid = new_pod_uid()?;
     let sandbox = rt.block_on(async {
