@@ -108,54 +108,28 @@ fn slow_write_fsync_read_open_are_reported_with_their_details() -> Result<()> {
         comm,
     ])?;
     let dir_s = dir.to_string_lossy().into_owned();
+    // Every run joins the throttled cgroup under the test's comm, throttle primed.
+    let throttled = |args: &[&str]| {
+        let mut all = vec!["--cgroup", &cgroup, "--comm", comm, "--prime-throttle"];
+        all.extend_from_slice(args);
+        run_workload(&all)
+    };
+    let sized = ["--count", "3", "--size", "4096"];
     // Buffered writes + fsync: the fsyncs wait for the disk.
-    let mut ops = run_workload(&[
-        "--cgroup",
-        &cgroup,
-        "--comm",
-        comm,
-        "--prime-throttle",
-        "write-fsync",
-        "--dir",
-        &dir_s,
-        "--count",
-        "3",
-        "--size",
-        "4096",
-    ])?;
+    let mut ops = throttled(&[&["write-fsync", "--dir", &dir_s][..], &sized].concat())?;
     // O_DIRECT writes: the writes themselves wait for the disk.
-    ops.extend(run_workload(&[
-        "--cgroup",
-        &cgroup,
-        "--comm",
-        comm,
-        "--prime-throttle",
-        "write-fsync",
-        "--dir",
-        &dir_s,
-        "--count",
-        "3",
-        "--size",
-        "4096",
-        "--direct",
-        "--name-prefix",
-        "direct-",
-    ])?);
+    ops.extend(throttled(
+        &[
+            &["write-fsync", "--dir", &dir_s][..],
+            &sized,
+            &["--direct", "--name-prefix", "direct-"],
+        ]
+        .concat(),
+    )?);
     let data = dir.join("data").to_string_lossy().into_owned();
-    ops.extend(run_workload(&[
-        "--cgroup",
-        &cgroup,
-        "--comm",
-        comm,
-        "--prime-throttle",
-        "read-direct",
-        "--file",
-        &data,
-        "--count",
-        "3",
-        "--size",
-        "4096",
-    ])?);
+    ops.extend(throttled(
+        &[&["read-direct", "--file", &data][..], &sized].concat(),
+    )?);
     let finished = iostall.stop()?;
     assert!(finished.success, "iostall failed: {}", finished.stderr);
     let events = events_of(&finished, comm);
