@@ -39,6 +39,33 @@ fn kube_labels(pod: &str, container: &str) -> BTreeMap<String, String> {
 
 /// Collects events of container `id` until `last` arrives; also returns the largest
 /// delivery latency seen (receive time − dockerd's event time).
+/// Runs `true` in a new container labelled as pod `pod`'s `container`, removes it, and
+/// returns the events the source delivered for it (creation to deletion),
+/// without the `ContainerListed` a resubscription may add.
+async fn run_true_to_deletion(
+    dockerd: &Dockerd,
+    rx: &mut mpsc::Receiver<RuntimeEvent>,
+    name: &str,
+    pod: &str,
+    timeout: Duration,
+) -> Result<Vec<RuntimeEvent>> {
+    let id = dockerd
+        .create(name, &["true"], &kube_labels(pod, "app"), None)
+        .await?;
+    dockerd.start_container(&id).await?;
+    assert_eq!(dockerd.wait_container(&id).await?, 0);
+    dockerd.remove_container(&id).await?;
+    let (mut events, _) = events_until(
+        rx,
+        &id,
+        |k| *k == RuntimeEventKind::ContainerDeleted,
+        timeout,
+    )
+    .await?;
+    events.retain(|e| !matches!(e.kind, RuntimeEventKind::ContainerListed { .. }));
+    Ok(events)
+}
+
 async fn events_until(
     rx: &mut mpsc::Receiver<RuntimeEvent>,
     id: &str,
@@ -239,27 +266,16 @@ async fn docker_lifecycle_labels_listing_and_reconnect() -> Result<()> {
     dockerd.restart().await?;
     eprintln!("dockerd restarted in {:?}", dockerd.last_startup());
     let restarted = Instant::now();
-    let id2 = dockerd
-        .create(
-            "iostall-after",
-            &["true"],
-            &kube_labels("web-1", "app"),
-            None,
-        )
-        .await?;
-    dockerd.start_container(&id2).await?;
-    assert_eq!(dockerd.wait_container(&id2).await?, 0);
-    dockerd.remove_container(&id2).await?;
-    let (mut events, _) = events_until(
+    // If the source resubscribed after `create`, the listing also names it; the
+    // replay (`since`) still delivers every change.
+    let events = run_true_to_deletion(
+        &dockerd,
         &mut rx,
-        &id2,
-        |k| *k == RuntimeEventKind::ContainerDeleted,
+        "iostall-after",
+        "web-1",
         Duration::from_secs(20),
     )
     .await?;
-    // If the source resubscribed after `create`, the listing also names it; the
-    // replay (`since`) still delivers every change.
-    events.retain(|e| !matches!(e.kind, RuntimeEventKind::ContainerListed { .. }));
     eprintln!(
         "events after restart seen {:?} after dockerd answered again",
         restarted.elapsed()
@@ -444,25 +460,14 @@ async fn docker_absent_at_start_then_up() -> Result<()> {
     assert!(rx.try_recv().is_err(), "no events without dockerd");
 
     dockerd.restart().await?;
-    let id = dockerd
-        .create(
-            "iostall-late",
-            &["true"],
-            &kube_labels("late-0", "app"),
-            None,
-        )
-        .await?;
-    dockerd.start_container(&id).await?;
-    assert_eq!(dockerd.wait_container(&id).await?, 0);
-    dockerd.remove_container(&id).await?;
-    let (mut events, _) = events_until(
+    let events = run_true_to_deletion(
+        &dockerd,
         &mut rx,
-        &id,
-        |k| *k == RuntimeEventKind::ContainerDeleted,
+        "iostall-late",
+        "late-0",
         Duration::from_secs(10),
     )
     .await?;
-    events.retain(|e| !matches!(e.kind, RuntimeEventKind::ContainerListed { .. }));
     assert_eq!(
         kinds(&events),
         [
