@@ -104,7 +104,8 @@ fn cgroup_event(ctx: &TracePointContext, kind: u32) {
     unsafe {
         (*ev).header = header(kind);
         (*ev).id = id;
-        (*ev).level = field::<i32>(ctx, load_config!(tracepoints.cgroup_level)).unwrap_or(-1) as u32;
+        (*ev).level =
+            field::<i32>(ctx, load_config!(tracepoints.cgroup_level)).unwrap_or(-1) as u32;
         (*ev).root = root as u32;
         data_loc_str(ctx, load_config!(tracepoints.cgroup_path), &mut (*ev).path);
     }

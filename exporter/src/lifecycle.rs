@@ -12,7 +12,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use exporter_common::{CgroupEvent, EventHeader, ExecEvent, ExitEvent, OomEvent, event_kind, watch};
+use exporter_common::{
+    CgroupEvent, EventHeader, ExecEvent, ExitEvent, OomEvent, event_kind, watch,
+};
 
 use crate::{
     clock::MonotonicToUnix,
@@ -393,7 +395,9 @@ impl<W: WatchSet> LifecycleStage<W> {
                 let container = self.watch(id, path.clone())?;
                 let mut event = self.event(&record, RuntimeEventKind::CgroupCreated);
                 cgroup_attributes(&mut event, id, &path, &container);
-                event.attributes.insert("iostall.cgroup.level".into(), level.to_string());
+                event
+                    .attributes
+                    .insert("iostall.cgroup.level".into(), level.to_string());
                 Some(event)
             }
             LifecycleKind::CgroupRemoved { id, level, path } => {
@@ -409,7 +413,9 @@ impl<W: WatchSet> LifecycleStage<W> {
                 };
                 let mut event = self.event(&record, RuntimeEventKind::CgroupRemoved);
                 cgroup_attributes(&mut event, id, &path, &container);
-                event.attributes.insert("iostall.cgroup.level".into(), level.to_string());
+                event
+                    .attributes
+                    .insert("iostall.cgroup.level".into(), level.to_string());
                 Some(event)
             }
             LifecycleKind::Exec { filename, why } => {
@@ -434,7 +440,9 @@ impl<W: WatchSet> LifecycleStage<W> {
                         core_dumped,
                     } = status
                     {
-                        event.attributes.insert(attr::SIGNAL.into(), signal.to_string());
+                        event
+                            .attributes
+                            .insert(attr::SIGNAL.into(), signal.to_string());
                         event
                             .attributes
                             .insert(attr::CORE_DUMPED.into(), core_dumped.to_string());
@@ -468,7 +476,9 @@ impl<W: WatchSet> LifecycleStage<W> {
                 };
                 if let Some(container) = container {
                     container_attributes(&mut event, &container);
-                    event.attributes.insert(attr::ATTRIBUTION.into(), how.into());
+                    event
+                        .attributes
+                        .insert(attr::ATTRIBUTION.into(), how.into());
                 }
                 let a = &mut event.attributes;
                 a.insert(attr::PID.into(), victim_pid.to_string());
@@ -534,8 +544,12 @@ fn container_attributes(event: &mut RuntimeEvent, container: &ContainerRef) {
 
 fn cgroup_attributes(event: &mut RuntimeEvent, id: u64, path: &str, container: &ContainerRef) {
     container_attributes(event, container);
-    event.attributes.insert(attr::CGROUP_ID.into(), id.to_string());
-    event.attributes.insert(attr::CGROUP_PATH.into(), path.into());
+    event
+        .attributes
+        .insert(attr::CGROUP_ID.into(), id.to_string());
+    event
+        .attributes
+        .insert(attr::CGROUP_PATH.into(), path.into());
 }
 
 #[cfg(test)]
@@ -555,8 +569,7 @@ mod tests {
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: the record types are plain old data.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
     }
 
     fn header(kind: u32, pid: u32, cgroup_id: u64, comm: &str) -> EventHeader {
@@ -587,7 +600,10 @@ mod tests {
 
     #[test]
     fn wait_statuses_decode_like_a_shell() {
-        assert_eq!(ExitStatus::from_wait_status(7 << 8), Some(ExitStatus::Exited(7)));
+        assert_eq!(
+            ExitStatus::from_wait_status(7 << 8),
+            Some(ExitStatus::Exited(7))
+        );
         let killed = ExitStatus::from_wait_status(9).expect("known");
         assert_eq!((killed.exit_code(), killed.signal()), (137, Some(9)));
         assert_eq!(
@@ -627,7 +643,11 @@ mod tests {
         );
         assert!(!stage.watched().contains(&7));
         let updates: Vec<CgroupUpdate> = rx.try_iter().collect();
-        assert_eq!(updates.len(), 2, "the enrich stage learns both ids: {updates:?}");
+        assert_eq!(
+            updates.len(),
+            2,
+            "the enrich stage learns both ids: {updates:?}"
+        );
 
         let mut rmdir: CgroupEvent = read_pod(&mkdir(4242, &container_path())).expect("pod");
         rmdir.header.kind = event_kind::CGROUP_RMDIR;
@@ -637,17 +657,16 @@ mod tests {
             .expect("event");
         assert_eq!(event.kind, RuntimeEventKind::CgroupRemoved);
         assert!(!stage.watched().contains(&4242), "no longer watched");
-        assert_eq!(
-            rx.try_recv().ok(),
-            Some(CgroupUpdate::Removed { id: 4242 })
-        );
+        assert_eq!(rx.try_recv().ok(), Some(CgroupUpdate::Removed { id: 4242 }));
     }
 
     #[test]
     fn exec_exit_and_oom_carry_the_container_and_the_process() {
-        let mut stage = LifecycleStage::new(HashSet::new(), None)
-            .with_proc_root("/nonexistent-proc");
-        stage.handle(&mkdir(4242, &container_path())).expect("decodes");
+        let mut stage =
+            LifecycleStage::new(HashSet::new(), None).with_proc_root("/nonexistent-proc");
+        stage
+            .handle(&mkdir(4242, &container_path()))
+            .expect("decodes");
 
         let exec = ExecEvent {
             header: header(event_kind::EXEC, 77, 4242, "sh"),
@@ -707,8 +726,7 @@ mod tests {
             format!("4:memory:{}\n0::/\n", container_path()),
         )
         .expect("write");
-        let mut stage =
-            LifecycleStage::new(HashSet::new(), None).with_proc_root(proc_dir.path());
+        let mut stage = LifecycleStage::new(HashSet::new(), None).with_proc_root(proc_dir.path());
         let oom = OomEvent {
             header: header(event_kind::OOM, 5, 1, "other"),
             victim_pid: 99,

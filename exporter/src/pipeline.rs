@@ -23,8 +23,8 @@ use crate::{
         Enricher,
         pid_map::{CgroupFeed, find_unified_root},
     },
-    lifecycle::LifecycleStage,
     event::{AttachMode, IoRecord},
+    lifecycle::LifecycleStage,
     metrics::{DropReason, Metrics},
     runtime::RuntimeEvent,
     sink::Sink,
@@ -326,6 +326,12 @@ fn spawn_sinks(
                     for sink in &mut sinks {
                         if let Err(e) = sink.runtime_event(&event) {
                             tracing::warn!(error = %e, "sink failed to take a runtime event");
+                        }
+                    }
+                    // Lifecycle lines show when they happen, not when the next IO comes.
+                    if rx.is_empty() {
+                        for sink in &mut sinks {
+                            let _ = sink.idle();
                         }
                     }
                     continue;

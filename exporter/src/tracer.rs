@@ -273,15 +273,12 @@ impl Tracer {
     }
 
     fn fill_daemon_comms(&mut self) -> Result<(), TracerError> {
-        let map = self
-            .ebpf
-            .map_mut("DAEMON_COMMS")
-            .ok_or(TracerError::Map {
-                name: "DAEMON_COMMS",
-                reason: "not in the object".into(),
-            })?;
-        let mut comms: BpfHashMap<&mut MapData, [u8; 16], u32> =
-            BpfHashMap::try_from(map).map_err(|e| TracerError::Map {
+        let map = self.ebpf.map_mut("DAEMON_COMMS").ok_or(TracerError::Map {
+            name: "DAEMON_COMMS",
+            reason: "not in the object".into(),
+        })?;
+        let mut comms: BpfHashMap<&mut MapData, [u8; 16], u32> = BpfHashMap::try_from(map)
+            .map_err(|e| TracerError::Map {
                 name: "DAEMON_COMMS",
                 reason: e.to_string(),
             })?;

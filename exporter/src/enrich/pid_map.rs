@@ -573,7 +573,10 @@ mod tests {
             id: 4242,
             path: format!("/kubepods/besteffort/pod8f3a2b1c-4d5e-6f70-8192-a3b4c5d6e7f8/{ID}"),
         }));
-        assert_eq!(map.resolve_container(4242).map(|c| c.id), Some(ID.to_owned()));
+        assert_eq!(
+            map.resolve_container(4242).map(|c| c.id),
+            Some(ID.to_owned())
+        );
         assert_eq!(map.stats().rescans, 1, "known from the feed, no rescan");
         assert!(feed.send(CgroupUpdate::Removed { id: 4242 }));
         assert_eq!(map.resolve(4242), None, "forgotten after a zero grace");
