@@ -117,7 +117,7 @@ fn cgroup_event(ctx: &TracePointContext, kind: u32) {
 #[inline(always)]
 fn watched(cgroup_id: u64, comm: &[u8; 16]) -> u32 {
     // SAFETY: the value is only read, and copied at once.
-    if unsafe { WATCHED_CGROUPS.get(&cgroup_id) }.is_some() {
+    if unsafe { WATCHED_CGROUPS.get(cgroup_id) }.is_some() {
         return watch::CGROUP;
     }
     // SAFETY: as above.
