@@ -276,6 +276,11 @@ fn container_cgroup_and_its_processes_are_reported() {
     assert_eq!(attr(&removed, "k8s.pod.uid"), cg.pod_uid);
 
     let finished = iostall.stop().expect("stop");
+    assert!(
+        !finished.stderr.contains("kernel lifecycle signals"),
+        "every lifecycle program loads and attaches on this kernel:\n{}",
+        finished.stderr
+    );
     seen.extend(finished.stdout);
     let events = kernel_events(&seen);
     let about_host: Vec<&Value> = events
