@@ -22,10 +22,7 @@ use std::borrow::Cow;
 use serde::Serialize;
 
 use crate::{
-    enrich::{
-        Enrichment,
-        metadata::{PodLabels, PodOwners},
-    },
+    enrich::{Enrichment, metadata::PodLabels},
     event::IoRecord,
 };
 
@@ -57,8 +54,10 @@ pub struct Workload {
     pub container_id: Option<String>,
     /// `k8s.container.name`, when one container is meant.
     pub container_name: Option<String>,
-    /// `k8s.deployment.name`, `k8s.replicaset.name`… (Kubernetes API).
-    pub owners: PodOwners,
+    /// `(k8s.deployment.name, web)`, `(k8s.replicaset.name, web-5d4f)`… (Kubernetes
+    /// API; a list rather than [`crate::enrich::metadata::PodOwners`] keeps this key
+    /// small).
+    pub owners: Vec<(&'static str, String)>,
     /// `k8s.pod.label.<key>` (Kubernetes API, allow-listed).
     pub labels: PodLabels,
 }
@@ -76,7 +75,11 @@ impl Workload {
             namespace: enrichment.pod_namespace.clone(),
             container_id: enrichment.container_id.clone(),
             container_name: enrichment.container_name.clone(),
-            owners: enrichment.owners.clone(),
+            owners: enrichment
+                .owners
+                .attributes()
+                .map(|(k, v)| (k, v.to_owned()))
+                .collect(),
             labels: enrichment.pod_labels.clone(),
         })
     }
@@ -94,9 +97,13 @@ impl Workload {
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_deref().map(|v| (Cow::Borrowed(k), v)));
-        ids.chain(self.owners.attributes().map(|(k, v)| (Cow::Borrowed(k), v)))
-            .chain(self.labels.attributes().map(|(k, v)| (Cow::Owned(k), v)))
-            .collect()
+        ids.chain(
+            self.owners
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(*k), v.as_str())),
+        )
+        .chain(self.labels.attributes().map(|(k, v)| (Cow::Owned(k), v)))
+        .collect()
     }
 }
 
@@ -347,7 +354,7 @@ pub(crate) mod tests {
 
     #[test]
     fn owners_and_labels_go_on_the_pods_resource() {
-        use crate::enrich::{AttributionMethod, Enrichment};
+        use crate::enrich::{AttributionMethod, Enrichment, metadata::PodOwners};
         let enrichment = Enrichment {
             method: AttributionMethod::Cgroup,
             pod_uid: Some("uid-1".into()),
