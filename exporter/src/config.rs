@@ -497,6 +497,9 @@ pub const DEFAULT_POD_LABELS: &[&str] = &[
     "app",
 ];
 
+/// [`KubeSettings::node_name_source`] when the node name is only the host name's guess.
+pub const NODE_NAME_FROM_HOST: &str = "host name";
+
 /// Whether, and how, the Kubernetes API is watched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KubeSetting {
@@ -525,7 +528,8 @@ pub enum KubeClientSource {
 pub struct KubeSettings {
     /// This node's name.
     pub node_name: String,
-    /// Where `node_name` came from (`kube.node_name`, `NODE_NAME`, `host name`).
+    /// Where `node_name` came from (`--kube-node-name`, `kube.node_name`, `NODE_NAME`,
+    /// or [`NODE_NAME_FROM_HOST`]).
     pub node_name_source: String,
     /// Where the client configuration comes from.
     pub client: KubeClientSource,
@@ -814,11 +818,11 @@ fn resolve_kube(
     } else {
         (
             crate::otlp::resource::host_name().to_ascii_lowercase(),
-            "host name",
+            NODE_NAME_FROM_HOST,
         )
     };
     let field = match node_name_source {
-        "host name" => "kube.node_name (default: the host name)",
+        NODE_NAME_FROM_HOST => "kube.node_name (default: the host name)",
         other => other,
     };
     validate_node_name(field, &node_name)?;

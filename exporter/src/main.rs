@@ -5,8 +5,8 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
 use iostall::{
     config::{
-        CliOverrides, Config, FileConfig, KubeClientSource, KubeMode, KubeSetting, OutputKind,
-        Protocol,
+        CliOverrides, Config, FileConfig, KubeClientSource, KubeMode, KubeSetting,
+        NODE_NAME_FROM_HOST, OutputKind, Protocol,
     },
     correlate::Correlator,
     enrich::Enricher,
@@ -197,11 +197,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             OutputKind::Table => Box::new(ConsoleSink::new(io::BufWriter::new(io::stdout()))),
             OutputKind::Json => Box::new(JsonSink::new(io::BufWriter::new(io::stdout()))),
             OutputKind::Otlp => {
+                // The node name the pods were asked for, unless it is only a guess.
                 let resources = match &config.kube {
-                    KubeSetting::On(k) => {
+                    KubeSetting::On(k) if k.node_name_source != NODE_NAME_FROM_HOST => {
                         Resources::new(&config.resource, Some(k.node_name.clone()))
                     }
-                    KubeSetting::Off { .. } => Resources::from_env(&config.resource),
+                    _ => Resources::from_env(&config.resource),
                 };
                 tracing::info!(
                     traces = %config.otlp.traces.endpoint,
