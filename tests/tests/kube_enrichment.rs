@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use iostall::enrich::pid_map::find_unified_root;
 use iostall_tests::{
     fake_kube::{FakeKube, deployment_pod, replicaset},
-    iostall_proc::Iostall,
+    iostall_proc::{Iostall, iostall_binary},
     otlp_receiver::{Collected, OtlpReceiver},
     slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
 };
@@ -199,8 +199,9 @@ fn wait_for_watch(fake: &FakeKube, timeout: Duration) -> Result<()> {
             .iter()
             .any(|r| r.contains(&format!("/replicasets/{DEPLOYMENT}-{HASH}")));
         if fake.watchers() >= 1 && asked_rs {
-            // The ReplicaSet's answer lands in the owner cache right after.
-            std::thread::sleep(Duration::from_millis(500));
+            // The ReplicaSet's answer lands in the owner cache right after (margin for
+            // a loaded machine).
+            std::thread::sleep(Duration::from_secs(1));
             eprintln!("iostall watching the API after {:?}", start.elapsed());
             return Ok(());
         }
@@ -378,6 +379,7 @@ fn api_server_down_slows_nothing_and_enriches_once_it_is_up() -> Result<()> {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let config = kube_config(node, &format!("http://{addr}"))?;
     let mut rx = OtlpReceiver::grpc()?;
+    iostall_binary()?; // built before the clock starts
     let started = Instant::now();
     let iostall = start_iostall(config.path(), comm, &rx.endpoint())?;
     eprintln!(
