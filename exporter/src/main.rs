@@ -98,9 +98,7 @@ struct RunArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("IOSTALL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .with_writer(io::stderr)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .init();
@@ -108,6 +106,30 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Probe { json }) => probe(json),
         None => run(cli.run),
     }
+}
+
+/// `IOSTALL_LOG` (default `info`). The kube crates log every failed request and retry
+/// (an ERROR per connection attempt while the API server is down, a WARN per 403); the
+/// pod index already reports each outage once with its cause, so they stay quiet unless
+/// `IOSTALL_LOG` names them.
+fn log_filter() -> EnvFilter {
+    const KUBE_QUIET: [&str; 2] = [
+        "kube_client::client::builder=off",
+        "kube_runtime::watcher=off",
+    ];
+    let spec = std::env::var("IOSTALL_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::try_new(&spec)
+        .ok()
+        .filter(|_| !spec.trim().is_empty())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    if !spec.contains("kube") {
+        for directive in KUBE_QUIET {
+            if let Ok(d) = directive.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    filter
 }
 
 fn probe(json: bool) -> anyhow::Result<()> {
