@@ -63,14 +63,22 @@ pub struct Containerd {
 impl Containerd {
     /// Writes the config and starts containerd; returns once its socket accepts.
     pub fn start() -> Result<Containerd> {
+        Self::start_in(Path::new("/tmp"))
+    }
+
+    /// As [`Containerd::start`], with its directory (root with `meta.db`, state, pod
+    /// logs) under `parent`: on a slow filesystem, for the seed's scenario.
+    pub fn start_in(parent: &Path) -> Result<Containerd> {
         which("containerd")?;
         which("containerd-shim-runc-v2")?;
         which("runc")?;
         which("ctr")?;
         let dir = tempfile::Builder::new()
             .prefix("iostall-ctd-")
-            .tempdir_in("/tmp")
-            .context("failed to create containerd's temp dir")?;
+            .tempdir_in(parent)
+            .with_context(|| {
+                format!("failed to create containerd's dir in {}", parent.display())
+            })?;
         let snapshotter = if fs_magic(dir.path()) == Some(OVERLAYFS_SUPER_MAGIC) {
             "native"
         } else {
