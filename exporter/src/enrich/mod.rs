@@ -221,11 +221,13 @@ impl Enricher {
         };
         let mut out = match by_cgroup.or_else(|| self.pids.resolve(record.pid)) {
             Some(container) => Enrichment::from_container(container),
-            None => match record
-                .file_path
-                .as_deref()
-                .and_then(|p| self.paths.attribute(p))
-            {
+            None => match record.file_path.as_deref().map_or_else(
+                || {
+                    self.paths
+                        .attribute_partial(&record.parents, &record.file_name)
+                },
+                |p| self.paths.attribute(p),
+            ) {
                 Some(found) => Enrichment {
                     method: found
                         .kind
