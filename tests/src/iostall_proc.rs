@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStderr, Command, Stdio},
     sync::{
         Arc, Mutex, OnceLock,
         mpsc::{self, Receiver},
@@ -58,6 +58,21 @@ fn build_iostall() -> Result<PathBuf> {
         bail!("{} does not exist after building", bin.display());
     }
     Ok(bin)
+}
+
+/// Reads a spawned iostall's stderr until it says it is attached, then keeps draining it
+/// on a thread (so iostall never blocks on a full pipe). Fails if it exits first.
+pub fn wait_attached(stderr: ChildStderr) -> Result<()> {
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains(READY_MARKER) => break,
+            Some(Ok(_)) => {}
+            _ => bail!("iostall exited before attaching"),
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(())
 }
 
 /// A running iostall.

@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use iostall_tests::{
-    iostall_proc::{READY_MARKER, iostall_binary},
+    iostall_proc::{iostall_binary, wait_attached},
     slowfs::{ensure_kernel_mounts, require_root},
 };
 
@@ -56,16 +56,7 @@ impl Attached {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting iostall")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains(READY_MARKER) => break,
-                Some(Ok(_)) => {}
-                _ => bail!("iostall exited before attaching"),
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
+        wait_attached(child.stderr.take().context("no stderr")?)?;
         let exits = Arc::new(AtomicU64::new(0));
         let counter = exits.clone();
         let stdout = child.stdout.take().context("no stdout")?;

@@ -16,10 +16,10 @@ use std::{
     },
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use iostall_tests::{
-    iostall_proc::{READY_MARKER, iostall_binary},
+    iostall_proc::{iostall_binary, wait_attached},
     slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
     workload::run_workload_summary,
 };
@@ -91,17 +91,7 @@ impl Attached {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting iostall")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains(READY_MARKER) => break,
-                Some(Ok(_)) => {}
-                _ => bail!("iostall exited before attaching"),
-            }
-        }
-        // Keep draining stderr so iostall never blocks on it.
-        std::thread::spawn(move || lines.for_each(drop));
+        wait_attached(child.stderr.take().context("no stderr")?)?;
         let events = Arc::new(AtomicU64::new(0));
         let counter = events.clone();
         let stdout = child.stdout.take().context("no stdout")?;
