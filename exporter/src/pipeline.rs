@@ -19,10 +19,10 @@ use tokio::{
 use crate::{
     correlate::Correlator,
     decode::Decoder,
-    enrich::Enricher,
+    enrich::{Enricher, Enrichment},
     event::{AttachMode, IoRecord},
     metrics::{DropReason, Metrics},
-    runtime::RuntimeEvent,
+    runtime::{EventSource, RuntimeEvent},
     sink::Sink,
     tracer::{AttachRequest, KernelStats, Tracer, TracerError, TracerOptions},
 };
@@ -233,6 +233,8 @@ fn spawn_sinks(
             let record = match item {
                 SinkItem::Io(record) => record,
                 SinkItem::Runtime(event) => {
+                    let enrichment = enrich_event(enricher.as_ref(), &event);
+                    let event = correlator.correlate_event(event, enrichment);
                     for sink in &mut sinks {
                         if let Err(e) = sink.runtime_event(&event) {
                             tracing::warn!(error = %e, "sink failed to take a runtime event");
@@ -269,6 +271,41 @@ fn spawn_sinks(
         // Dropping the sinks flushes them (the OTLP sink exports what it still holds).
         drop(sinks);
     })
+}
+
+/// Who a runtime event is about: its container (or its pod, by uid) from the metadata
+/// cache, then what its own labels say. Kubernetes API events name their pod in their
+/// attributes (`uid`, `name`) and namespace.
+fn enrich_event(enricher: Option<&Enricher>, event: &RuntimeEvent) -> Enrichment {
+    let kube = event.runtime == EventSource::Kube;
+    let pod_uid = event.pod_uid().or_else(|| {
+        event
+            .attributes
+            .get("uid")
+            .filter(|_| kube)
+            .map(String::as_str)
+    });
+    let container_id = event.container_id.as_deref();
+    let mut enrichment = match enricher {
+        Some(enricher) => enricher.enrich_container(container_id, pod_uid),
+        None => Enrichment {
+            container_id: container_id.map(str::to_owned),
+            pod_uid: pod_uid.map(str::to_owned),
+            ..Enrichment::none()
+        },
+    };
+    if let Some(meta) = event.container_meta() {
+        enrichment.fill_from_container(&meta);
+    }
+    if kube && enrichment.pod_uid.is_some() {
+        if enrichment.pod_name.is_none() {
+            enrichment.pod_name = event.attributes.get("name").cloned();
+        }
+        if enrichment.pod_namespace.is_none() {
+            enrichment.pod_namespace.clone_from(&event.namespace);
+        }
+    }
+    enrichment
 }
 
 /// Logs what was lost since the last report.

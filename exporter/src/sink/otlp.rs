@@ -1,7 +1,8 @@
-//! The OTLP sink: hands records to the export task without ever waiting.
+//! The OTLP sink: hands records and runtime events to the export task without ever
+//! waiting.
 //!
-//! [`Sink::record`] only `try_send`s into the exporter's bounded queue (`otlp.queue_size`
-//! records); when the collector is slow or down the queue fills, further records are
+//! [`Sink::record`] and [`Sink::runtime_event`] only `try_send` into the exporter's one
+//! bounded queue (`otlp.queue_size` items); when the collector is slow or down the queue fills, further records are
 //! dropped and counted as `otlp_queue_full`, and a warning is logged at most every 10 s.
 //! Memory stays bounded by the queue and one batch in flight.
 use std::{
@@ -18,9 +19,9 @@ use tokio::sync::{
 use super::Sink;
 use crate::{
     config::OtlpConfig,
-    correlate::CorrelatedRecord,
+    correlate::{CorrelatedEvent, CorrelatedRecord},
     metrics::{DropReason, Metrics},
-    otlp::{exporter::ExportTask, resource::Resources, transport::TransportError},
+    otlp::{ExportItem, exporter::ExportTask, resource::Resources, transport::TransportError},
 };
 
 /// How often queue-full drops are reported in the log.
@@ -37,9 +38,9 @@ pub enum OtlpSinkError {
     Start(#[source] std::io::Error),
 }
 
-/// Sends records as OTLP spans and log records.
+/// Sends records as OTLP spans and log records, runtime events as log records.
 pub struct OtlpSink {
-    tx: Option<mpsc::Sender<CorrelatedRecord>>,
+    tx: Option<mpsc::Sender<ExportItem>>,
     thread: Option<JoinHandle<()>>,
     closing: watch::Sender<bool>,
     metrics: Arc<Metrics>,
@@ -84,11 +85,26 @@ impl OtlpSink {
     #[must_use]
     pub fn offer(&mut self, record: CorrelatedRecord) -> Option<CorrelatedRecord> {
         match &self.tx {
-            Some(tx) => match tx.try_send(record) {
+            Some(tx) => match tx.try_send(ExportItem::Io(record)) {
                 Ok(()) => None,
-                Err(TrySendError::Full(r) | TrySendError::Closed(r)) => Some(r),
+                Err(TrySendError::Full(item) | TrySendError::Closed(item)) => match item {
+                    ExportItem::Io(r) => Some(r),
+                    ExportItem::Runtime(_) => None,
+                },
             },
             None => Some(record),
+        }
+    }
+
+    /// Queues `item`, or drops and counts it (`otlp_queue_full`) if the queue is full.
+    fn push(&mut self, item: ExportItem) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        if tx.try_send(item).is_err() {
+            self.metrics.add_dropped(DropReason::OtlpQueueFull, 1);
+            self.unreported_drops += 1;
+            self.report_drops(false);
         }
     }
 
@@ -124,17 +140,12 @@ impl OtlpSink {
 
 impl Sink for OtlpSink {
     fn record(&mut self, record: &CorrelatedRecord) -> std::io::Result<()> {
-        let Some(tx) = &self.tx else {
-            return Ok(());
-        };
-        match tx.try_send(record.clone()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
-                self.metrics.add_dropped(DropReason::OtlpQueueFull, 1);
-                self.unreported_drops += 1;
-                self.report_drops(false);
-            }
-        }
+        self.push(ExportItem::Io(record.clone()));
+        Ok(())
+    }
+
+    fn runtime_event(&mut self, event: &CorrelatedEvent) -> std::io::Result<()> {
+        self.push(ExportItem::Runtime(event.clone()));
         Ok(())
     }
 
