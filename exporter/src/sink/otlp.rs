@@ -160,3 +160,54 @@ impl Drop for OtlpSink {
         self.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::{CliOverrides, Config, FileConfig},
+        correlate::Correlator,
+        enrich::Enrichment,
+        runtime::{EventSource, RuntimeEvent, RuntimeEventKind},
+    };
+
+    #[test]
+    fn runtime_events_share_the_queue_and_its_drop_accounting() {
+        // A port with nothing listening: every event is either queued and then lost in
+        // export, or dropped at the full queue; none waits, none goes uncounted.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let yaml = format!(
+            "otlp:\n  endpoint: http://127.0.0.1:{port}\n  max_attempts: 2\n  \
+             initial_backoff_ms: 10\n  batch_timeout_ms: 50\n  queue_size: 10\n"
+        );
+        let file = FileConfig::parse("test.yaml".as_ref(), &yaml).expect("yaml");
+        let config = Config::resolve(&CliOverrides::default(), &file, &|_| None).expect("config");
+        let metrics = Metrics::new();
+        let resources = Resources::new(&config.resource, Some("node".into()));
+        let mut sink = OtlpSink::start(&config.otlp, resources, metrics.clone()).expect("start");
+        let corr = Correlator::new("n");
+        let n = 500u64;
+        for i in 0..n {
+            let mut ev = RuntimeEvent::new(
+                i,
+                EventSource::Containerd,
+                RuntimeEventKind::ContainerExited { exit_code: 1 },
+            );
+            ev.container_id = Some(format!("c{i}"));
+            let ev = corr.correlate_event(ev, Enrichment::none());
+            sink.runtime_event(&ev).expect("never fails");
+        }
+        sink.close();
+        let lost = metrics.dropped(DropReason::OtlpQueueFull)
+            + metrics.dropped(DropReason::OtlpExportFailed);
+        assert_eq!(lost, n, "every event exported or counted as dropped");
+        assert!(
+            metrics.dropped(DropReason::OtlpQueueFull) > 0,
+            "a 10-item queue overflows"
+        );
+        assert_eq!(metrics.exported_logs(), 0);
+    }
+}
