@@ -218,7 +218,7 @@ impl Correlator {
             None => TraceOwner::Source(event.runtime.as_str()),
         };
         let trace_id = self.trace_id(owner, event.time_unix_ns);
-        let span = StableHasher::new(self.host_seed ^ 0x6576_656e_74)
+        let span = StableHasher::new(self.host_seed ^ 0x0065_7665_6e74)
             .bytes(event.runtime.as_str().as_bytes())
             .bytes(event.kind.name().as_bytes())
             .bytes(event.container_id.as_deref().unwrap_or_default().as_bytes())

@@ -326,3 +326,48 @@ fn report_drops(tracer: &Tracer, last: &mut KernelStats, sink_queue_drops: u64) 
     }
     *last = now;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        enrich::metadata::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_UID},
+        runtime::RuntimeEventKind,
+    };
+
+    #[test]
+    fn runtime_events_are_enriched_from_labels_and_kube_attributes() {
+        // A container the cache does not know (already deleted): its labels name it.
+        let mut gone = RuntimeEvent::new(
+            1,
+            EventSource::Containerd,
+            RuntimeEventKind::ContainerDeleted,
+        );
+        gone.container_id = Some("c0ffee".into());
+        for (k, v) in [
+            (LABEL_POD_NAME, "web-0"),
+            (LABEL_POD_UID, "uid-1"),
+            (LABEL_CONTAINER_NAME, "app"),
+        ] {
+            gone.labels.insert(k.into(), v.into());
+        }
+        let e = enrich_event(Some(&Enricher::for_host()), &gone);
+        assert_eq!(e.container_id.as_deref(), Some("c0ffee"));
+        assert_eq!(e.container_name.as_deref(), Some("app"));
+        assert_eq!(e.pod_uid.as_deref(), Some("uid-1"));
+        assert_eq!(enrich_event(None, &gone), e, "with or without an enricher");
+        // A pod from the Kubernetes API: uid and name in its attributes.
+        let mut pod = RuntimeEvent::new(1, EventSource::Kube, RuntimeEventKind::PodAdded);
+        pod.namespace = Some("shop".into());
+        pod.attributes.insert("uid".into(), "uid-2".into());
+        pod.attributes.insert("name".into(), "web-1".into());
+        let e = enrich_event(None, &pod);
+        assert_eq!(e.pod_uid.as_deref(), Some("uid-2"));
+        assert_eq!(e.pod_name.as_deref(), Some("web-1"));
+        assert_eq!(e.pod_namespace.as_deref(), Some("shop"));
+        assert_eq!(e.container_id, None);
+        // An image: nobody's.
+        let image = RuntimeEvent::new(1, EventSource::Containerd, RuntimeEventKind::ImagePulled);
+        assert_eq!(enrich_event(None, &image), Enrichment::none());
+    }
+}
