@@ -366,7 +366,9 @@ pub fn for_each_event_attribute(c: &CorrelatedEvent, mut f: impl FnMut(&str, Att
     let fields = kind_fields(&e.kind);
     // Runtime events are rare next to IO: an allocation per key is fine here.
     let prefixed = |name: &str| format!("iostall.runtime.{name}");
-    for (name, value) in &fields {
+    // Set above: a kind field or source attribute of that name would repeat a key.
+    let reserved = |name: &str| name == "namespace" || name == "source";
+    for (name, value) in fields.iter().filter(|(name, _)| !reserved(name)) {
         if name == "exit_code" {
             if let Some(code) = value.as_i64() {
                 f("process.exit.code", AttrValue::Int(code));
@@ -385,11 +387,10 @@ pub fn for_each_event_attribute(c: &CorrelatedEvent, mut f: impl FnMut(&str, Att
         }
     }
     // The source's own attributes, unless they repeat a field or a key set above.
-    let taken = |name: &str| fields.contains_key(name) || name == "namespace" || name == "source";
     for (name, value) in e
         .attributes
         .iter()
-        .filter(|(name, _)| !taken(name))
+        .filter(|(name, _)| !fields.contains_key(*name) && !reserved(name))
         .take(MAX_RUNTIME_ATTRIBUTES)
     {
         f(&prefixed(name), AttrValue::Str(value));
@@ -944,7 +945,14 @@ pub(crate) mod tests {
         for i in 0..100 {
             c.event.attributes.insert(format!("k{i:03}"), "v".into());
         }
+        c.event
+            .attributes
+            .insert("namespace".into(), "repeats a key".into());
         let a = event_attributes(&c);
+        let mut keys: Vec<&str> = a.iter().map(|kv| kv.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), a.len(), "duplicate attribute keys");
         let own = a
             .iter()
             .filter(|kv| {
