@@ -204,7 +204,8 @@ pub async fn run(
 pub enum SinkItem {
     /// A slow operation, to enrich and correlate.
     Io(IoRecord),
-    /// A runtime lifecycle event.
+    /// A runtime lifecycle event, to enrich (its container and pod) and correlate (the
+    /// trace of its container's IO).
     Runtime(RuntimeEvent),
 }
 

@@ -2,8 +2,9 @@
 //! waiting.
 //!
 //! [`Sink::record`] and [`Sink::runtime_event`] only `try_send` into the exporter's one
-//! bounded queue (`otlp.queue_size` items); when the collector is slow or down the queue fills, further records are
-//! dropped and counted as `otlp_queue_full`, and a warning is logged at most every 10 s.
+//! bounded queue (`otlp.queue_size` items); when the collector is slow or down the queue
+//! fills, further items are dropped and counted as `otlp_queue_full`, and a warning is
+//! logged at most every 10 s.
 //! Memory stays bounded by the queue and one batch in flight.
 use std::{
     sync::Arc,
