@@ -17,11 +17,38 @@ pub const MAX_PARENTS: usize = 4;
 pub const COMM_LEN: usize = 16;
 /// `s_magic` of an ext4 (and ext2/ext3, which ext4 mounts) super block.
 pub const EXT4_SUPER_MAGIC: u64 = 0xEF53;
+/// Longest cgroup path (relative to its hierarchy's root) copied from `cgroup_mkdir`,
+/// including the trailing NUL. Kubelet paths with a systemd driver are ~190 bytes.
+pub const CGROUP_PATH_LEN: usize = 256;
+/// Longest executable file name copied from `sched_process_exec`, including the NUL.
+pub const EXEC_FILENAME_LEN: usize = 256;
 
 /// Kind of a ring-buffer record, the first field of [`EventHeader`].
 pub mod event_kind {
     /// An [`IoEvent`](super::IoEvent).
     pub const IO: u32 = 1;
+    /// A [`CgroupEvent`](super::CgroupEvent): a cgroup was made in the unified hierarchy.
+    pub const CGROUP_MKDIR: u32 = 2;
+    /// A [`CgroupEvent`](super::CgroupEvent): a cgroup was removed from it.
+    pub const CGROUP_RMDIR: u32 = 3;
+    /// An [`ExecEvent`](super::ExecEvent).
+    pub const EXEC: u32 = 4;
+    /// An [`ExitEvent`](super::ExitEvent).
+    pub const EXIT: u32 = 5;
+    /// An [`OomEvent`](super::OomEvent).
+    pub const OOM: u32 = 6;
+}
+
+/// Why a process's exec or exit was reported: bits of [`ExecEvent::why`] and
+/// [`ExitEvent::why`], and the values of the `DAEMON_COMMS` map.
+pub mod watch {
+    /// The process runs in a watched (container) cgroup.
+    pub const CGROUP: u32 = 1 << 0;
+    /// The process is a container runtime daemon: every exec and exit is reported.
+    pub const DAEMON: u32 = 1 << 1;
+    /// The process is a runtime shim or monitor: only abnormal exits are reported
+    /// (shims exit normally whenever their container goes).
+    pub const DAEMON_ABNORMAL_EXIT: u32 = 1 << 2;
 }
 
 /// The operation a slow-IO event measured (the `T` column of `ext4slower`).
@@ -59,8 +86,12 @@ pub mod stat {
     pub const NOT_EXT4: u32 = 3;
     /// Operations over the threshold whose file could not be resolved.
     pub const FILE_UNRESOLVED: u32 = 4;
+    /// Lifecycle events lost because their ring buffer was full.
+    pub const LIFECYCLE_DROPS: u32 = 5;
+    /// Lifecycle events written into their ring buffer.
+    pub const LIFECYCLE_EVENTS: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 7;
 }
 
 /// Index of the threshold (nanoseconds, `u64`) in the `CONFIG` array map.
@@ -110,6 +141,9 @@ pub struct KernelOffsets {
     pub kiocb_filp: u32,
     /// `kiocb.ki_pos`.
     pub kiocb_pos: u32,
+    /// `task_struct.exit_code` (the `wait` status a process leaves: `code << 8` or the
+    /// signal that killed it).
+    pub task_exit_code: u32,
 }
 
 impl KernelOffsets {
@@ -136,6 +170,62 @@ impl KernelOffsets {
         mnt_ns_inum: Self::UNKNOWN,
         kiocb_filp: Self::UNKNOWN,
         kiocb_pos: Self::UNKNOWN,
+        task_exit_code: Self::UNKNOWN,
+    };
+}
+
+/// Byte offsets of the fields the lifecycle programs read from tracepoint records,
+/// taken from tracefs `format` files at load time: tracepoint records change between
+/// kernels (`mark_victim` gained its `comm` and rss fields in 6.8, `sched_process_exit`
+/// its `group_dead` in 6.16). [`KernelOffsets::UNKNOWN`] marks a field this kernel lacks.
+/// A `__data_loc` field's offset is that of its 32-bit locator (`len << 16 | offset`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointFields {
+    /// `cgroup:cgroup_mkdir`/`cgroup_rmdir` `int root` (hierarchy id; 0 is cgroup2).
+    pub cgroup_root: u32,
+    /// `… int level`.
+    pub cgroup_level: u32,
+    /// `… u64 id`.
+    pub cgroup_id: u32,
+    /// `… __data_loc char[] path`.
+    pub cgroup_path: u32,
+    /// `sched:sched_process_exec` `__data_loc char[] filename`.
+    pub exec_filename: u32,
+    /// `sched:sched_process_exit` `bool group_dead`.
+    pub exit_group_dead: u32,
+    /// `oom:mark_victim` `int pid`.
+    pub oom_pid: u32,
+    /// `… __data_loc char[] comm`.
+    pub oom_comm: u32,
+    /// `… unsigned long total_vm` (kB).
+    pub oom_total_vm: u32,
+    /// `… unsigned long anon_rss` (kB).
+    pub oom_anon_rss: u32,
+    /// `… unsigned long file_rss` (kB).
+    pub oom_file_rss: u32,
+    /// `… unsigned long shmem_rss` (kB).
+    pub oom_shmem_rss: u32,
+    /// `… short oom_score_adj`.
+    pub oom_score_adj: u32,
+}
+
+impl TracepointFields {
+    /// Every field unknown: the value the eBPF object is built with.
+    pub const ALL_UNKNOWN: Self = Self {
+        cgroup_root: KernelOffsets::UNKNOWN,
+        cgroup_level: KernelOffsets::UNKNOWN,
+        cgroup_id: KernelOffsets::UNKNOWN,
+        cgroup_path: KernelOffsets::UNKNOWN,
+        exec_filename: KernelOffsets::UNKNOWN,
+        exit_group_dead: KernelOffsets::UNKNOWN,
+        oom_pid: KernelOffsets::UNKNOWN,
+        oom_comm: KernelOffsets::UNKNOWN,
+        oom_total_vm: KernelOffsets::UNKNOWN,
+        oom_anon_rss: KernelOffsets::UNKNOWN,
+        oom_file_rss: KernelOffsets::UNKNOWN,
+        oom_shmem_rss: KernelOffsets::UNKNOWN,
+        oom_score_adj: KernelOffsets::UNKNOWN,
     };
 }
 
@@ -150,6 +240,8 @@ pub struct LoadConfig {
     pub self_tgid: u32,
     /// Offsets into kernel structures.
     pub offsets: KernelOffsets,
+    /// Offsets into the lifecycle tracepoints' records.
+    pub tracepoints: TracepointFields,
 }
 
 impl LoadConfig {
@@ -158,6 +250,7 @@ impl LoadConfig {
         filter_tgid: 0,
         self_tgid: 0,
         offsets: KernelOffsets::ALL_UNKNOWN,
+        tracepoints: TracepointFields::ALL_UNKNOWN,
     };
 }
 
@@ -211,6 +304,76 @@ pub struct IoEvent {
     pub parents: [[u8; PARENT_NAME_LEN]; MAX_PARENTS],
 }
 
+/// A cgroup made or removed in the unified (cgroup2) hierarchy; the other hierarchies'
+/// cgroups are filtered out in the kernel (their ids are not the ones tasks report).
+/// The header's pid, comm and cgroup are those of the task that did the `mkdir`/`rmdir`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupEvent {
+    /// Common header; `kind` is [`event_kind::CGROUP_MKDIR`] or [`event_kind::CGROUP_RMDIR`],
+    /// `start_ns` when it happened.
+    pub header: EventHeader,
+    /// The cgroup's id (its directory's inode number in the unified hierarchy).
+    pub id: u64,
+    /// Depth below the root (the root is 0).
+    pub level: u32,
+    /// Hierarchy id (0 for cgroup2).
+    pub root: u32,
+    /// Path from the hierarchy's root (`/kubepods/…`), NUL-terminated, cut at the buffer.
+    pub path: [u8; CGROUP_PATH_LEN],
+}
+
+/// A process in a watched cgroup (or a runtime daemon) called `execve`. The header's pid
+/// and comm are the process's after the exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    /// Common header; `kind` is [`event_kind::EXEC`].
+    pub header: EventHeader,
+    /// Bits of [`watch`]: why it was reported.
+    pub why: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+    /// The file executed, as given to `execve` (NUL-terminated, cut at the buffer).
+    pub filename: [u8; EXEC_FILENAME_LEN],
+}
+
+/// The last thread of a process in a watched cgroup (or of a runtime daemon) exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    /// Common header; `kind` is [`event_kind::EXIT`], `tid` the thread that ended the group.
+    pub header: EventHeader,
+    /// `task_struct.exit_code`: `(status & 0xff) << 8` after `exit(status)`, else the
+    /// signal number (bit 7 set when it dumped core); `u32::MAX` when unknown.
+    pub exit_code: u32,
+    /// Bits of [`watch`]: why it was reported.
+    pub why: u32,
+}
+
+/// The OOM killer chose a victim (`oom:mark_victim`). The header is the task that ran
+/// the OOM killer (for a memory cgroup's limit, a task charging that cgroup).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomEvent {
+    /// Common header; `kind` is [`event_kind::OOM`].
+    pub header: EventHeader,
+    /// The victim's pid.
+    pub victim_pid: u32,
+    /// The victim's `oom_score_adj` (`i16::MIN` when the kernel does not say).
+    pub oom_score_adj: i32,
+    /// The victim's virtual memory, kB (0 when the kernel does not say).
+    pub total_vm_kb: u64,
+    /// Its anonymous resident memory, kB.
+    pub anon_rss_kb: u64,
+    /// Its file-backed resident memory, kB.
+    pub file_rss_kb: u64,
+    /// Its shared-memory resident memory, kB.
+    pub shmem_rss_kb: u64,
+    /// The victim's comm (empty when the kernel does not say).
+    pub victim_comm: [u8; COMM_LEN],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data `#[repr(C)]` types made only of integers and byte arrays.
@@ -221,6 +384,16 @@ mod user {
     unsafe impl aya::Pod for super::EventHeader {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IoEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TracepointFields {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CgroupEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExecEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExitEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OomEvent {}
 }
 
 #[cfg(test)]
@@ -242,6 +415,46 @@ mod tests {
         assert_eq!(
             size_of::<IoEvent>(),
             48 + 8 * 5 + 4 * 4 + FILE_NAME_LEN + PARENT_NAME_LEN * MAX_PARENTS
+        );
+    }
+
+    /// The lifecycle records are a decode contract too: header first, no hidden padding.
+    #[test]
+    fn lifecycle_layouts_are_stable() {
+        assert_eq!(offset_of!(CgroupEvent, header), 0);
+        assert_eq!(offset_of!(CgroupEvent, id), 48);
+        assert_eq!(offset_of!(CgroupEvent, level), 56);
+        assert_eq!(offset_of!(CgroupEvent, root), 60);
+        assert_eq!(offset_of!(CgroupEvent, path), 64);
+        assert_eq!(size_of::<CgroupEvent>(), 64 + CGROUP_PATH_LEN);
+
+        assert_eq!(offset_of!(ExecEvent, why), 48);
+        assert_eq!(offset_of!(ExecEvent, filename), 56);
+        assert_eq!(size_of::<ExecEvent>(), 56 + EXEC_FILENAME_LEN);
+
+        assert_eq!(offset_of!(ExitEvent, exit_code), 48);
+        assert_eq!(offset_of!(ExitEvent, why), 52);
+        assert_eq!(size_of::<ExitEvent>(), 56);
+
+        assert_eq!(offset_of!(OomEvent, victim_pid), 48);
+        assert_eq!(offset_of!(OomEvent, oom_score_adj), 52);
+        assert_eq!(offset_of!(OomEvent, total_vm_kb), 56);
+        assert_eq!(offset_of!(OomEvent, shmem_rss_kb), 80);
+        assert_eq!(offset_of!(OomEvent, victim_comm), 88);
+        assert_eq!(size_of::<OomEvent>(), 104);
+
+        for size in [
+            size_of::<CgroupEvent>(),
+            size_of::<ExecEvent>(),
+            size_of::<ExitEvent>(),
+            size_of::<OomEvent>(),
+        ] {
+            assert_eq!(size % 8, 0, "records keep 8-byte alignment");
+        }
+        assert_eq!(size_of::<TracepointFields>(), 13 * 4);
+        assert_eq!(
+            size_of::<LoadConfig>(),
+            8 + size_of::<KernelOffsets>() + size_of::<TracepointFields>()
         );
     }
 }

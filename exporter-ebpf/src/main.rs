@@ -5,6 +5,10 @@
 //! - `tracepoint`: syscall tracepoints filtered to ext4 by super block magic, plus raw
 //!   tracepoints on `ext4_sync_file_enter/exit` for fsync.
 //!
+//! Beside them, `lifecycle` reports container lifecycle from the kernel's side (cgroup
+//! mkdir/rmdir, exec/exit in container cgroups and of runtime daemons, OOM kills) on
+//! plain tracepoints, attached in every mode.
+//!
 //! All three share one in-flight protocol (`inflight`) and one emitter (`emit`), so an
 //! event looks the same whichever family produced it.
 // Built for the bpf target by exporter/build.rs; on the host (clippy, `--workspace`
@@ -17,6 +21,7 @@ mod fentry;
 mod inflight;
 mod kernel;
 mod kprobe;
+mod lifecycle;
 mod maps;
 mod tracepoint;
 

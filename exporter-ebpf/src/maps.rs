@@ -11,6 +11,22 @@ use crate::inflight::InFlight;
 #[unsafe(no_mangle)]
 pub static LOAD_CONFIG: LoadConfig = LoadConfig::DEFAULT;
 
+/// Lifecycle records (cgroup mkdir/rmdir, exec/exit, OOM kills), to userspace: apart
+/// from `EVENTS` so a burst of slow IO never costs a lifecycle record, nor the reverse.
+/// 256 KiB holds ~700 of the largest record.
+#[map]
+pub static LIFECYCLE_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// cgroup v2 ids of container cgroups, filled by userspace (startup scan, mkdir events):
+/// exec and exit are reported only for processes in these.
+#[map]
+pub static WATCHED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Container runtime daemons by `comm`, whose exec and exit are reported wherever they
+/// run; values are `exporter_common::watch` bits. Filled by userspace at load.
+#[map]
+pub static DAEMON_COMMS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(64, 0);
+
 /// Slow operations, to userspace. 4 MiB holds ~7,000 events.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);

@@ -73,6 +73,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         mnt_ns_inum: optional("mnt_namespace", &["ns", "inum"]),
         kiocb_filp: optional("kiocb", &["ki_filp"]),
         kiocb_pos: optional("kiocb", &["ki_pos"]),
+        task_exit_code: optional("task_struct", &["exit_code"]),
     })
 }
 
@@ -159,6 +160,9 @@ mod tests {
         let f_path = member_offset(&btf, "file", &["f_path"]).expect("f_path");
         assert_eq!(offsets.file_dentry, f_path + 8);
         assert_eq!(offsets.kiocb_filp, 0, "ki_filp is kiocb's first member");
+        // exit_code sits right before exit_signal (both int) in task_struct.
+        let exit_signal = member_offset(&btf, "task_struct", &["exit_signal"]).expect("signal");
+        assert_eq!(offsets.task_exit_code + 4, exit_signal);
     }
 
     #[test]

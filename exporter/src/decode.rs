@@ -104,7 +104,7 @@ impl Decoder {
 }
 
 /// Copies a `T` out of the front of `bytes` after checking the length.
-fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub(crate) fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
@@ -118,7 +118,7 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// A NUL-terminated (or full) byte array as text.
-fn c_str(bytes: &[u8]) -> String {
+pub(crate) fn c_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }

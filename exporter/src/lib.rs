@@ -3,6 +3,7 @@
 //! Stages, in the order data flows: [`tracer`] (load and attach the eBPF programs),
 //! [`decode`] (ring-buffer bytes to [`event::IoRecord`]), [`correlate`] (trace and span
 //! ids, Resource), [`sink`] (console, JSON, OTLP via [`otlp`]), wired by [`pipeline`];
+//! [`lifecycle`] turns the kernel's cgroup, exec/exit and OOM signals into runtime events;
 //! [`config`] resolves and validates settings once at start, [`metrics`] counts.
 pub mod btf_offsets;
 pub mod clock;
@@ -11,6 +12,7 @@ pub mod correlate;
 pub mod decode;
 pub mod enrich;
 pub mod event;
+pub mod lifecycle;
 pub mod metrics;
 pub mod mounts;
 pub mod otlp;

@@ -19,8 +19,12 @@ use tokio::{
 use crate::{
     correlate::Correlator,
     decode::Decoder,
-    enrich::{Enricher, Enrichment},
+    enrich::{
+        Enricher, Enrichment,
+        pid_map::{CgroupFeed, find_unified_root},
+    },
     event::{AttachMode, IoRecord},
+    lifecycle::LifecycleStage,
     metrics::{DropReason, Metrics},
     runtime::{EventSource, RuntimeEvent},
     sink::Sink,
@@ -29,6 +33,8 @@ use crate::{
 
 /// Records buffered between the kernel reader and the sinks.
 pub const SINK_QUEUE: usize = 16384;
+/// cgroup updates buffered between the lifecycle reader and the enrich stage.
+pub const CGROUP_FEED_QUEUE: usize = 4096;
 /// How often the drop counters are checked and reported.
 pub const STATS_EVERY: Duration = Duration::from_secs(10);
 
@@ -108,6 +114,15 @@ pub async fn run(
         .map_err(|e| PipelineError::Poll(e.into()))?;
 
     let (tx, rx) = mpsc::channel::<SinkItem>(SINK_QUEUE);
+    let lifecycle = start_lifecycle(
+        &mut tracer,
+        options
+            .enricher
+            .as_mut()
+            .and_then(|e| e.cgroup_ids.as_mut()),
+        tx.clone(),
+        options.metrics.clone(),
+    );
     // Runtime lifecycle events share the sinks' queue (and its drop accounting).
     let forwarder = options.runtime_events.take().map(|mut events| {
         let tx = tx.clone();
@@ -179,9 +194,9 @@ pub async fn run(
     }
     // Every sender must go for the sink thread to drain and stop: ours, and the
     // forwarder's (its runtime sources outlive the pipeline).
-    if let Some(forwarder) = forwarder {
-        forwarder.abort();
-        let _ = forwarder.await;
+    for task in [forwarder, lifecycle].into_iter().flatten() {
+        task.abort();
+        let _ = task.await;
     }
     drop(tx);
     if sink_thread.join().is_err() {
@@ -197,6 +212,81 @@ pub async fn run(
         decode_errors,
         kernel,
     })
+}
+
+/// Attaches the kernel lifecycle signals and starts the task that reads them: their
+/// events join the sinks' queue beside the runtime sources' (drops counted alike), and
+/// cgroup ids go to the enrich stage's `cgroup_ids`. Lifecycle signals are extras: when
+/// they cannot run, one warning says why and IO tracing goes on.
+fn start_lifecycle(
+    tracer: &mut Tracer,
+    cgroup_ids: Option<&mut crate::enrich::pid_map::CgroupIdMap>,
+    tx: mpsc::Sender<SinkItem>,
+    metrics: Arc<Metrics>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let refused = tracer.attach_lifecycle();
+    if !refused.is_empty() {
+        tracing::warn!(
+            "kernel lifecycle signals partly or wholly off: {}",
+            refused.join("; ")
+        );
+    }
+    let maps = tracer
+        .take_lifecycle_events()
+        .and_then(|ring| Ok((ring, tracer.take_watched_cgroups()?)));
+    let (ring, watched) = match maps {
+        Ok(maps) => maps,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel lifecycle signals off");
+            return None;
+        }
+    };
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
+    let mut ring = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+        Ok(ring) => ring,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel lifecycle signals off: cannot poll their ring");
+            return None;
+        }
+    };
+    let feed = cgroup_ids.map(|ids| {
+        let (feed, rx) = CgroupFeed::channel(CGROUP_FEED_QUEUE);
+        ids.set_feed(rx);
+        feed
+    });
+    let mut stage = LifecycleStage::new(watched, feed);
+    match find_unified_root().map(|root| stage.scan(&root)) {
+        Ok(Ok(n)) => tracing::debug!(containers = n, "watching existing container cgroups"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "existing containers not watched"),
+        Err(e) => tracing::warn!(error = %e, "container exec/exit not watched"),
+    }
+    Some(tokio::spawn(async move {
+        loop {
+            let mut guard = match ring.readable_mut().await {
+                Ok(guard) => guard,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kernel lifecycle ring buffer failed; signals off");
+                    return;
+                }
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                match stage.handle(&item) {
+                    Ok(Some(event)) => {
+                        if tx.try_send(SinkItem::Runtime(event)).is_err() {
+                            metrics.add_dropped(DropReason::SinkQueueFull, 1);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        metrics.add_dropped(DropReason::DecodeError, 1);
+                        tracing::warn!(error = %e, "dropping undecodable lifecycle record");
+                    }
+                }
+            }
+            guard.clear_ready();
+        }
+    }))
 }
 
 /// What the sink thread takes from its queue.
@@ -241,6 +331,12 @@ fn spawn_sinks(
                             tracing::warn!(error = %e, "sink failed to take a runtime event");
                         }
                     }
+                    // Lifecycle lines show when they happen, not when the next IO comes.
+                    if rx.is_empty() {
+                        for sink in &mut sinks {
+                            let _ = sink.idle();
+                        }
+                    }
                     continue;
                 }
             };
@@ -276,16 +372,15 @@ fn spawn_sinks(
 
 /// Who a runtime event is about: its container (or its pod, by uid) from the metadata
 /// cache, then what its own labels say. Kubernetes API events name their pod in their
-/// attributes (`uid`, `name`) and namespace.
+/// attributes (`uid`, `name`) and namespace; kernel events give the pod uid their
+/// cgroup path names (`k8s.pod.uid`).
 fn enrich_event(enricher: Option<&Enricher>, event: &RuntimeEvent) -> Enrichment {
     let kube = event.runtime == EventSource::Kube;
-    let pod_uid = event.pod_uid().or_else(|| {
-        event
-            .attributes
-            .get("uid")
-            .filter(|_| kube)
-            .map(String::as_str)
-    });
+    let attribute = |key: &str| event.attributes.get(key).map(String::as_str);
+    let pod_uid = event
+        .pod_uid()
+        .or_else(|| attribute("k8s.pod.uid"))
+        .or_else(|| attribute("uid").filter(|_| kube));
     let container_id = event.container_id.as_deref();
     let mut enrichment = match enricher {
         Some(enricher) => enricher.enrich_container(container_id, pod_uid),
@@ -316,10 +411,12 @@ fn report_drops(tracer: &Tracer, last: &mut KernelStats, sink_queue_drops: u64) 
     };
     let ring = now.ringbuf_drops - last.ringbuf_drops;
     let inflight = now.inflight_full - last.inflight_full;
-    if ring > 0 || inflight > 0 {
+    let lifecycle = now.lifecycle_drops - last.lifecycle_drops;
+    if ring > 0 || inflight > 0 || lifecycle > 0 {
         tracing::warn!(
             ringbuf_drops = ring,
             inflight_full = inflight,
+            lifecycle_drops = lifecycle,
             ringbuf_drops_total = now.ringbuf_drops,
             sink_queue_drops_total = sink_queue_drops,
             "events lost in the kernel"
@@ -367,6 +464,20 @@ mod tests {
         assert_eq!(e.pod_name.as_deref(), Some("web-1"));
         assert_eq!(e.pod_namespace.as_deref(), Some("shop"));
         assert_eq!(e.container_id, None);
+        // A kernel event: the pod uid its cgroup path gave.
+        let mut exit = RuntimeEvent::new(
+            1,
+            EventSource::Kernel,
+            RuntimeEventKind::ProcessExit {
+                exit_code: 1,
+                signal: None,
+            },
+        );
+        exit.container_id = Some("c0ffee".into());
+        exit.attributes.insert("k8s.pod.uid".into(), "uid-3".into());
+        let e = enrich_event(None, &exit);
+        assert_eq!(e.pod_uid.as_deref(), Some("uid-3"));
+        assert_eq!(e.container_id.as_deref(), Some("c0ffee"));
         // An image: nobody's.
         let image = RuntimeEvent::new(1, EventSource::Containerd, RuntimeEventKind::ImagePulled);
         assert_eq!(enrich_event(None, &image), Enrichment::none());

@@ -4,10 +4,12 @@ use std::{fs, path::Path};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
-use exporter_common::{CONFIG_THRESHOLD_NS, KernelOffsets, LoadConfig, stat};
+use exporter_common::{
+    CONFIG_THRESHOLD_NS, KernelOffsets, LoadConfig, TracepointFields, stat, watch,
+};
 
 use crate::{btf_offsets, event::AttachMode};
 
@@ -118,6 +120,10 @@ pub struct KernelStats {
     pub not_ext4: u64,
     /// Slow operations whose file could not be resolved.
     pub file_unresolved: u64,
+    /// Lifecycle events lost because their ring buffer was full.
+    pub lifecycle_drops: u64,
+    /// Lifecycle events written to their ring buffer.
+    pub lifecycle_events: u64,
 }
 
 /// The loaded object; programs attach with [`Tracer::attach`].
@@ -127,6 +133,7 @@ pub struct Tracer {
     config: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     mode: Option<AttachMode>,
+    tracepoints: TracepointFields,
 }
 
 impl Tracer {
@@ -142,6 +149,7 @@ impl Tracer {
             filter_tgid: options.filter_pid.unwrap_or(0),
             self_tgid: std::process::id(),
             offsets,
+            tracepoints: lifecycle_fields(),
         };
         let btf = Btf::from_sys_fs().map_err(|e| TracerError::Load(Box::new(e.into())))?;
         let mut ebpf = EbpfLoader::new()
@@ -157,6 +165,7 @@ impl Tracer {
             config,
             stats,
             mode: None,
+            tracepoints: load_config.tracepoints,
         };
         tracer.set_threshold_ns(options.threshold_ns)?;
         Ok(tracer)
@@ -218,7 +227,80 @@ impl Tracer {
             events: read(stat::EVENTS)?,
             not_ext4: read(stat::NOT_EXT4)?,
             file_unresolved: read(stat::FILE_UNRESOLVED)?,
+            lifecycle_drops: read(stat::LIFECYCLE_DROPS)?,
+            lifecycle_events: read(stat::LIFECYCLE_EVENTS)?,
         })
+    }
+
+    /// Attaches the lifecycle programs (cgroup mkdir/rmdir, exec/exit, OOM kills) beside
+    /// whichever IO mode is attached, and fills the runtime daemon table. They are
+    /// extras: a tracepoint this kernel lacks or refuses costs that signal only. Returns
+    /// one line per signal that could not be attached.
+    pub fn attach_lifecycle(&mut self) -> Vec<String> {
+        if let Err(e) = ensure_tracefs() {
+            return vec![format!("every lifecycle signal: {e}")];
+        }
+        if let Err(e) = self.fill_daemon_comms() {
+            tracing::debug!(error = %e, "runtime daemon table not filled");
+        }
+        let mut refused = Vec::new();
+        let known = |offset: u32| offset != KernelOffsets::UNKNOWN;
+        let fields = self.tracepoints;
+        for (prog, category, tp) in LIFECYCLE_PROGRAMS {
+            let usable = match *category {
+                "cgroup" => known(fields.cgroup_root) && known(fields.cgroup_id),
+                "oom" => known(fields.oom_pid),
+                _ => true,
+            };
+            if !usable {
+                refused.push(format!(
+                    "{prog}: {category}/{tp} is missing or its record lacks the fields read"
+                ));
+                continue;
+            }
+            let attached = program_mut::<TracePoint>(&mut self.ebpf, prog).and_then(|program| {
+                program.load().map_err(|e| explain(prog, &e))?;
+                program
+                    .attach(category, tp)
+                    .map(|_| ())
+                    .map_err(|e| explain(&format!("{prog} on {category}/{tp}"), &e))
+            });
+            if let Err(reason) = attached {
+                refused.push(reason);
+            }
+        }
+        refused
+    }
+
+    fn fill_daemon_comms(&mut self) -> Result<(), TracerError> {
+        let map = self.ebpf.map_mut("DAEMON_COMMS").ok_or(TracerError::Map {
+            name: "DAEMON_COMMS",
+            reason: "not in the object".into(),
+        })?;
+        let mut comms: BpfHashMap<&mut MapData, [u8; 16], u32> = BpfHashMap::try_from(map)
+            .map_err(|e| TracerError::Map {
+                name: "DAEMON_COMMS",
+                reason: e.to_string(),
+            })?;
+        for (comm, bits) in RUNTIME_DAEMONS {
+            comms
+                .insert(comm_key(comm), bits, 0)
+                .map_err(|source| TracerError::MapAccess {
+                    name: "DAEMON_COMMS",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Takes the ring buffer of lifecycle events (once).
+    pub fn take_lifecycle_events(&mut self) -> Result<RingBuf<MapData>, TracerError> {
+        take_map(&mut self.ebpf, "LIFECYCLE_EVENTS", RingBuf::try_from)
+    }
+
+    /// Takes the set of watched (container) cgroup ids (once).
+    pub fn take_watched_cgroups(&mut self) -> Result<BpfHashMap<MapData, u64, u8>, TracerError> {
+        take_map(&mut self.ebpf, "WATCHED_CGROUPS", BpfHashMap::try_from)
     }
 
     /// Takes the ring buffer of events (once).
@@ -334,6 +416,78 @@ impl Tracer {
             }
         }
     }
+}
+
+/// Lifecycle programs and the tracepoint (category, name) each attaches to.
+const LIFECYCLE_PROGRAMS: &[(&str, &str, &str)] = &[
+    ("cgroup_mkdir", "cgroup", "cgroup_mkdir"),
+    ("cgroup_rmdir", "cgroup", "cgroup_rmdir"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("mark_victim", "oom", "mark_victim"),
+];
+
+/// Container runtime daemons (by `comm`, 15 bytes at most) whose exits are reported
+/// wherever they run: when a watchdog kills containerd, nobody else says so. Shims and
+/// monitors exit with every container, so only their abnormal exits are.
+pub const RUNTIME_DAEMONS: &[(&str, u32)] = &[
+    ("containerd", watch::DAEMON),
+    ("dockerd", watch::DAEMON),
+    ("kubelet", watch::DAEMON),
+    ("crio", watch::DAEMON),
+    ("cri-dockerd", watch::DAEMON),
+    // `containerd-shim-runc-v2` and the other v2 shims, cut to the comm's 15 bytes.
+    ("containerd-shim", watch::DAEMON_ABNORMAL_EXIT),
+    ("conmon", watch::DAEMON_ABNORMAL_EXIT),
+];
+
+/// A comm as the kernel stores it: NUL-padded to 16 bytes, cut at 15.
+fn comm_key(comm: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    let n = comm.len().min(15);
+    key[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    key
+}
+
+/// Offsets of the lifecycle tracepoints' fields from tracefs; a tracepoint or field this
+/// kernel lacks stays unknown (its program then skips the field, or never attaches).
+fn lifecycle_fields() -> TracepointFields {
+    use crate::tracefs_format::field_offset;
+    let mut fields = TracepointFields::ALL_UNKNOWN;
+    if ensure_tracefs().is_err() {
+        return fields;
+    }
+    let format = |category: &str, tp: &str| {
+        fs::read_to_string(Path::new(TRACEFS).join(format!("events/{category}/{tp}/format")))
+            .unwrap_or_default()
+    };
+    let offset = |text: &str, name: &str| {
+        field_offset(text, name)
+            .and_then(|o| u32::try_from(o).ok())
+            .unwrap_or(KernelOffsets::UNKNOWN)
+    };
+    // mkdir and rmdir share one record layout (the `cgroup` event class).
+    let cgroup = format("cgroup", "cgroup_mkdir");
+    let rmdir = format("cgroup", "cgroup_rmdir");
+    if cgroup.is_empty() || offset(&cgroup, "path") != offset(&rmdir, "path") {
+        tracing::debug!("cgroup_mkdir and cgroup_rmdir records differ; cgroup events off");
+    } else {
+        fields.cgroup_root = offset(&cgroup, "root");
+        fields.cgroup_level = offset(&cgroup, "level");
+        fields.cgroup_id = offset(&cgroup, "id");
+        fields.cgroup_path = offset(&cgroup, "path");
+    }
+    fields.exec_filename = offset(&format("sched", "sched_process_exec"), "filename");
+    fields.exit_group_dead = offset(&format("sched", "sched_process_exit"), "group_dead");
+    let oom = format("oom", "mark_victim");
+    fields.oom_pid = offset(&oom, "pid");
+    fields.oom_comm = offset(&oom, "comm");
+    fields.oom_total_vm = offset(&oom, "total_vm");
+    fields.oom_anon_rss = offset(&oom, "anon_rss");
+    fields.oom_file_rss = offset(&oom, "file_rss");
+    fields.oom_shmem_rss = offset(&oom, "shmem_rss");
+    fields.oom_score_adj = offset(&oom, "oom_score_adj");
+    fields
 }
 
 /// fentry programs and the ext4 function each attaches to.

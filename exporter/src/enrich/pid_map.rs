@@ -9,13 +9,21 @@
 //! - [`CgroupIdMap`]: the id `bpf_get_current_cgroup_id()` returns is the inode number of
 //!   the cgroup's directory in the unified hierarchy (`/sys/fs/cgroup/unified` on hybrid
 //!   hosts, `/sys/fs/cgroup` on pure v2 ones). An unknown id triggers a rescan of the
-//!   tree, at most once per `rescan_interval`.
+//!   tree, at most once per `rescan_interval`. The kernel's `cgroup_mkdir`/`rmdir`
+//!   events keep it current without rescans through a [`CgroupFeed`] (new containers
+//!   resolve at once; removed cgroups are forgotten after a grace, since their last IO
+//!   may still be on its way).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
     time::{Duration, Instant},
 };
 
@@ -231,6 +239,67 @@ pub struct CgroupIdStats {
     pub misses: u64,
 }
 
+/// How long a removed cgroup's id still resolves, by default.
+pub const DEFAULT_REMOVAL_GRACE: Duration = Duration::from_secs(60);
+
+/// A change to the unified hierarchy, as the kernel reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupUpdate {
+    /// A cgroup was made: its id and path (from the unified root, starting with `/`).
+    Created {
+        /// The cgroup id.
+        id: u64,
+        /// Its path.
+        path: String,
+    },
+    /// A cgroup was removed.
+    Removed {
+        /// The cgroup id.
+        id: u64,
+    },
+}
+
+/// The sending side of a [`CgroupIdMap`]'s feed: never blocks, counts what it drops
+/// (a dropped update only costs a rescan later).
+#[derive(Debug, Clone)]
+pub struct CgroupFeed {
+    tx: SyncSender<CgroupUpdate>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl CgroupFeed {
+    /// A feed of `capacity` updates (at least 1) and the receiver to give a
+    /// [`CgroupIdMap`] with [`CgroupIdMap::set_feed`].
+    #[must_use]
+    pub fn channel(capacity: usize) -> (Self, Receiver<CgroupUpdate>) {
+        let (tx, rx) = sync_channel(capacity.max(1));
+        (
+            Self {
+                tx,
+                dropped: Arc::new(AtomicU64::new(0)),
+            },
+            rx,
+        )
+    }
+
+    /// Hands `update` over without waiting; false when it was dropped (full or closed).
+    pub fn send(&self, update: CgroupUpdate) -> bool {
+        match self.tx.try_send(update) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Updates dropped so far.
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
 /// cgroup v2 id → cgroup path (relative to the unified root, starting with `/`).
 #[derive(Debug)]
 pub struct CgroupIdMap {
@@ -239,6 +308,10 @@ pub struct CgroupIdMap {
     rescan_interval: Duration,
     last_scan: Option<Instant>,
     stats: CgroupIdStats,
+    feed: Option<Receiver<CgroupUpdate>>,
+    removal_grace: Duration,
+    /// Removed ids and when to forget them, oldest first.
+    removed: VecDeque<(Instant, u64)>,
 }
 
 impl CgroupIdMap {
@@ -252,6 +325,46 @@ impl CgroupIdMap {
             rescan_interval: Duration::from_secs(1),
             last_scan: None,
             stats: CgroupIdStats::default(),
+            feed: None,
+            removal_grace: DEFAULT_REMOVAL_GRACE,
+            removed: VecDeque::new(),
+        }
+    }
+
+    /// Takes updates from the kernel's cgroup events (see [`CgroupFeed`]); they are
+    /// applied at the next lookup.
+    pub fn set_feed(&mut self, feed: Receiver<CgroupUpdate>) {
+        self.feed = Some(feed);
+    }
+
+    /// Sets how long a removed cgroup's id still resolves (default 60 s).
+    #[must_use]
+    pub fn with_removal_grace(mut self, grace: Duration) -> Self {
+        self.removal_grace = grace;
+        self
+    }
+
+    /// Applies the updates waiting in the feed, and forgets removed ids past their grace.
+    fn apply_updates(&mut self) {
+        let now = Instant::now();
+        if let Some(feed) = &self.feed {
+            while let Ok(update) = feed.try_recv() {
+                match update {
+                    CgroupUpdate::Created { id, path } => {
+                        self.by_id.insert(id, path);
+                    }
+                    CgroupUpdate::Removed { id } => {
+                        self.removed.push_back((now + self.removal_grace, id));
+                    }
+                }
+            }
+        }
+        while let Some(&(when, id)) = self.removed.front() {
+            if when > now {
+                break;
+            }
+            self.removed.pop_front();
+            self.by_id.remove(&id);
         }
     }
 
@@ -276,6 +389,7 @@ impl CgroupIdMap {
     /// The path of the cgroup with this id (`/kubepods/…`), rescanning the tree when the
     /// id is unknown and the last scan is old enough. Scan errors count as misses.
     pub fn resolve(&mut self, id: u64) -> Option<String> {
+        self.apply_updates();
         if let Some(path) = self.by_id.get(&id) {
             self.stats.hits += 1;
             return Some(path.clone());
@@ -302,33 +416,7 @@ impl CgroupIdMap {
     pub fn rescan(&mut self) -> Result<usize, PidMapError> {
         self.last_scan = Some(Instant::now());
         self.stats.rescans += 1;
-        let mut by_id = HashMap::new();
-        let root_meta = fs::metadata(&self.root).map_err(|source| PidMapError::Scan {
-            path: self.root.clone(),
-            source,
-        })?;
-        by_id.insert(root_meta.ino(), "/".to_owned());
-        let mut stack = vec![(self.root.clone(), String::new())];
-        while let Some((dir, rel)) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                // A cgroup removed while walking: skip it, not the walk.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(PidMapError::Scan { path: dir, source }),
-            };
-            for entry in entries.flatten() {
-                let Ok(file_type) = entry.file_type() else {
-                    continue;
-                };
-                if !file_type.is_dir() {
-                    continue;
-                }
-                let Ok(meta) = entry.metadata() else { continue };
-                let child = format!("{rel}/{}", entry.file_name().to_string_lossy());
-                by_id.insert(meta.ino(), child.clone());
-                stack.push((entry.path(), child));
-            }
-        }
+        let by_id = scan_tree(&self.root)?;
         let n = by_id.len();
         self.by_id = by_id;
         Ok(n)
@@ -339,6 +427,38 @@ impl CgroupIdMap {
     pub fn stats(&self) -> CgroupIdStats {
         self.stats
     }
+}
+
+/// Every cgroup of the unified hierarchy mounted at `root`: id → path (`/` for the root).
+pub fn scan_tree(root: &Path) -> Result<HashMap<u64, String>, PidMapError> {
+    let mut by_id = HashMap::new();
+    let root_meta = fs::metadata(root).map_err(|source| PidMapError::Scan {
+        path: root.to_owned(),
+        source,
+    })?;
+    by_id.insert(root_meta.ino(), "/".to_owned());
+    let mut stack = vec![(root.to_owned(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // A cgroup removed while walking: skip it, not the walk.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(PidMapError::Scan { path: dir, source }),
+        };
+        for entry in entries.flatten() {
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            if !file_type.is_dir() {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let child = format!("{rel}/{}", entry.file_name().to_string_lossy());
+            by_id.insert(meta.ino(), child.clone());
+            stack.push((entry.path(), child));
+        }
+    }
+    Ok(by_id)
 }
 
 #[cfg(test)]
@@ -437,6 +557,33 @@ mod tests {
         fs::create_dir(&later).expect("mkdir");
         let ino = fs::metadata(&later).expect("stat").ino();
         assert_eq!(map.resolve(ino).as_deref(), Some("/later"));
+    }
+
+    #[test]
+    fn kernel_updates_resolve_without_rescans_and_removals_wait_a_grace() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (feed, rx) = CgroupFeed::channel(4);
+        let mut map = CgroupIdMap::new(root.path())
+            .with_rescan_interval(Duration::from_secs(3600))
+            .with_removal_grace(Duration::ZERO);
+        map.set_feed(rx);
+        // The first lookup scans the (empty) tree; the id is not on disk at all.
+        assert_eq!(map.resolve(4242), None);
+        assert!(feed.send(CgroupUpdate::Created {
+            id: 4242,
+            path: format!("/kubepods/besteffort/pod8f3a2b1c-4d5e-6f70-8192-a3b4c5d6e7f8/{ID}"),
+        }));
+        assert_eq!(
+            map.resolve_container(4242).map(|c| c.id),
+            Some(ID.to_owned())
+        );
+        assert_eq!(map.stats().rescans, 1, "known from the feed, no rescan");
+        assert!(feed.send(CgroupUpdate::Removed { id: 4242 }));
+        assert_eq!(map.resolve(4242), None, "forgotten after a zero grace");
+        for id in 0..10 {
+            feed.send(CgroupUpdate::Removed { id });
+        }
+        assert!(feed.dropped() > 0, "a full feed drops and counts");
     }
 
     #[test]

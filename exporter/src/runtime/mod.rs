@@ -42,10 +42,12 @@ pub enum EventSource {
     Cri,
     /// The Kubernetes API (pods on this node).
     Kube,
+    /// iostall's own eBPF programs (cgroup, exec/exit and OOM tracepoints).
+    Kernel,
 }
 
 impl EventSource {
-    /// Lower-case name: `containerd`, `docker`, `cri` or `kube`.
+    /// Lower-case name: `containerd`, `docker`, `cri`, `kube` or `kernel`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,6 +55,7 @@ impl EventSource {
             Self::Docker => "docker",
             Self::Cri => "cri",
             Self::Kube => "kube",
+            Self::Kernel => "kernel",
         }
     }
 }
@@ -108,6 +111,21 @@ pub enum RuntimeEventKind {
     PodUpdated,
     /// A pod left this node.
     PodDeleted,
+    /// A container's cgroup was made (kernel).
+    CgroupCreated,
+    /// A container's cgroup was removed (kernel).
+    CgroupRemoved,
+    /// A process in a container, or a runtime daemon, called `execve` (kernel).
+    ProcessExec,
+    /// A process in a container, or a runtime daemon, exited (kernel).
+    ProcessExit {
+        /// Its exit code as a shell shows it (128 + signal when killed by one).
+        exit_code: i32,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
+    /// The OOM killer chose a victim (kernel).
+    OomKill,
 }
 
 impl RuntimeEventKind {
@@ -133,6 +151,11 @@ impl RuntimeEventKind {
             Self::PodAdded => "pod.added",
             Self::PodUpdated => "pod.updated",
             Self::PodDeleted => "pod.deleted",
+            Self::CgroupCreated => "cgroup.created",
+            Self::CgroupRemoved => "cgroup.removed",
+            Self::ProcessExec => "process.exec",
+            Self::ProcessExit { .. } => "process.exit",
+            Self::OomKill => "oom.kill",
         }
     }
 }
@@ -190,7 +213,7 @@ impl RuntimeEvent {
         let runtime = match self.runtime {
             EventSource::Docker => Some(Runtime::Docker),
             EventSource::Containerd | EventSource::Cri => Some(Runtime::Containerd),
-            EventSource::Kube => None,
+            EventSource::Kube | EventSource::Kernel => None,
         };
         if let Some(runtime) = runtime {
             meta = meta.with_runtime(runtime);

@@ -142,10 +142,64 @@ pub fn format_runtime_event(event: &RuntimeEvent) -> String {
     if let RuntimeEventKind::ContainerExited { exit_code } = event.kind {
         line.push_str(&format!(" exit_code={exit_code}"));
     }
+    if event.runtime == crate::runtime::EventSource::Kernel {
+        push_kernel_details(&mut line, event);
+    }
     if let Some(image) = &event.image {
         line.push_str(&format!(" image={image}"));
     }
     line
+}
+
+/// What a kernel lifecycle event adds to its line: pod uid (when no label named the
+/// pod), the process, and per kind the file, exit status, memory, or cgroup path.
+fn push_kernel_details(line: &mut String, event: &RuntimeEvent) {
+    use crate::{lifecycle::attr, runtime::RuntimeEventKind};
+    let get = |k: &str| event.attributes.get(k).map(String::as_str);
+    if !event
+        .labels
+        .contains_key(crate::enrich::metadata::LABEL_POD_NAME)
+        && let Some(uid) = get(attr::POD_UID)
+    {
+        line.push_str(&format!(" pod={uid}"));
+    }
+    match event.kind {
+        RuntimeEventKind::CgroupCreated | RuntimeEventKind::CgroupRemoved => {
+            if let Some(path) = get(attr::CGROUP_PATH) {
+                line.push_str(&format!(" cgroup={path}"));
+            }
+            return;
+        }
+        RuntimeEventKind::OomKill => line.push_str(" victim"),
+        _ => {}
+    }
+    for (key, label) in [(attr::PID, "pid"), (attr::COMMAND, "comm")] {
+        if let Some(value) = get(key) {
+            line.push_str(&format!(" {label}={value}"));
+        }
+    }
+    match event.kind {
+        RuntimeEventKind::ProcessExec => {
+            if let Some(file) = get(attr::EXECUTABLE) {
+                line.push_str(&format!(" file={file}"));
+            }
+        }
+        RuntimeEventKind::ProcessExit { exit_code, signal } => {
+            line.push_str(&format!(" exit_code={exit_code}"));
+            if let Some(signal) = signal {
+                line.push_str(&format!(" signal={signal}"));
+            }
+        }
+        RuntimeEventKind::OomKill => {
+            if let Some(kb) = get(attr::OOM_ANON_RSS_KB) {
+                line.push_str(&format!(" anon_rss_kb={kb}"));
+            }
+        }
+        _ => {}
+    }
+    if get(attr::WATCHED_AS) == Some("runtime-daemon") {
+        line.push_str(" (runtime daemon)");
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +296,68 @@ mod tests {
         assert_eq!(v["kind"], "container_exited");
         assert_eq!(v["exit_code"], 7);
         assert_eq!(v["trace_id"], ev.trace_id.to_string());
+    }
+
+    #[test]
+    fn kernel_events_show_the_process_and_how_it_ended() {
+        use crate::{
+            lifecycle::attr,
+            runtime::{EventSource, RuntimeEvent, RuntimeEventKind},
+        };
+        let mut ev = RuntimeEvent::new(
+            1_700_000_000_000_000_000,
+            EventSource::Kernel,
+            RuntimeEventKind::ProcessExit {
+                exit_code: 137,
+                signal: Some(9),
+            },
+        );
+        ev.container_id = Some("0123456789abcdef".into());
+        for (k, v) in [
+            (attr::POD_UID, "uid-1"),
+            (attr::PID, "42"),
+            (attr::COMMAND, "sh"),
+            (attr::WATCHED_AS, "container"),
+        ] {
+            ev.attributes.insert(k.into(), v.into());
+        }
+        let line = format_runtime_event(&ev);
+        assert!(
+            line.ends_with(
+                "[kernel] process.exit 0123456789ab pod=uid-1 pid=42 comm=sh exit_code=137 signal=9"
+            ),
+            "{line}"
+        );
+        let mut json = super::super::json::JsonSink::new(Vec::new());
+        let ev = Correlator::new("n").correlate_event(ev, Enrichment::none());
+        json.runtime_event(&ev).expect("write");
+        let v: serde_json::Value =
+            serde_json::from_slice(&json.into_inner()).expect("one JSON line");
+        assert_eq!(v["event.name"], "process.exit");
+        assert_eq!(v["runtime"], "kernel");
+        assert_eq!(
+            (v["exit_code"].as_i64(), v["signal"].as_i64()),
+            (Some(137), Some(9))
+        );
+        assert_eq!(v["attributes"]["k8s.pod.uid"], "uid-1");
+
+        let mut daemon = RuntimeEvent::new(0, EventSource::Kernel, RuntimeEventKind::ProcessExec);
+        daemon
+            .attributes
+            .insert(attr::COMMAND.into(), "containerd".into());
+        daemon
+            .attributes
+            .insert(attr::EXECUTABLE.into(), "/usr/bin/containerd".into());
+        daemon
+            .attributes
+            .insert(attr::WATCHED_AS.into(), "runtime-daemon".into());
+        assert!(
+            format_runtime_event(&daemon).ends_with(
+                "process.exec comm=containerd file=/usr/bin/containerd (runtime daemon)"
+            ),
+            "{}",
+            format_runtime_event(&daemon)
+        );
     }
 
     #[test]
