@@ -39,11 +39,14 @@
 //! | `iostall.runtime.source` | string | who reported it: `containerd`, `docker`, `cri`, `kube`… |
 //! | `iostall.sandbox.id` | string | the pod sandbox id |
 //! | `iostall.runtime.namespace` | string | the runtime's namespace (`k8s.io`, `moby`) |
-//! | `iostall.runtime.{field}` | any | the kind's other fields (`running` of a listing) |
-//! | `iostall.runtime.{key}` | string | the source's own attributes (`pid`, `topic`, `signal`…; at most [`MAX_RUNTIME_ATTRIBUTES`]) |
+//! | `iostall.runtime.{field}` | any | the kind's other fields (`running` of a listing, `signal` of a process exit) |
+//! | `iostall.runtime.{key}` | string | the source's own attributes (`pid`, `topic`, `exitCode`…; at most [`MAX_RUNTIME_ATTRIBUTES`]) |
 //!
-//! The container's labels are not copied (unbounded and user-controlled); the pod and
-//! container it is about are on the Resource.
+//! Source attributes whose key is already a dotted attribute name (the kernel source's
+//! `process.pid`, `process.command`, `iostall.cgroup.id`…) keep it; pids are ints. A key
+//! is never repeated: the ones above win. The container's labels are not copied
+//! (unbounded and user-controlled); the pod and container it is about are on the
+//! Resource.
 use std::{
     borrow::Cow,
     time::{SystemTime, UNIX_EPOCH},
@@ -364,19 +367,40 @@ pub fn for_each_event_attribute(c: &CorrelatedEvent, mut f: impl FnMut(&str, Att
         f("iostall.runtime.namespace", AttrValue::Str(ns));
     }
     let fields = kind_fields(&e.kind);
-    // Runtime events are rare next to IO: an allocation per key is fine here.
-    let prefixed = |name: &str| format!("iostall.runtime.{name}");
-    // Set above: a kind field or source attribute of that name would repeat a key.
-    let reserved = |name: &str| name == "namespace" || name == "source";
-    for (name, value) in fields.iter().filter(|(name, _)| !reserved(name)) {
-        if name == "exit_code" {
-            if let Some(code) = value.as_i64() {
-                f("process.exit.code", AttrValue::Int(code));
-            }
-            continue;
+    // Runtime events are rare next to IO: allocations per key are fine here.
+    let mut seen: Vec<String> = [
+        "container.id",
+        "container.runtime.name",
+        "container.image.name",
+        "iostall.runtime.source",
+        "iostall.sandbox.id",
+        "iostall.runtime.namespace",
+        // Identity is on the Resource (a source may repeat it among its attributes).
+        "k8s.pod.uid",
+        "k8s.pod.name",
+        "k8s.namespace.name",
+        "k8s.container.name",
+    ]
+    .map(str::to_owned)
+    .into();
+    let mut first = |key: String| {
+        let new = !seen.contains(&key);
+        if new {
+            seen.push(key.clone());
         }
-        let key = prefixed(name);
+        new.then_some(key)
+    };
+    for (name, value) in &fields {
+        let key = if name == "exit_code" {
+            "process.exit.code".to_owned()
+        } else {
+            attribute_key(name)
+        };
+        let Some(key) = first(key) else {
+            continue;
+        };
         match value {
+            serde_json::Value::Null => {}
             serde_json::Value::Bool(b) => f(&key, AttrValue::Bool(*b)),
             serde_json::Value::Number(n) => match n.as_i64() {
                 Some(i) => f(&key, AttrValue::Int(i)),
@@ -387,13 +411,31 @@ pub fn for_each_event_attribute(c: &CorrelatedEvent, mut f: impl FnMut(&str, Att
         }
     }
     // The source's own attributes, unless they repeat a field or a key set above.
-    for (name, value) in e
+    let own = e
         .attributes
         .iter()
-        .filter(|(name, _)| !fields.contains_key(*name) && !reserved(name))
-        .take(MAX_RUNTIME_ATTRIBUTES)
-    {
-        f(&prefixed(name), AttrValue::Str(value));
+        .filter(|(name, _)| !fields.contains_key(*name))
+        .filter_map(|(name, value)| Some((first(attribute_key(name))?, value)))
+        .take(MAX_RUNTIME_ATTRIBUTES);
+    for (key, value) in own {
+        // Pids are ints in the conventions (and never anything else: no type clash).
+        match value.parse::<i64>() {
+            Ok(pid) if key == "process.pid" || key.ends_with(".pid") => {
+                f(&key, AttrValue::Int(pid));
+            }
+            _ => f(&key, AttrValue::Str(value)),
+        }
+    }
+}
+
+/// The attribute name of a source's attribute or a kind's field: a dotted name
+/// (`process.pid`, `iostall.cgroup.id`: the kernel source names its attributes so) is
+/// kept; a bare one (`pid`, `topic`, `exitCode`) goes under `iostall.runtime.`.
+fn attribute_key(name: &str) -> String {
+    if name.contains('.') {
+        name.to_owned()
+    } else {
+        format!("iostall.runtime.{name}")
     }
 }
 
@@ -882,7 +924,7 @@ pub(crate) mod tests {
         assert_eq!(attr(a, "iostall.sandbox.id").cloned(), s(SANDBOX));
         assert_eq!(attr(a, "iostall.runtime.namespace").cloned(), s("k8s.io"));
         assert_eq!(attr(a, "process.exit.code"), Some(&Value::IntValue(137)));
-        assert_eq!(attr(a, "iostall.runtime.pid").cloned(), s("4242"));
+        assert_eq!(attr(a, "iostall.runtime.pid"), Some(&Value::IntValue(4242)));
         assert_eq!(attr(a, "iostall.runtime.topic").cloned(), s("/tasks/exit"));
         assert!(
             attr(a, "iostall.runtime.exit_code").is_none(),
@@ -962,5 +1004,75 @@ pub(crate) mod tests {
             })
             .count();
         assert_eq!(own, MAX_RUNTIME_ATTRIBUTES);
+    }
+
+    #[test]
+    fn kernel_events_keep_their_attribute_names_without_repeats() {
+        let corr = Correlator::new("n");
+        let kernel = |kind| {
+            let mut ev = RuntimeEvent::new(7, EventSource::Kernel, kind);
+            ev.container_id = Some(CONTAINER.into());
+            for (k, v) in [
+                ("process.pid", "42"),
+                ("process.command", "sh"),
+                ("process.exit.code", "137"),
+                ("iostall.exit.signal", "9"),
+                ("k8s.pod.uid", "uid-1"),
+                ("container.runtime.name", "containerd"),
+            ] {
+                ev.attributes.insert(k.into(), v.into());
+            }
+            let enrichment = Enrichment {
+                container_id: Some(CONTAINER.into()),
+                ..Enrichment::none()
+            };
+            corr.correlate_event(ev, enrichment)
+        };
+        let killed = kernel(RuntimeEventKind::ProcessExit {
+            exit_code: 137,
+            signal: Some(9),
+        });
+        let a = event_attributes(&killed);
+        let l = event_log_record(&killed, a.clone(), 8);
+        assert_eq!(l.event_name, "iostall.process.exit");
+        assert_eq!(l.severity_text, "WARN");
+        assert_eq!(attr(&a, "process.exit.code"), Some(&Value::IntValue(137)));
+        assert_eq!(attr(&a, "process.pid"), Some(&Value::IntValue(42)));
+        assert_eq!(
+            attr(&a, "process.command"),
+            Some(&Value::StringValue("sh".into()))
+        );
+        assert_eq!(
+            attr(&a, "iostall.runtime.signal"),
+            Some(&Value::IntValue(9))
+        );
+        assert_eq!(
+            attr(&a, "iostall.runtime.source"),
+            Some(&Value::StringValue("kernel".into()))
+        );
+        assert!(
+            attr(&a, "k8s.pod.uid").is_none(),
+            "identity is on the Resource"
+        );
+        assert!(attr(&a, "iostall.runtime.process.pid").is_none());
+        let mut keys: Vec<&str> = a.iter().map(|kv| kv.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), a.len(), "duplicate attribute keys");
+        let exited = kernel(RuntimeEventKind::ProcessExit {
+            exit_code: 0,
+            signal: None,
+        });
+        let a = event_attributes(&exited);
+        assert!(
+            attr(&a, "iostall.runtime.signal").is_none(),
+            "no null attribute"
+        );
+        assert_eq!(event_log_record(&exited, a, 8).severity_text, "INFO");
+        let oom = kernel(RuntimeEventKind::OomKill);
+        assert_eq!(
+            event_log_record(&oom, event_attributes(&oom), 8).severity_text,
+            "WARN"
+        );
     }
 }

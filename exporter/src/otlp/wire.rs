@@ -359,6 +359,14 @@ mod tests {
             K::ContainerListed { running: false },
             K::ContainerOom,
             K::ContainerExited { exit_code: 137 },
+            K::ProcessExit {
+                exit_code: 137,
+                signal: Some(9),
+            },
+            K::ProcessExit {
+                exit_code: 0,
+                signal: None,
+            },
         ]
         .into_iter()
         .enumerate()
@@ -382,7 +390,7 @@ mod tests {
             .flat_map(|rl| &rl.scope_logs[0].log_records)
             .filter(|l| l.event_name != "iostall.io.slow")
             .count();
-        assert_eq!(events, 7);
+        assert_eq!(events, 9);
     }
 
     #[test]
