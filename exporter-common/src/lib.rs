@@ -9,10 +9,14 @@
 
 /// Longest file name copied from a dentry, including the trailing NUL.
 pub const FILE_NAME_LEN: usize = 128;
-/// Longest parent directory name copied from a dentry, including the trailing NUL.
-pub const PARENT_NAME_LEN: usize = 64;
-/// How many parent directories the kernel side walks up from a file.
-pub const MAX_PARENTS: usize = 4;
+/// Longest parent directory name copied from a dentry, including the trailing NUL:
+/// room for a 64-hex container id (runtimes name directories after them, and path
+/// attribution needs the whole id), rounded up to keep the record 8-byte aligned.
+pub const PARENT_NAME_LEN: usize = 72;
+/// How many parent directories the kernel side walks up from a file: enough to reach
+/// the container id under the runtimes' default roots
+/// (`/var/lib/containerd/io.containerd.grpc.v1.cri/containers/<id>/…` is 6 deep).
+pub const MAX_PARENTS: usize = 6;
 /// Length of a task's `comm`.
 pub const COMM_LEN: usize = 16;
 /// `s_magic` of an ext4 (and ext2/ext3, which ext4 mounts) super block.

@@ -46,6 +46,16 @@
 //!   max_attempts: 5         # tries per batch (retryable errors only)
 //!   initial_backoff_ms: 100 # doubled after each failed try, at most max_backoff_ms
 //!   max_backoff_ms: 5000
+//! runtime:
+//!   containerd_socket: /run/containerd/containerd.sock   # or off
+//!   docker_socket: /var/run/docker.sock                  # or off
+//! kube:
+//!   enabled: auto           # auto | on | off (auto: on in a pod or with a kubeconfig)
+//!   node_name: node-a       # default: NODE_NAME, else the host name
+//!   api_server: http://127.0.0.1:8001   # instead of in-cluster/kubeconfig discovery
+//!   kubeconfig: /etc/iostall/kubeconfig # a kubeconfig file (its current context)
+//!   pod_labels: [app, app.kubernetes.io/*]  # label keys (or prefixes with *) to copy
+//!   resolve_owners: true    # ReplicaSet → Deployment, Job → CronJob
 //! ```
 //!
 //! Unknown keys are errors that name the key.
@@ -252,6 +262,62 @@ pub struct RuntimeFile {
     pub docker_socket: Option<String>,
 }
 
+/// `kube.enabled`: whether the Kubernetes API is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KubeMode {
+    /// On when running in a pod (`KUBERNETES_SERVICE_HOST`), with a kubeconfig
+    /// (`KUBECONFIG`, `~/.kube/config`) or with `api_server`/`kubeconfig` set; else off.
+    #[default]
+    Auto,
+    /// On; a start-up error if there is no API server to talk to.
+    On,
+    /// Off.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for KubeMode {
+    /// `auto`, `on` or `off`; YAML booleans `true`/`false` too.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = KubeMode;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("auto, on or off")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<KubeMode, E> {
+                Ok(if v { KubeMode::On } else { KubeMode::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KubeMode, E> {
+                match v {
+                    "auto" => Ok(KubeMode::Auto),
+                    "on" | "true" => Ok(KubeMode::On),
+                    "off" | "false" => Ok(KubeMode::Off),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The `kube:` section: Kubernetes API enrichment (owners, pod labels).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeFile {
+    /// `auto`, `on` or `off`.
+    pub enabled: Option<KubeMode>,
+    /// This node's name (`spec.nodeName` of the pods to watch).
+    pub node_name: Option<String>,
+    /// API server URL (no credentials: `kubectl proxy`, a test server).
+    pub api_server: Option<String>,
+    /// A kubeconfig file.
+    pub kubeconfig: Option<PathBuf>,
+    /// Label keys to copy onto records (`prefix*` for a prefix); `[]` copies none.
+    pub pod_labels: Option<Vec<String>>,
+    /// Resolve ReplicaSet → Deployment and Job → CronJob.
+    pub resolve_owners: Option<bool>,
+}
+
 /// The YAML config file, as written (every key optional).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +343,8 @@ pub struct FileConfig {
     pub resource: Option<ResourceFile>,
     /// Container runtime sockets.
     pub runtime: Option<RuntimeFile>,
+    /// Kubernetes API enrichment.
+    pub kube: Option<KubeFile>,
 }
 
 impl FileConfig {
@@ -328,6 +396,12 @@ pub struct CliOverrides {
     pub containerd_socket: Option<String>,
     /// `--docker-socket` (`off` disables).
     pub docker_socket: Option<String>,
+    /// `--kube`.
+    pub kube: Option<KubeMode>,
+    /// `--kube-api-server`.
+    pub kube_api_server: Option<String>,
+    /// `--kube-node-name`.
+    pub kube_node_name: Option<String>,
 }
 
 /// Fully resolved settings of one signal's exporter.
@@ -406,6 +480,63 @@ pub struct Config {
     pub metrics_listen_explicit: bool,
     /// Container runtime sources.
     pub sources: SourcesConfig,
+    /// Kubernetes API enrichment.
+    pub kube: KubeSetting,
+}
+
+/// Default `kube.pod_labels`: the identity labels Kubernetes recommends
+/// (`app.kubernetes.io/{name,instance,component,part-of}`) and the traditional `app`.
+/// Low-cardinality and about the workload, not the pod: `pod-template-hash` (owner
+/// names carry it), `version` (changes per rollout) and free-form labels (which may
+/// hold anything) are left out unless asked for.
+pub const DEFAULT_POD_LABELS: &[&str] = &[
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app",
+];
+
+/// [`KubeSettings::node_name_source`] when the node name is only the host name's guess.
+pub const NODE_NAME_FROM_HOST: &str = "host name";
+
+/// Whether, and how, the Kubernetes API is watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeSetting {
+    /// Not watched, and why (logged once at start).
+    Off {
+        /// E.g. "no in-cluster environment and no kubeconfig found".
+        reason: String,
+    },
+    /// Watched.
+    On(KubeSettings),
+}
+
+/// Where the Kubernetes client's configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeClientSource {
+    /// Discovered: `KUBECONFIG` / `~/.kube/config`, then the in-cluster service account.
+    Infer,
+    /// This URL, without credentials.
+    ApiServer(String),
+    /// This kubeconfig file's current context.
+    Kubeconfig(PathBuf),
+}
+
+/// Resolved Kubernetes API settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// This node's name.
+    pub node_name: String,
+    /// Where `node_name` came from (`--kube-node-name`, `kube.node_name`, `NODE_NAME`,
+    /// or [`NODE_NAME_FROM_HOST`]).
+    pub node_name_source: String,
+    /// Where the client configuration comes from.
+    pub client: KubeClientSource,
+    /// Label keys (or `prefix*`) copied onto records.
+    pub pod_labels: Vec<String>,
+    /// Resolve ReplicaSet → Deployment and Job → CronJob.
+    pub resolve_owners: bool,
 }
 
 /// Default containerd socket.
@@ -548,8 +679,160 @@ impl Config {
             metrics_listen_explicit: cli.metrics_listen.is_some()
                 || file.metrics.as_ref().is_some_and(|m| m.listen.is_some()),
             sources: resolve_sources(cli, file)?,
+            kube: resolve_kube(cli, file.kube.as_ref(), env)?,
         })
     }
+}
+
+/// Checks a node name: a DNS subdomain (RFC 1123), as Kubernetes requires.
+fn validate_node_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!(
+                "{name:?} is not a valid node name (lower-case letters, digits, '-' and '.'); \
+                 set kube.node_name or NODE_NAME (the DaemonSet's downward API)"
+            ),
+        ))
+    }
+}
+
+/// Checks a `kube.pod_labels` entry: a label key (`[prefix/]name`), or a prefix of one
+/// ending in `*`.
+fn validate_label_pattern(field: &str, pattern: &str) -> Result<(), ConfigError> {
+    let key = pattern.strip_suffix('*').unwrap_or(pattern);
+    let chars_ok = key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    if pattern.is_empty() || !chars_ok || key.matches('/').count() > 1 {
+        return Err(invalid(
+            field,
+            format!(
+                "{pattern:?} is not a label key (e.g. app.kubernetes.io/name) nor a prefix \
+                 ending in '*'"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_kube(
+    cli: &CliOverrides,
+    file: Option<&KubeFile>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<KubeSetting, ConfigError> {
+    let empty = KubeFile::default();
+    let file = file.unwrap_or(&empty);
+    let set = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+
+    // Where the client comes from (validated even when off: a typo is still a typo).
+    let api_server = match (&cli.kube_api_server, &file.api_server) {
+        (Some(url), _) => Some(validate_url("--kube-api-server", url)?),
+        (None, Some(url)) => Some(validate_url("kube.api_server", url)?),
+        (None, None) => None,
+    };
+    if let Some(path) = &file.kubeconfig {
+        if api_server.is_some() {
+            return Err(invalid(
+                "kube.api_server",
+                "set either kube.api_server or kube.kubeconfig, not both",
+            ));
+        }
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(invalid(
+                "kube.kubeconfig",
+                format!("cannot read {}: {e}", path.display()),
+            ));
+        }
+    }
+    let client = match (api_server, &file.kubeconfig) {
+        (Some(url), _) => KubeClientSource::ApiServer(url),
+        (None, Some(path)) => KubeClientSource::Kubeconfig(path.clone()),
+        (None, None) => KubeClientSource::Infer,
+    };
+    let mut pod_labels = Vec::new();
+    match &file.pod_labels {
+        Some(keys) => {
+            for (i, key) in keys.iter().enumerate() {
+                validate_label_pattern(&format!("kube.pod_labels[{i}]"), key.trim())?;
+                pod_labels.push(key.trim().to_owned());
+            }
+        }
+        None => pod_labels.extend(DEFAULT_POD_LABELS.iter().map(|k| (*k).to_owned())),
+    }
+
+    let (mode, mode_field) = match (cli.kube, file.enabled) {
+        (Some(m), _) => (m, "--kube"),
+        (None, Some(m)) => (m, "kube.enabled"),
+        (None, None) => (KubeMode::Auto, "kube.enabled"),
+    };
+    let found = if client != KubeClientSource::Infer {
+        Some("configured")
+    } else if set("KUBERNETES_SERVICE_HOST").is_some() {
+        Some("in-cluster")
+    } else if set("KUBECONFIG").is_some() {
+        Some("KUBECONFIG")
+    } else if set("HOME").is_some_and(|home| Path::new(&home).join(".kube/config").is_file()) {
+        Some("~/.kube/config")
+    } else {
+        None
+    };
+    match (mode, found) {
+        (KubeMode::Off, _) => {
+            return Ok(KubeSetting::Off {
+                reason: format!("{mode_field} is off"),
+            });
+        }
+        (KubeMode::Auto, None) => {
+            return Ok(KubeSetting::Off {
+                reason: "no in-cluster environment (KUBERNETES_SERVICE_HOST) and no kubeconfig \
+                         (KUBECONFIG, ~/.kube/config) found"
+                    .to_owned(),
+            });
+        }
+        (KubeMode::On, None) => {
+            return Err(invalid(
+                mode_field,
+                "is on, but there is no API server to talk to: set kube.api_server or \
+                 kube.kubeconfig, or run in a pod (KUBERNETES_SERVICE_HOST) or with a kubeconfig",
+            ));
+        }
+        (KubeMode::Auto | KubeMode::On, Some(_)) => {}
+    }
+
+    let (node_name, node_name_source) = if let Some(n) = &cli.kube_node_name {
+        (n.trim().to_owned(), "--kube-node-name")
+    } else if let Some(n) = &file.node_name {
+        (n.trim().to_owned(), "kube.node_name")
+    } else if let Some(n) = set("NODE_NAME") {
+        (n.trim().to_owned(), "NODE_NAME")
+    } else {
+        (
+            crate::otlp::resource::host_name().to_ascii_lowercase(),
+            NODE_NAME_FROM_HOST,
+        )
+    };
+    let field = match node_name_source {
+        NODE_NAME_FROM_HOST => "kube.node_name (default: the host name)",
+        other => other,
+    };
+    validate_node_name(field, &node_name)?;
+    Ok(KubeSetting::On(KubeSettings {
+        node_name,
+        node_name_source: node_name_source.to_owned(),
+        client,
+        pod_labels,
+        resolve_owners: file.resolve_owners.unwrap_or(true),
+    }))
 }
 
 /// A socket setting: `off` disables, a relative path is an error naming the field.
@@ -1153,6 +1436,142 @@ mod tests {
         .expect_err("must fail")
         .to_string();
         assert!(e.starts_with("metrics.listen: "), "{e}");
+    }
+
+    fn kube_on(c: &Config) -> &KubeSettings {
+        match &c.kube {
+            KubeSetting::On(k) => k,
+            KubeSetting::Off { reason } => panic!("kube is off: {reason}"),
+        }
+    }
+
+    #[test]
+    fn kube_auto_is_off_without_a_cluster_and_on_in_a_pod() {
+        let c = resolve(&CliOverrides::default(), "", &[]).expect("ok");
+        let KubeSetting::Off { reason } = &c.kube else {
+            panic!("auto without a cluster must be off: {:?}", c.kube);
+        };
+        assert!(reason.contains("KUBERNETES_SERVICE_HOST"), "{reason}");
+        let pod_env = [
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("NODE_NAME", "node-a"),
+        ];
+        let c = resolve(&CliOverrides::default(), "", &pod_env).expect("ok");
+        let k = kube_on(&c);
+        assert_eq!(k.node_name, "node-a");
+        assert_eq!(k.node_name_source, "NODE_NAME");
+        assert_eq!(k.client, KubeClientSource::Infer);
+        assert!(k.resolve_owners);
+        assert_eq!(k.pod_labels, DEFAULT_POD_LABELS);
+        // A kubeconfig in $HOME is found too.
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(home.path().join(".kube")).expect("mkdir");
+        std::fs::write(home.path().join(".kube/config"), "apiVersion: v1\n").expect("write");
+        let home_s = home.path().to_string_lossy().into_owned();
+        let c = resolve(
+            &CliOverrides::default(),
+            "",
+            &[("HOME", &home_s), ("NODE_NAME", "n1")],
+        )
+        .expect("ok");
+        assert_eq!(kube_on(&c).node_name, "n1");
+        // Explicit off wins over a pod environment.
+        let c = resolve(
+            &CliOverrides::default(),
+            "kube:\n  enabled: off\n",
+            &pod_env,
+        )
+        .expect("ok");
+        assert!(matches!(c.kube, KubeSetting::Off { .. }));
+    }
+
+    #[test]
+    fn kube_precedence_cli_then_file_then_env() {
+        let yaml = "kube:\n  enabled: on\n  node_name: from-file\n  api_server: http://127.0.0.1:8001\n  pod_labels: [team, app.kubernetes.io/*]\n  resolve_owners: false\n";
+        let env = [("NODE_NAME", "from-env")];
+        let c = resolve(&CliOverrides::default(), yaml, &env).expect("ok");
+        let k = kube_on(&c);
+        assert_eq!(k.node_name, "from-file");
+        assert_eq!(
+            k.client,
+            KubeClientSource::ApiServer("http://127.0.0.1:8001".into())
+        );
+        assert_eq!(k.pod_labels, vec!["team", "app.kubernetes.io/*"]);
+        assert!(!k.resolve_owners);
+        let cli = CliOverrides {
+            kube_node_name: Some("from-cli".into()),
+            kube_api_server: Some("https://api.example:6443".into()),
+            ..CliOverrides::default()
+        };
+        let c = resolve(&cli, yaml, &env).expect("ok");
+        let k = kube_on(&c);
+        assert_eq!(k.node_name, "from-cli");
+        assert_eq!(
+            k.client,
+            KubeClientSource::ApiServer("https://api.example:6443".into())
+        );
+        let cli = CliOverrides {
+            kube: Some(KubeMode::Off),
+            ..CliOverrides::default()
+        };
+        assert!(matches!(
+            resolve(&cli, yaml, &env).expect("ok").kube,
+            KubeSetting::Off { .. }
+        ));
+        // `pod_labels: []` copies none; YAML booleans work for `enabled`.
+        let c = resolve(
+            &CliOverrides::default(),
+            "kube:\n  enabled: true\n  api_server: http://k:1\n  pod_labels: []\n",
+            &env,
+        )
+        .expect("ok");
+        assert!(kube_on(&c).pod_labels.is_empty());
+    }
+
+    #[test]
+    fn kube_errors_name_the_field() {
+        let err = |cli: &CliOverrides, yaml: &str, env: &[(&str, &str)]| {
+            resolve(cli, yaml, env).expect_err("must fail").to_string()
+        };
+        let none = CliOverrides::default();
+        let e = err(&none, "kube:\n  enabled: maybe\n", &[]);
+        assert!(
+            e.contains("kube.enabled") && e.contains("auto, on or off"),
+            "{e}"
+        );
+        let e = err(&none, "kube:\n  enabeld: on\n", &[]);
+        assert!(e.contains("unknown field `enabeld`"), "{e}");
+        let e = err(&none, "kube:\n  enabled: on\n", &[]);
+        assert!(e.starts_with("kube.enabled: is on, but"), "{e}");
+        let e = err(&none, "kube:\n  api_server: \"localhost:6443\"\n", &[]);
+        assert!(e.starts_with("kube.api_server: "), "{e}");
+        let cli = CliOverrides {
+            kube_api_server: Some("ftp://x".into()),
+            ..CliOverrides::default()
+        };
+        assert!(err(&cli, "", &[]).starts_with("--kube-api-server: "));
+        let e = err(&none, "kube:\n  kubeconfig: /nonexistent/kubeconfig\n", &[]);
+        assert!(e.starts_with("kube.kubeconfig: cannot read"), "{e}");
+        let e = err(
+            &none,
+            "kube:\n  api_server: http://a:1\n  kubeconfig: /etc/hostname\n",
+            &[],
+        );
+        assert!(e.starts_with("kube.api_server: "), "{e}");
+        let on = "kube:\n  api_server: http://a:1\n";
+        let e = err(&none, &format!("{on}  node_name: \"\"\n"), &[]);
+        assert!(e.starts_with("kube.node_name: "), "{e}");
+        let e = err(&none, &format!("{on}  node_name: Node_A\n"), &[]);
+        assert!(
+            e.starts_with("kube.node_name: \"Node_A\" is not a valid node name"),
+            "{e}"
+        );
+        let e = err(&none, on, &[("NODE_NAME", "bad name")]);
+        assert!(e.starts_with("NODE_NAME: "), "{e}");
+        let e = err(&none, &format!("{on}  pod_labels: [app, \"a*b\"]\n"), &[]);
+        assert!(e.starts_with("kube.pod_labels[1]: "), "{e}");
+        let e = err(&none, &format!("{on}  pod_labels: [\"\"]\n"), &[]);
+        assert!(e.starts_with("kube.pod_labels[0]: "), "{e}");
     }
 
     #[test]

@@ -19,9 +19,15 @@
 //!
 //! Per-pod startup traces (trace id from pod uid and attempt, IO spans under phase
 //! spans) build on this later.
+use std::borrow::Cow;
+
 use serde::Serialize;
 
-use crate::{enrich::Enrichment, event::IoRecord, runtime::RuntimeEvent};
+use crate::{
+    enrich::{Enrichment, metadata::PodLabels},
+    event::IoRecord,
+    runtime::RuntimeEvent,
+};
 
 /// Width of the time window that groups a process's slow IO into one trace.
 pub const TRACE_WINDOW_NS: u64 = 10_000_000_000;
@@ -51,6 +57,12 @@ pub struct Workload {
     pub container_id: Option<String>,
     /// `k8s.container.name`, when one container is meant.
     pub container_name: Option<String>,
+    /// `(k8s.deployment.name, web)`, `(k8s.replicaset.name, web-5d4f)`… (Kubernetes
+    /// API; a list rather than [`crate::enrich::metadata::PodOwners`] keeps this key
+    /// small).
+    pub owners: Vec<(&'static str, String)>,
+    /// `k8s.pod.label.<key>` (Kubernetes API, allow-listed).
+    pub labels: PodLabels,
 }
 
 impl Workload {
@@ -66,13 +78,20 @@ impl Workload {
             namespace: enrichment.pod_namespace.clone(),
             container_id: enrichment.container_id.clone(),
             container_name: enrichment.container_name.clone(),
+            owners: enrichment
+                .owners
+                .attributes()
+                .map(|(k, v)| (k, v.to_owned()))
+                .collect(),
+            labels: enrichment.pod_labels.clone(),
         })
     }
 
-    /// Its Resource attributes, semantic-convention names, known values only.
+    /// Its Resource attributes, semantic-convention names, known values only: the ids,
+    /// then the owners and labels (pod identity too, as `k8sattributes` sets them).
     #[must_use]
-    pub fn attributes(&self) -> Vec<(&'static str, &str)> {
-        [
+    pub fn attributes(&self) -> Vec<(Cow<'static, str>, &str)> {
+        let ids = [
             ("k8s.pod.uid", &self.pod_uid),
             ("k8s.pod.name", &self.pod_name),
             ("k8s.namespace.name", &self.namespace),
@@ -80,7 +99,13 @@ impl Workload {
             ("k8s.container.name", &self.container_name),
         ]
         .into_iter()
-        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+        .filter_map(|(k, v)| v.as_deref().map(|v| (Cow::Borrowed(k), v)));
+        ids.chain(
+            self.owners
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(*k), v.as_str())),
+        )
+        .chain(self.labels.attributes().map(|(k, v)| (Cow::Owned(k), v)))
         .collect()
     }
 }
@@ -387,11 +412,11 @@ pub(crate) mod tests {
         assert_eq!(
             w.attributes(),
             vec![
-                ("k8s.pod.uid", "uid-1"),
-                ("k8s.pod.name", "web-0"),
-                ("k8s.namespace.name", "shop"),
-                ("container.id", "c0ffee"),
-                ("k8s.container.name", "app"),
+                ("k8s.pod.uid".into(), "uid-1"),
+                ("k8s.pod.name".into(), "web-0"),
+                ("k8s.namespace.name".into(), "shop"),
+                ("container.id".into(), "c0ffee"),
+                ("k8s.container.name".into(), "app"),
             ]
         );
         assert_eq!(host.resource, ResourceKey::Node);
@@ -456,6 +481,28 @@ pub(crate) mod tests {
         assert_eq!(a.trace_id, b.trace_id);
         assert_ne!(a.span_id, b.span_id);
         assert_ne!(a.trace_id, io.trace_id);
+    }
+
+    #[test]
+    fn owners_and_labels_go_on_the_pods_resource() {
+        use crate::enrich::{AttributionMethod, Enrichment, metadata::PodOwners};
+        let enrichment = Enrichment {
+            method: AttributionMethod::Cgroup,
+            pod_uid: Some("uid-1".into()),
+            owners: PodOwners::from_chain([("ReplicaSet", "web-5d4f"), ("Deployment", "web")]),
+            pod_labels: PodLabels([("app.kubernetes.io/name".to_owned(), "web".to_owned())].into()),
+            ..Enrichment::none()
+        };
+        let w = Workload::of(&enrichment).expect("a pod");
+        assert_eq!(
+            w.attributes(),
+            vec![
+                ("k8s.pod.uid".into(), "uid-1"),
+                ("k8s.deployment.name".into(), "web"),
+                ("k8s.replicaset.name".into(), "web-5d4f"),
+                ("k8s.pod.label.app.kubernetes.io/name".into(), "web"),
+            ]
+        );
     }
 
     #[test]

@@ -4,14 +4,17 @@ use std::{io, time::Duration};
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
 use iostall::{
-    config::{CliOverrides, Config, FileConfig, OutputKind, Protocol},
+    config::{
+        CliOverrides, Config, FileConfig, KubeClientSource, KubeMode, KubeSetting,
+        NODE_NAME_FROM_HOST, OutputKind, Protocol,
+    },
     correlate::Correlator,
     enrich::Enricher,
     metrics::{Metrics, MetricsServer},
     otlp::resource::{Resources, host_name},
     pipeline::{self, RunOptions},
     preflight,
-    runtime::start::RuntimeSources,
+    runtime::{kube, start::RuntimeSources},
     sink::{Sink, console::ConsoleSink, json::JsonSink, otlp::OtlpSink},
     tracer::{AttachRequest, TracerOptions},
 };
@@ -80,14 +83,22 @@ struct RunArgs {
     /// dockerd's socket, for container names (or "off").
     #[arg(long, value_name = "PATH")]
     docker_socket: Option<String>,
+    /// Kubernetes API enrichment (owners, pod labels): auto is on in a pod or with a
+    /// kubeconfig [default: auto].
+    #[arg(long, value_enum)]
+    kube: Option<KubeMode>,
+    /// Kubernetes API server URL, without credentials (e.g. `kubectl proxy`).
+    #[arg(long, value_name = "URL")]
+    kube_api_server: Option<String>,
+    /// This node's name, whose pods are watched [default: $NODE_NAME, else the host name].
+    #[arg(long, value_name = "NAME")]
+    kube_node_name: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("IOSTALL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .with_writer(io::stderr)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .init();
@@ -95,6 +106,30 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Probe { json }) => probe(json),
         None => run(cli.run),
     }
+}
+
+/// `IOSTALL_LOG` (default `info`). The kube crates log every failed request and retry
+/// (an ERROR per connection attempt while the API server is down, a WARN per 403); the
+/// pod index already reports each outage once with its cause, so they stay quiet unless
+/// `IOSTALL_LOG` names them.
+fn log_filter() -> EnvFilter {
+    const KUBE_QUIET: [&str; 2] = [
+        "kube_client::client::builder=off",
+        "kube_runtime::watcher=off",
+    ];
+    let spec = std::env::var("IOSTALL_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::try_new(&spec)
+        .ok()
+        .filter(|_| !spec.trim().is_empty())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    if !spec.contains("kube") {
+        for directive in KUBE_QUIET {
+            if let Ok(d) = directive.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    filter
 }
 
 fn probe(json: bool) -> anyhow::Result<()> {
@@ -134,6 +169,9 @@ fn load_config(args: RunArgs) -> anyhow::Result<Config> {
         metrics_listen: args.metrics_listen,
         containerd_socket: args.containerd_socket,
         docker_socket: args.docker_socket,
+        kube: args.kube,
+        kube_api_server: args.kube_api_server,
+        kube_node_name: args.kube_node_name,
     };
     Config::resolve(&cli, &file, &|k| std::env::var(k).ok())
         .map_err(|e| anyhow!("config error: {e}"))
@@ -147,6 +185,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let (runtime_events_tx, runtime_events_rx) =
         tokio::sync::mpsc::channel(iostall::runtime::start::EVENT_QUEUE);
     let metadata = enricher.metadata.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Never waits for the API server: the index fills in the background.
+    let kube_task = runtime.block_on(start_kube(&config.kube, &metadata))?;
     let options = RunOptions {
         tracer: TracerOptions {
             threshold_ns: (config.threshold_ms * 1e6) as u64,
@@ -159,11 +204,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         correlator: Correlator::new(&host_name()),
         metrics: metrics.clone(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let metrics_server = match config.metrics_listen.map(MetricsServer::bind) {
         Some(Ok(server)) => Some(server),
         Some(Err(e)) if config.metrics_listen_explicit => bail!("config error: {e}"),
@@ -179,7 +219,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             OutputKind::Table => Box::new(ConsoleSink::new(io::BufWriter::new(io::stdout()))),
             OutputKind::Json => Box::new(JsonSink::new(io::BufWriter::new(io::stdout()))),
             OutputKind::Otlp => {
-                let resources = Resources::from_env(&config.resource);
+                // The node name the pods were asked for, unless it is only a guess.
+                let resources = match &config.kube {
+                    KubeSetting::On(k) if k.node_name_source != NODE_NAME_FROM_HOST => {
+                        Resources::new(&config.resource, Some(k.node_name.clone()))
+                    }
+                    _ => Resources::from_env(&config.resource),
+                };
                 tracing::info!(
                     traces = %config.otlp.traces.endpoint,
                     logs = %config.otlp.logs.endpoint,
@@ -218,6 +264,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     drop(sources);
+    if let Some(task) = kube_task {
+        task.abort();
+    }
     tracing::info!(
         records = summary.records,
         ringbuf_drops = summary.kernel.ringbuf_drops,
@@ -231,6 +280,55 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "stopped"
     );
     Ok(())
+}
+
+/// Starts the Kubernetes pod index when enabled and makes the metadata cache consult
+/// it. Only a bad kubeconfig fails here (before anything is attached); an unreachable
+/// API server is one warning and a background retry.
+async fn start_kube(
+    setting: &KubeSetting,
+    metadata: &iostall::enrich::metadata::SharedMetadata,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let k = match setting {
+        KubeSetting::Off { reason } => {
+            tracing::info!("Kubernetes API enrichment off: {reason}");
+            return Ok(None);
+        }
+        KubeSetting::On(k) => k,
+    };
+    let (client, via) = match &k.client {
+        KubeClientSource::Infer => (
+            kube::ClientSource::Infer,
+            "in-cluster/kubeconfig".to_owned(),
+        ),
+        KubeClientSource::ApiServer(url) => (
+            kube::ClientSource::from_url(url)
+                .map_err(|e| anyhow!("config error: kube.api_server: {e}"))?,
+            url.clone(),
+        ),
+        KubeClientSource::Kubeconfig(path) => (
+            kube::ClientSource::from_kubeconfig(path)
+                .await
+                .map_err(|e| anyhow!("config error: kube.kubeconfig: {e}"))?,
+            path.display().to_string(),
+        ),
+    };
+    let config = kube::KubeConfig::new(k.node_name.clone())
+        .with_copy_labels(k.pod_labels.iter().cloned())
+        .with_resolve_owners(k.resolve_owners);
+    let (index, task) = kube::KubePodIndex::spawn(config, client, None);
+    metadata
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .set_pod_lookup(std::sync::Arc::new(index));
+    tracing::info!(
+        node = %k.node_name,
+        node_from = %k.node_name_source,
+        api = %via,
+        labels = ?k.pod_labels,
+        "Kubernetes API enrichment on: watching this node's pods"
+    );
+    Ok(Some(task))
 }
 
 /// Completes on Ctrl-C, SIGTERM, or after `duration`.

@@ -78,6 +78,8 @@ pub struct Finished {
     pub stderr: String,
     /// Whether it exited with success.
     pub success: bool,
+    /// From SIGINT to its exit (detaching, draining the sinks).
+    pub stop_took: Duration,
 }
 
 impl Finished {
@@ -198,7 +200,8 @@ impl Iostall {
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let signalled = Instant::now();
+        let deadline = signalled + Duration::from_secs(20);
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
@@ -209,6 +212,7 @@ impl Iostall {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        let stop_took = signalled.elapsed();
         if let Some(t) = self.stdout_thread.take() {
             let _ = t.join();
         }
@@ -220,6 +224,7 @@ impl Iostall {
             stdout,
             stderr: self.stderr_text(),
             success: status.success(),
+            stop_took,
         })
     }
 }

@@ -148,3 +148,43 @@ fn metrics_port_in_use_is_an_error_when_asked_for() {
         &format!("metrics.listen: cannot listen on 127.0.0.1:{port}"),
     );
 }
+
+#[test]
+fn kube_settings_name_their_field() {
+    // On, with no API server configured or discoverable.
+    assert_config_error(
+        &["--kube", "on"],
+        &[
+            ("KUBERNETES_SERVICE_HOST", ""),
+            ("KUBECONFIG", ""),
+            ("HOME", "/nonexistent"),
+        ],
+        "--kube: is on, but there is no API server to talk to",
+    );
+    assert_config_error(
+        &["--kube-api-server", "localhost:6443"],
+        &[],
+        "--kube-api-server: \"localhost:6443\" is not a valid http(s) URL",
+    );
+    let f = config_file(
+        "kube:\n  enabled: on\n  api_server: http://127.0.0.1:1\n  node_name: Node_1\n",
+    );
+    let path = f.path().to_str().expect("utf8 path");
+    assert_config_error(
+        &["--config", path],
+        &[],
+        "kube.node_name: \"Node_1\" is not a valid node name",
+    );
+    // A kubeconfig that exists but is not one: read at start, before anything attaches.
+    let bad = config_file("this: [is not a kubeconfig\n");
+    let f = config_file(&format!(
+        "kube:\n  enabled: on\n  node_name: node-a\n  kubeconfig: {}\n",
+        bad.path().display()
+    ));
+    let path = f.path().to_str().expect("utf8 path");
+    assert_config_error(
+        &["--config", path],
+        &[],
+        "kube.kubeconfig: failed to load the kubeconfig",
+    );
+}

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use iostall::runtime::{
-    EventSender, EventSource, RuntimeEvent, RuntimeEventKind,
+    ConnectionSettings, EventSender, EventSource, RuntimeEvent, RuntimeEventKind,
     docker::{DockerConfig, DockerSource},
     now_unix_ns,
 };

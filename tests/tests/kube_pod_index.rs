@@ -115,6 +115,14 @@ async fn kube_initial_list_resolves_deployment_owner_and_filters_labels() -> Res
     assert_eq!(info.uid, uid);
     assert_eq!(info.node.as_deref(), Some(NODE));
     assert_eq!(info.owner_name.as_deref(), Some("web"));
+    // Both levels, for k8s.replicaset.name and k8s.deployment.name.
+    assert_eq!(
+        info.owners,
+        vec![
+            ("ReplicaSet".to_owned(), "web-5d4f8c7b9".to_owned()),
+            ("Deployment".to_owned(), "web".to_owned()),
+        ]
+    );
     assert_eq!(info.pod_ip.as_deref(), Some("10.244.1.17"));
     let keys: Vec<&str> = info.labels.keys().map(String::as_str).collect();
     assert_eq!(

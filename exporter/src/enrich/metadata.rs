@@ -7,8 +7,16 @@
 //! `io.kubernetes.cri.{container-type,sandbox-id,container-name,sandbox-name,
 //! sandbox-namespace,sandbox-uid}` to the OCI spec. Either set is enough to name the pod,
 //! without any API server.
+//!
+//! When the Kubernetes API is reachable, a [`PodLookup`] (the pods of this node, see
+//! `runtime::kube`) adds what no runtime label says: the pod's owners and its
+//! allow-listed labels — and names pods known only by the uid in their cgroup path.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    sync::Arc,
+};
 
 use serde::Serialize;
 use thiserror::Error;
@@ -45,6 +53,142 @@ pub const CRI_CONTAINERD_KIND: &str = "io.cri-containerd.kind";
 pub const DOCKER_TYPE: &str = "io.kubernetes.docker.type";
 /// dockershim label: the sandbox a container belongs to.
 pub const DOCKER_SANDBOX_ID: &str = "io.kubernetes.sandbox.id";
+
+/// Prefix of the pod label attributes (semantic conventions: `k8s.pod.label.<key>`).
+pub const POD_LABEL_PREFIX: &str = "k8s.pod.label.";
+
+/// A pod's owners, by kind, as the semantic conventions name them. Each level of the
+/// chain is kept: a Deployment's pod has both `k8s.replicaset.name` and
+/// `k8s.deployment.name`, as the Collector's `k8sattributes` processor sets them.
+/// In JSON, absent owners are left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PodOwners {
+    /// `k8s.deployment.name`.
+    #[serde(
+        rename = "k8s.deployment.name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deployment: Option<String>,
+    /// `k8s.replicaset.name`.
+    #[serde(
+        rename = "k8s.replicaset.name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub replicaset: Option<String>,
+    /// `k8s.statefulset.name`.
+    #[serde(
+        rename = "k8s.statefulset.name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub statefulset: Option<String>,
+    /// `k8s.daemonset.name`.
+    #[serde(rename = "k8s.daemonset.name", skip_serializing_if = "Option::is_none")]
+    pub daemonset: Option<String>,
+    /// `k8s.job.name`.
+    #[serde(rename = "k8s.job.name", skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// `k8s.cronjob.name`.
+    #[serde(rename = "k8s.cronjob.name", skip_serializing_if = "Option::is_none")]
+    pub cronjob: Option<String>,
+}
+
+impl PodOwners {
+    /// From `(kind, name)` pairs (the pod's controller, then its owner…). Kinds without
+    /// a semantic-convention attribute (custom controllers) are skipped.
+    #[must_use]
+    pub fn from_chain<'a>(chain: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut owners = Self::default();
+        for (kind, name) in chain {
+            let slot = match kind {
+                "Deployment" => &mut owners.deployment,
+                "ReplicaSet" => &mut owners.replicaset,
+                "StatefulSet" => &mut owners.statefulset,
+                "DaemonSet" => &mut owners.daemonset,
+                "Job" => &mut owners.job,
+                "CronJob" => &mut owners.cronjob,
+                _ => continue,
+            };
+            *slot = Some(name.to_owned());
+        }
+        owners
+    }
+
+    /// Whether no owner is known.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.attributes().next().is_none()
+    }
+
+    /// `(attribute, name)` of the known owners, top owner first.
+    pub fn attributes(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("k8s.cronjob.name", &self.cronjob),
+            ("k8s.deployment.name", &self.deployment),
+            ("k8s.statefulset.name", &self.statefulset),
+            ("k8s.daemonset.name", &self.daemonset),
+            ("k8s.job.name", &self.job),
+            ("k8s.replicaset.name", &self.replicaset),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+    }
+}
+
+/// A pod's allow-listed labels, key → value. Serialized (JSON, when flattened into a
+/// record) as `k8s.pod.label.<key>` entries, the attribute names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodLabels(pub BTreeMap<String, String>);
+
+impl PodLabels {
+    /// `(k8s.pod.label.<key>, value)` of each label.
+    pub fn attributes(&self) -> impl Iterator<Item = (String, &str)> {
+        self.0
+            .iter()
+            .map(|(k, v)| (format!("{POD_LABEL_PREFIX}{k}"), v.as_str()))
+    }
+
+    /// Whether there is none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for PodLabels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.attributes() {
+            map.serialize_entry(&k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// What the Kubernetes API says about one pod of this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubePod {
+    /// The pod uid.
+    pub uid: String,
+    /// The pod name.
+    pub name: String,
+    /// The pod namespace.
+    pub namespace: String,
+    /// Its owners.
+    pub owners: PodOwners,
+    /// Its allow-listed labels.
+    pub labels: PodLabels,
+}
+
+/// Pods of this node as the Kubernetes API knows them (`runtime::kube::KubePodIndex`).
+/// Lookups are synchronous and must not wait on the network: they run on the
+/// enrich stage's thread, once per record.
+pub trait PodLookup: fmt::Debug + Send + Sync {
+    /// The pod with this uid, if known.
+    fn pod_by_uid(&self, uid: &str) -> Option<KubePod>;
+    /// The pod `namespace/name`, if known.
+    fn pod_by_name(&self, namespace: &str, name: &str) -> Option<KubePod>;
+}
 
 /// Errors building metadata.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -178,11 +322,13 @@ pub struct PodMeta {
     pub sandbox_ids: Vec<String>,
 }
 
-/// Container id → [`ContainerMeta`] and pod uid → [`PodMeta`].
+/// Container id → [`ContainerMeta`] and pod uid → [`PodMeta`], plus (optionally) the
+/// Kubernetes API's view of the node's pods.
 #[derive(Debug, Default)]
 pub struct MetadataCache {
     containers: HashMap<String, ContainerMeta>,
     pods: HashMap<String, PodMeta>,
+    kube: Option<Arc<dyn PodLookup>>,
 }
 
 impl MetadataCache {
@@ -236,6 +382,17 @@ impl MetadataCache {
     #[must_use]
     pub fn pod(&self, uid: &str) -> Option<&PodMeta> {
         self.pods.get(uid)
+    }
+
+    /// Consults `lookup` (the Kubernetes API's pods) for what runtime labels do not say.
+    pub fn set_pod_lookup(&mut self, lookup: Arc<dyn PodLookup>) {
+        self.kube = Some(lookup);
+    }
+
+    /// The Kubernetes API's pod lookup, when one is set.
+    #[must_use]
+    pub fn pod_lookup(&self) -> Option<&dyn PodLookup> {
+        self.kube.as_deref()
     }
 
     /// How many containers are known.

@@ -10,7 +10,10 @@
 //!    container's startup phases.
 //!
 //! Names, image and pod come from [`metadata::MetadataCache`], filled from runtime
-//! labels by the runtime event sources.
+//! labels by the runtime event sources. When the Kubernetes API is enabled, the cache's
+//! [`metadata::PodLookup`] adds, by pod uid, the pod's owners and allow-listed labels,
+//! and its name and namespace when no runtime said them (attribution by cgroup path
+//! alone then still names the pod).
 
 pub mod cgroup_path;
 pub mod metadata;
@@ -21,7 +24,7 @@ use serde::Serialize;
 
 use self::{
     cgroup_path::{ContainerRef, QosClass, Runtime},
-    metadata::{MetadataCache, SharedMetadata},
+    metadata::{MetadataCache, PodLabels, PodOwners, SharedMetadata},
     path_attribution::{PathKind, PathRules},
     pid_map::{CgroupIdMap, PidMap},
 };
@@ -93,6 +96,12 @@ pub struct Enrichment {
     /// The pod sandbox id.
     #[serde(rename = "iostall.sandbox.id")]
     pub sandbox_id: Option<String>,
+    /// The pod's owners (Kubernetes API): `k8s.deployment.name`, `k8s.replicaset.name`…
+    #[serde(flatten)]
+    pub owners: PodOwners,
+    /// The pod's allow-listed labels (Kubernetes API): `k8s.pod.label.<key>`.
+    #[serde(flatten)]
+    pub pod_labels: PodLabels,
 }
 
 impl Enrichment {
@@ -110,6 +119,8 @@ impl Enrichment {
             pod_namespace: None,
             qos: None,
             sandbox_id: None,
+            owners: PodOwners::default(),
+            pod_labels: PodLabels::default(),
         }
     }
 
@@ -145,6 +156,28 @@ impl Enrichment {
             fill(&mut self.pod_name, &pod.name);
             fill(&mut self.pod_namespace, &pod.namespace);
         }
+        self.fill_from_kube(metadata);
+    }
+
+    /// Adds what the Kubernetes API knows of the pod (by uid, else by namespace/name):
+    /// owners and labels, and the pod's ids where still unknown.
+    fn fill_from_kube(&mut self, metadata: &MetadataCache) {
+        let Some(kube) = metadata.pod_lookup() else {
+            return;
+        };
+        let pod = match (&self.pod_uid, &self.pod_namespace, &self.pod_name) {
+            (Some(uid), _, _) => kube.pod_by_uid(uid),
+            (None, Some(namespace), Some(name)) => kube.pod_by_name(namespace, name),
+            _ => None,
+        };
+        let Some(pod) = pod else {
+            return;
+        };
+        fill(&mut self.pod_uid, &Some(pod.uid));
+        fill(&mut self.pod_name, &Some(pod.name));
+        fill(&mut self.pod_namespace, &Some(pod.namespace));
+        self.owners = pod.owners;
+        self.pod_labels = pod.labels;
     }
 }
 
@@ -188,11 +221,13 @@ impl Enricher {
         };
         let mut out = match by_cgroup.or_else(|| self.pids.resolve(record.pid)) {
             Some(container) => Enrichment::from_container(container),
-            None => match record
-                .file_path
-                .as_deref()
-                .and_then(|p| self.paths.attribute(p))
-            {
+            None => match record.file_path.as_deref().map_or_else(
+                || {
+                    self.paths
+                        .attribute_partial(&record.parents, &record.file_name)
+                },
+                |p| self.paths.attribute(p),
+            ) {
                 Some(found) => Enrichment {
                     method: found
                         .kind
@@ -367,6 +402,79 @@ mod tests {
         assert_eq!(got.method, AttributionMethod::Path(PathKind::KubeletPod));
         assert_eq!(got.pod_name.as_deref(), Some("web-0"));
         assert_eq!(got.container_id, None);
+    }
+
+    /// A fixed pod list standing in for the Kubernetes API's index.
+    #[derive(Debug)]
+    struct Pods(Vec<metadata::KubePod>);
+
+    impl metadata::PodLookup for Pods {
+        fn pod_by_uid(&self, uid: &str) -> Option<metadata::KubePod> {
+            self.0.iter().find(|p| p.uid == uid).cloned()
+        }
+        fn pod_by_name(&self, namespace: &str, name: &str) -> Option<metadata::KubePod> {
+            self.0
+                .iter()
+                .find(|p| p.namespace == namespace && p.name == name)
+                .cloned()
+        }
+    }
+
+    #[test]
+    fn kube_names_a_pod_known_only_by_its_cgroup_and_adds_owners_and_labels() {
+        const KUBE_UID: &str = "0c4f7a8e-1111-2222-3333-444455556666";
+        // A container no runtime reported.
+        let other = "fe".repeat(32);
+        let proc_dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(proc_dir.path().join("43")).expect("mkdir");
+        fs::write(
+            proc_dir.path().join("43/cgroup"),
+            format!("0::/kubepods/besteffort/pod{KUBE_UID}/{other}\n"),
+        )
+        .expect("write");
+        let mut e = enricher(proc_dir.path());
+        // Without the API: the uid from the path, no name (no runtime knows the pod).
+        let before = e.enrich(&record(43, None));
+        assert_eq!(before.pod_uid.as_deref(), Some(KUBE_UID));
+        assert_eq!(before.pod_name, None);
+        assert!(before.owners.is_empty());
+
+        let pod = metadata::KubePod {
+            uid: KUBE_UID.into(),
+            name: "web-5d4f8c7b9-x7k2p".into(),
+            namespace: "shop".into(),
+            owners: PodOwners::from_chain([("ReplicaSet", "web-5d4f8c7b9"), ("Deployment", "web")]),
+            labels: PodLabels([("app".to_owned(), "web".to_owned())].into()),
+        };
+        e.metadata
+            .write()
+            .expect("lock")
+            .set_pod_lookup(std::sync::Arc::new(Pods(vec![pod])));
+        let got = e.enrich(&record(43, None));
+        assert_eq!(got.method, AttributionMethod::Cgroup);
+        assert_eq!(got.pod_name.as_deref(), Some("web-5d4f8c7b9-x7k2p"));
+        assert_eq!(got.pod_namespace.as_deref(), Some("shop"));
+        assert_eq!(got.owners.deployment.as_deref(), Some("web"));
+        assert_eq!(got.owners.replicaset.as_deref(), Some("web-5d4f8c7b9"));
+        let v = serde_json::to_value(&got).expect("json");
+        assert_eq!(v["k8s.deployment.name"], "web");
+        assert_eq!(v["k8s.replicaset.name"], "web-5d4f8c7b9");
+        assert_eq!(v["k8s.pod.label.app"], "web");
+        assert!(
+            v.get("k8s.statefulset.name").is_none(),
+            "absent owners left out"
+        );
+
+        // Runtime labels name the pod first; the API adds only what they lack.
+        fs::write(
+            proc_dir.path().join("43/cgroup"),
+            format!("0::/kubepods/besteffort/pod{UID}/{ID}\n"),
+        )
+        .expect("write");
+        let mut e2 = enricher(proc_dir.path());
+        let got = e2.enrich(&record(43, None));
+        assert_eq!(got.pod_name.as_deref(), Some("web-0"));
+        assert!(got.pod_labels.is_empty());
     }
 
     #[test]

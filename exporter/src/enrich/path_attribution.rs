@@ -7,12 +7,16 @@
 //! | `/run/containerd/io.containerd.runtime.v2.task/<ns>/<id>/…` | containerd task (container or sandbox) |
 //! | `/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/<id>/…` (and under `/run/containerd`) | CRI sandbox |
 //! | `/var/lib/containerd/io.containerd.grpc.v1.cri/containers/<id>/…` (and under `/run/containerd`) | CRI container |
+//! | `/run/containerd/runc/<ns>/<id>/…` | runc's state of a container |
 //! | `/var/log/pods/<ns>_<pod>_<uid>/<container>/…` | pod (and container name) |
 //! | `/var/lib/kubelet/pods/<uid>/…` | pod |
 //! | `/var/log/containers/<pod>_<ns>_<container>-<id>.log` | container of a pod |
 //!
 //! The roots are configurable ([`PathRules`]): runtimes and the kubelet can be told to
-//! use others, and tests run containerd under a temporary directory.
+//! use others, and tests run containerd under a temporary directory. containerd's
+//! plugin directories (`io.containerd.runtime.v2.task`, `io.containerd.grpc.v1.cri`)
+//! are recognised under any root as well: their names are containerd's own, and k3s,
+//! RKE2 and microk8s keep containerd elsewhere (`/var/lib/rancher/k3s/agent/containerd`…).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -32,6 +36,8 @@ pub enum PathKind {
     CriSandbox,
     /// `<containerd root or state>/io.containerd.grpc.v1.cri/containers/<id>/…`.
     CriContainer,
+    /// `<containerd state>/runc/<ns>/<id>/…` (runc's own state of the container).
+    RuncState,
     /// `<pod logs>/<ns>_<pod>_<uid>/…`.
     PodLogs,
     /// `<kubelet root>/pods/<uid>/…`.
@@ -49,6 +55,7 @@ impl PathKind {
             Self::ContainerdTask => "containerd-task",
             Self::CriSandbox => "cri-sandbox",
             Self::CriContainer => "cri-container",
+            Self::RuncState => "runc-state",
             Self::PodLogs => "pod-logs",
             Self::KubeletPod => "kubelet-pod",
             Self::ContainerLog => "container-log",
@@ -121,7 +128,99 @@ fn rest_after<'a>(path: &'a Path, prefix: &Path) -> Option<Vec<&'a str>> {
 const CRI_PLUGIN_DIR: &str = "io.containerd.grpc.v1.cri";
 const TASK_DIR: &str = "io.containerd.runtime.v2.task";
 
+/// The layouts under each root, applied to the path components after it.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    Docker,
+    ContainerdState,
+    ContainerdRoot,
+    PodLogs,
+    Kubelet,
+    ContainerLogs,
+}
+
+impl Layout {
+    /// What `rest` (the components after the root) names under this layout.
+    fn attribute(self, rest: &[&str]) -> Option<Attribution> {
+        match self {
+            Self::Docker => match rest {
+                ["containers", id, ..] if is_container_id(id) => Some(Attribution {
+                    kind: Some(PathKind::DockerContainer),
+                    container_id: Some((*id).to_owned()),
+                    ..Attribution::default()
+                }),
+                _ => None,
+            },
+            Self::ContainerdState => {
+                if let ["runc", ns, id, ..] = rest {
+                    return is_container_id(id).then(|| Attribution {
+                        kind: Some(PathKind::RuncState),
+                        container_id: Some((*id).to_owned()),
+                        containerd_namespace: Some((*ns).to_owned()),
+                        ..Attribution::default()
+                    });
+                }
+                task_dir(rest).or_else(|| cri_dir(rest))
+            }
+            Self::ContainerdRoot => cri_dir(rest),
+            Self::PodLogs => {
+                let [dir, more @ ..] = rest else {
+                    return None;
+                };
+                let (namespace, name, uid) = split_pod_log_dir(dir)?;
+                // `<container>/<n>.log`: the container's name (not the pod-level dir).
+                let container_name = match more {
+                    [container, _file, ..] => Some((*container).to_owned()),
+                    _ => None,
+                };
+                Some(Attribution {
+                    kind: Some(PathKind::PodLogs),
+                    container_name,
+                    pod_uid: Some(uid.to_owned()),
+                    pod_name: Some(name.to_owned()),
+                    pod_namespace: Some(namespace.to_owned()),
+                    ..Attribution::default()
+                })
+            }
+            Self::Kubelet => match rest {
+                ["pods", uid, ..] if !uid.is_empty() => Some(Attribution {
+                    kind: Some(PathKind::KubeletPod),
+                    pod_uid: Some((*uid).to_owned()),
+                    ..Attribution::default()
+                }),
+                _ => None,
+            },
+            Self::ContainerLogs => match rest {
+                [file] => container_log_name(file),
+                _ => None,
+            },
+        }
+    }
+}
+
 impl PathRules {
+    /// Each root with its layout, in the order they are tried.
+    fn roots(&self) -> Vec<(PathBuf, Layout)> {
+        // `/var/run` is a symlink to `/run`; paths may be spelled either way.
+        let var_run_state = self
+            .containerd_state
+            .strip_prefix("/run")
+            .ok()
+            .map(|rest| Path::new("/var/run").join(rest));
+        let mut roots = vec![
+            (self.docker_root.clone(), Layout::Docker),
+            (self.containerd_state.clone(), Layout::ContainerdState),
+        ];
+        roots.extend(var_run_state.map(|p| (p, Layout::ContainerdState)));
+        roots.extend([
+            (self.containerd_root.clone(), Layout::ContainerdRoot),
+            (self.pod_logs.clone(), Layout::PodLogs),
+            (self.kubelet_root.clone(), Layout::Kubelet),
+            (self.container_logs.clone(), Layout::ContainerLogs),
+        ]);
+        roots
+    }
+
     /// The container or pod `path` names, if any rule matches.
     #[must_use]
     pub fn attribute(&self, path: &str) -> Option<Attribution> {
@@ -129,75 +228,79 @@ impl PathRules {
         if !path.is_absolute() {
             return None;
         }
-        if let Some(rest) = rest_after(path, &self.docker_root) {
-            return match rest.as_slice() {
-                ["containers", id, ..] if is_container_id(id) => Some(Attribution {
-                    kind: Some(PathKind::DockerContainer),
-                    container_id: Some((*id).to_owned()),
-                    ..Attribution::default()
-                }),
-                _ => None,
-            };
-        }
-        // `/var/run` is a symlink to `/run`; paths may be spelled either way.
-        let var_run_state = self
-            .containerd_state
-            .strip_prefix("/run")
-            .ok()
-            .map(|rest| Path::new("/var/run").join(rest));
-        for state in std::iter::once(&self.containerd_state).chain(var_run_state.as_ref()) {
-            if let Some(rest) = rest_after(path, state) {
-                if let [TASK_DIR, ns, id, ..] = rest.as_slice() {
-                    return is_container_id(id).then(|| Attribution {
-                        kind: Some(PathKind::ContainerdTask),
-                        container_id: Some((*id).to_owned()),
-                        containerd_namespace: Some((*ns).to_owned()),
-                        ..Attribution::default()
-                    });
-                }
-                return cri_dir(&rest);
+        for (root, layout) in self.roots() {
+            if let Some(rest) = rest_after(path, &root) {
+                return layout.attribute(&rest);
             }
         }
-        if let Some(rest) = rest_after(path, &self.containerd_root) {
-            return cri_dir(&rest);
-        }
-        if let Some(rest) = rest_after(path, &self.pod_logs) {
-            let [dir, more @ ..] = rest.as_slice() else {
-                return None;
-            };
-            let (namespace, name, uid) = split_pod_log_dir(dir)?;
-            // `<container>/<n>.log`: the container's name (not the pod-level dir itself).
-            let container_name = match more {
-                [container, _file, ..] => Some((*container).to_owned()),
-                _ => None,
-            };
-            return Some(Attribution {
-                kind: Some(PathKind::PodLogs),
-                container_name,
-                pod_uid: Some(uid.to_owned()),
-                pod_name: Some(name.to_owned()),
-                pod_namespace: Some(namespace.to_owned()),
-                ..Attribution::default()
-            });
-        }
-        if let Some(rest) = rest_after(path, &self.kubelet_root) {
-            return match rest.as_slice() {
-                ["pods", uid, ..] if !uid.is_empty() => Some(Attribution {
-                    kind: Some(PathKind::KubeletPod),
-                    pod_uid: Some((*uid).to_owned()),
-                    ..Attribution::default()
-                }),
-                _ => None,
-            };
-        }
-        if let Some(rest) = rest_after(path, &self.container_logs) {
-            return match rest.as_slice() {
-                [file] => container_log_name(file),
-                _ => None,
-            };
-        }
-        None
+        containerd_dirs_anywhere(path)
     }
+
+    /// The same for a path known only by its last directories (`parents`, nearest
+    /// first) and file name — the kernel sends a bounded number of parents, and
+    /// `/var/lib/containerd/io.containerd.grpc.v1.cri/containers/<id>/status` is deeper
+    /// than that. Each root is then recognised by its last component (`docker`,
+    /// `containerd`, `kubelet`, `pods`, `containers`), and what follows it must have
+    /// that root's layout: the layouts are specific enough (64-hex ids,
+    /// `<ns>_<pod>_<uid>`) that a directory of the same name elsewhere does not match.
+    #[must_use]
+    pub fn attribute_partial(&self, parents: &[String], file_name: &str) -> Option<Attribution> {
+        let components: Vec<&str> = parents
+            .iter()
+            .rev()
+            .map(String::as_str)
+            .chain(std::iter::once(file_name))
+            .collect();
+        if components
+            .iter()
+            .any(|c| c.is_empty() || *c == ".." || *c == ".")
+        {
+            return None;
+        }
+        for (root, layout) in self.roots() {
+            let Some(anchor) = root.file_name().and_then(|a| a.to_str()) else {
+                continue;
+            };
+            for (at, _) in components.iter().enumerate().filter(|(_, c)| **c == anchor) {
+                if let Some(found) = layout.attribute(&components[at + 1..]) {
+                    return Some(found);
+                }
+            }
+        }
+        let at = components
+            .iter()
+            .position(|c| *c == TASK_DIR || *c == CRI_PLUGIN_DIR)?;
+        task_dir(&components[at..]).or_else(|| cri_dir(&components[at..]))
+    }
+}
+
+/// `io.containerd.runtime.v2.task/<ns>/<id>/…` under a containerd dir.
+fn task_dir(rest: &[&str]) -> Option<Attribution> {
+    let [TASK_DIR, ns, id, ..] = rest else {
+        return None;
+    };
+    is_container_id(id).then(|| Attribution {
+        kind: Some(PathKind::ContainerdTask),
+        container_id: Some((*id).to_owned()),
+        containerd_namespace: Some((*ns).to_owned()),
+        ..Attribution::default()
+    })
+}
+
+/// containerd's plugin directories wherever containerd's root or state is.
+fn containerd_dirs_anywhere(path: &Path) -> Option<Attribution> {
+    let components: Vec<&str> = path
+        .components()
+        .skip(1)
+        .map(|c| match c {
+            Component::Normal(s) => s.to_str(),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let at = components
+        .iter()
+        .position(|c| *c == TASK_DIR || *c == CRI_PLUGIN_DIR)?;
+    task_dir(&components[at..]).or_else(|| cri_dir(&components[at..]))
 }
 
 /// `io.containerd.grpc.v1.cri/{sandboxes,containers}/<id>/…` under a containerd dir.
@@ -380,11 +483,147 @@ mod tests {
             .attribute(&format!("/tmp/ctd/pods/ns_p_{UID}/c/0.log"))
             .expect("pod logs");
         assert_eq!(got.pod_uid.as_deref(), Some(UID));
-        assert_eq!(
-            rules.attribute(&format!(
+        // Outside the configured roots, containerd's own directory names still count;
+        // runc's (a plain `runc/`) and docker's do not.
+        let got = rules
+            .attribute(&format!(
                 "/run/containerd/io.containerd.runtime.v2.task/k8s.io/{ID}/x"
-            )),
+            ))
+            .expect("a task under another state dir");
+        assert_eq!(got.kind, Some(PathKind::ContainerdTask));
+        assert_eq!(
+            rules.attribute(&format!("/run/containerd/runc/k8s.io/{ID}/x")),
             None
         );
+        assert_eq!(
+            rules.attribute(&format!("/tmp/ctd/state/runc/k8s.io/{ID}/exec.fifo")),
+            Some(Attribution {
+                kind: Some(PathKind::RuncState),
+                container_id: Some(ID.into()),
+                containerd_namespace: Some("k8s.io".into()),
+                ..Attribution::default()
+            })
+        );
+    }
+
+    /// Paths as the kernel sends them: the file name and its nearest parents (four at
+    /// most), not reaching the filesystem's root.
+    #[test]
+    fn partial_paths_of_real_depth() {
+        let rules = PathRules::default();
+        let partial = |path: &str| -> (Vec<String>, String) {
+            let mut parts: Vec<String> = path.split('/').map(str::to_owned).collect();
+            let name = parts.pop().unwrap_or_default();
+            parts.reverse();
+            parts.truncate(exporter_common::MAX_PARENTS);
+            (parts, name)
+        };
+        let cases = [
+            (
+                format!(
+                    "var/lib/containerd/io.containerd.grpc.v1.cri/containers/{ID}/.tmp-status1"
+                ),
+                Some(PathKind::CriContainer),
+            ),
+            (
+                format!("state/io.containerd.runtime.v2.task/k8s.io/{ID}/.address"),
+                Some(PathKind::ContainerdTask),
+            ),
+            (
+                format!("var/lib/docker/containers/{ID}/.tmp-hostconfig.json378595825"),
+                Some(PathKind::DockerContainer),
+            ),
+            (
+                format!("var/log/pods/ns_web-0_{UID}/app/0.log"),
+                Some(PathKind::PodLogs),
+            ),
+            (
+                format!("var/lib/kubelet/pods/{UID}/etc-hosts"),
+                Some(PathKind::KubeletPod),
+            ),
+            (
+                format!("var/log/containers/web-0_ns_app-{ID}.log"),
+                Some(PathKind::ContainerLog),
+            ),
+            (
+                format!("run/containerd/runc/k8s.io/{ID}/exec.fifo"),
+                Some(PathKind::RuncState),
+            ),
+            // Same directory names, other layouts: nothing.
+            ("home/me/docker/containers/notes.txt".to_owned(), None),
+            ("srv/pods/readme/x".to_owned(), None),
+            (
+                "var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db".to_owned(),
+                None,
+            ),
+            // Too deep: the id is beyond the parents the kernel sends.
+            (
+                format!("var/lib/kubelet/pods/{UID}/volumes/kubernetes.io~empty-dir/data/x/f"),
+                None,
+            ),
+        ];
+        for (path, want) in cases {
+            let (parents, name) = partial(&path);
+            let got = rules.attribute_partial(&parents, &name);
+            assert_eq!(got.as_ref().and_then(|a| a.kind), want, "path {path:?}");
+        }
+        let (parents, name) = partial(&format!("var/log/pods/ns_web-0_{UID}/app/0.log"));
+        let got = rules.attribute_partial(&parents, &name).expect("pod logs");
+        assert_eq!(
+            (
+                got.pod_namespace.as_deref(),
+                got.pod_name.as_deref(),
+                got.pod_uid.as_deref()
+            ),
+            (Some("ns"), Some("web-0"), Some(UID))
+        );
+        assert_eq!(got.container_name.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn containerd_dirs_under_other_roots() {
+        let rules = PathRules::default();
+        let cases = [
+            (
+                format!(
+                    "/var/lib/rancher/k3s/agent/containerd/io.containerd.grpc.v1.cri/containers/{ID}/.tmp-status1108617431"
+                ),
+                Some(PathKind::CriContainer),
+            ),
+            (
+                format!("/run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io/{ID}/.address"),
+                Some(PathKind::ContainerdTask),
+            ),
+            (
+                format!(
+                    "/var/snap/microk8s/common/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/{ID}/hostname"
+                ),
+                Some(PathKind::CriSandbox),
+            ),
+            (
+                "/var/lib/rancher/k3s/agent/containerd/io.containerd.metadata.v1.bolt/meta.db"
+                    .to_owned(),
+                None,
+            ),
+            (
+                "/x/io.containerd.grpc.v1.cri/containers/not-an-id/status".to_owned(),
+                None,
+            ),
+            (
+                format!("/x/../io.containerd.grpc.v1.cri/containers/{ID}/status"),
+                None,
+            ),
+        ];
+        for (path, want) in cases {
+            let got = rules.attribute(&path);
+            assert_eq!(got.as_ref().and_then(|a| a.kind), want, "path {path:?}");
+            if want.is_some() {
+                assert_eq!(
+                    got.and_then(|a| a.container_id).as_deref(),
+                    Some(ID),
+                    "{path}"
+                );
+            }
+        }
     }
 }

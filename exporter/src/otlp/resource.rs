@@ -106,7 +106,7 @@ impl Resources {
                 let mut resource = self.node.clone();
                 resource
                     .attributes
-                    .extend(w.attributes().into_iter().map(|(k, v)| kv_str(k, v)));
+                    .extend(w.attributes().into_iter().map(|(k, v)| kv_str(&k, v)));
                 Cow::Owned(resource)
             }
         }

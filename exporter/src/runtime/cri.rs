@@ -4,9 +4,9 @@
 //! Every [`CriConfig::interval`] (and whenever [`CriRefresh::request`] asks) the poller
 //! calls `ListPodSandbox` and `ListContainers` and stores, per sandbox and container,
 //! the pod's name, namespace and uid, the container's name, attempt and sandbox id
-//! ([`sandbox_meta`], [`container_meta`]). What it listed before and no longer lists is
-//! removed from the cache (only what it added: the containerd source's entries of other
-//! namespaces stay).
+//! ([`sandbox_meta`], [`container_meta`]). What it listed before and no longer lists
+//! leaves the cache after [`CriConfig::deleted_grace`] (only what it added: the
+//! containerd source's entries of other namespaces stay).
 //!
 //! Once per connection it also tries `GetContainerEvents` (containerd ≥ 1.7, CRI-O):
 //! each event then triggers a poll at once. containerd 1.6 answers `UNIMPLEMENTED`;
@@ -31,8 +31,9 @@ use tokio::{sync::Notify, task::JoinHandle};
 use tonic::transport::Channel;
 
 use super::{
-    Backoff, Reconnect,
+    Connection, ConnectionSettings, Reconnect,
     containerd::{SharedMetadata, merge_metadata},
+    forget_after,
 };
 use crate::enrich::{
     cgroup_path::Runtime,
@@ -149,38 +150,32 @@ pub struct PollSummary {
 /// Settings of the CRI poller.
 #[derive(Debug, Clone)]
 pub struct CriConfig {
-    /// The CRI socket. Default [`DEFAULT_SOCKET`].
-    pub socket: PathBuf,
+    /// The socket, call timeout and reconnect delays. Default socket [`DEFAULT_SOCKET`].
+    pub connection: Connection,
     /// Time between polls. Default 10 s.
     pub interval: Duration,
-    /// Timeout of each call. Default 5 s.
-    pub call_timeout: Duration,
-    /// First reconnect delay. Default 250 ms.
-    pub backoff_initial: Duration,
-    /// Longest reconnect delay. Default 30 s.
-    pub backoff_max: Duration,
+    /// How long a container the runtime stopped listing stays in the metadata cache.
+    /// Default [`super::start::DELETED_GRACE`].
+    pub deleted_grace: Duration,
 }
 
 impl Default for CriConfig {
     fn default() -> Self {
         Self {
-            socket: PathBuf::from(DEFAULT_SOCKET),
+            connection: Connection::new(DEFAULT_SOCKET),
             interval: Duration::from_secs(10),
-            call_timeout: Duration::from_secs(5),
-            backoff_initial: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(30),
+            deleted_grace: super::start::DELETED_GRACE,
         }
     }
 }
 
-impl CriConfig {
-    /// Uses another socket.
-    #[must_use]
-    pub fn with_socket(mut self, socket: impl Into<PathBuf>) -> Self {
-        self.socket = socket.into();
-        self
+impl ConnectionSettings for CriConfig {
+    fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.connection
     }
+}
 
+impl CriConfig {
     /// Polls every `interval` (at least 100 ms).
     #[must_use]
     pub fn with_interval(mut self, interval: Duration) -> Self {
@@ -188,11 +183,10 @@ impl CriConfig {
         self
     }
 
-    /// Uses other reconnect delays.
+    /// Keeps containers the runtime no longer lists this long (zero: forget at once).
     #[must_use]
-    pub fn with_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.backoff_initial = initial;
-        self.backoff_max = max;
+    pub fn with_deleted_grace(mut self, grace: Duration) -> Self {
+        self.deleted_grace = grace;
         self
     }
 }
@@ -296,10 +290,7 @@ impl CriPoller {
 
     /// Polls forever (abort the task to stop), reconnecting with backoff.
     pub async fn run(mut self) {
-        let mut reconnect = Reconnect::new(
-            format!("CRI at {}", self.config.socket.display()),
-            Backoff::new(self.config.backoff_initial, self.config.backoff_max),
-        );
+        let mut reconnect = self.config.connection.reconnect("CRI");
         let mut try_events = true;
         loop {
             let error = self.connection(&mut reconnect, &mut try_events).await;
@@ -343,10 +334,10 @@ impl CriPoller {
     }
 
     async fn connect(&self) -> Result<RuntimeServiceClient<Channel>, CriError> {
-        let channel = containerd_client::connect(&self.config.socket)
+        let channel = containerd_client::connect(&self.config.connection.socket)
             .await
             .map_err(|source| CriError::Connect {
-                socket: self.config.socket.clone(),
+                socket: self.config.connection.socket.clone(),
                 source,
             })?;
         Ok(RuntimeServiceClient::new(channel))
@@ -357,7 +348,7 @@ impl CriPoller {
         &mut self,
         client: &mut RuntimeServiceClient<Channel>,
     ) -> Result<PollSummary, CriError> {
-        let timeout = self.config.call_timeout;
+        let timeout = self.config.connection.call_timeout;
         let sandboxes = timed(
             "ListPodSandbox",
             timeout,
@@ -382,14 +373,8 @@ impl CriPoller {
             merge_metadata(&self.metadata, meta);
         }
         let gone: Vec<&String> = self.known.difference(&seen).collect();
-        if !gone.is_empty() {
-            let mut cache = self
-                .metadata
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for id in &gone {
-                cache.remove(id);
-            }
+        for id in &gone {
+            forget_after(&self.metadata, (*id).clone(), self.config.deleted_grace);
         }
         let summary = PollSummary {
             sandboxes: sandboxes.len(),

@@ -13,7 +13,6 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -25,7 +24,8 @@ use serde::Deserialize;
 use tokio::{net::UnixStream, task::JoinHandle};
 
 use super::{
-    Backoff, EventSender, EventSource, Reconnect, RuntimeEvent, RuntimeEventKind, SendOutcome,
+    Connection, ConnectionSettings, EventSender, EventSource, Reconnect, RuntimeEvent,
+    RuntimeEventKind, SendOutcome,
 };
 use crate::enrich::metadata::{DOCKER_SANDBOX_ID, DOCKER_TYPE};
 
@@ -413,38 +413,21 @@ pub fn listed_event(c: &ContainerSummary, now_ns: u64) -> RuntimeEvent {
 /// Settings of the Docker source.
 #[derive(Debug, Clone)]
 pub struct DockerConfig {
-    /// dockerd's socket. Default [`DEFAULT_SOCKET`].
-    pub socket: PathBuf,
-    /// First reconnect delay. Default 250 ms.
-    pub backoff_initial: Duration,
-    /// Longest reconnect delay. Default 30 s.
-    pub backoff_max: Duration,
+    /// The socket and reconnect delays. Default socket [`DEFAULT_SOCKET`].
+    pub connection: Connection,
 }
 
 impl Default for DockerConfig {
     fn default() -> Self {
         Self {
-            socket: PathBuf::from(DEFAULT_SOCKET),
-            backoff_initial: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(30),
+            connection: Connection::new(DEFAULT_SOCKET),
         }
     }
 }
 
-impl DockerConfig {
-    /// Uses another socket.
-    #[must_use]
-    pub fn with_socket(mut self, socket: impl Into<PathBuf>) -> Self {
-        self.socket = socket.into();
-        self
-    }
-
-    /// Uses other reconnect delays.
-    #[must_use]
-    pub fn with_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.backoff_initial = initial;
-        self.backoff_max = max;
-        self
+impl ConnectionSettings for DockerConfig {
+    fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.connection
     }
 }
 
@@ -461,7 +444,7 @@ impl DockerSource {
     #[must_use]
     pub fn new(config: DockerConfig, sender: EventSender) -> Self {
         Self {
-            client: DockerClient::new(config.socket.clone()),
+            client: DockerClient::new(config.connection.socket.clone()),
             config,
             sender,
         }
@@ -475,10 +458,7 @@ impl DockerSource {
 
     /// Follows dockerd until the receiver is dropped, reconnecting with backoff.
     pub async fn run(self) {
-        let mut reconnect = Reconnect::new(
-            format!("docker events at {}", self.config.socket.display()),
-            Backoff::new(self.config.backoff_initial, self.config.backoff_max),
-        );
+        let mut reconnect = self.config.connection.reconnect("docker events");
         // Resume point: the source's start, so a dockerd that comes up later still
         // replays what it did before the first subscription.
         let mut cursor = Cursor::starting_at(super::now_unix_ns());

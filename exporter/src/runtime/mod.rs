@@ -15,8 +15,9 @@ pub mod start;
 use std::{
     collections::BTreeMap,
     fmt,
+    path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -27,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::enrich::{
     cgroup_path::Runtime,
-    metadata::{ContainerMeta, DOCKER_SANDBOX_ID, LABEL_POD_UID},
+    metadata::{ContainerKind, ContainerMeta, DOCKER_SANDBOX_ID, LABEL_POD_UID, SharedMetadata},
 };
 
 /// Which source reported an event.
@@ -318,6 +319,102 @@ impl EventSender {
     }
 }
 
+/// How a source reaches its runtime; shared by the containerd, CRI and docker sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// The runtime's unix socket.
+    pub socket: PathBuf,
+    /// Timeout of each unary call. Default 5 s.
+    pub call_timeout: Duration,
+    /// First reconnect delay. Default 250 ms.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay. Default 30 s.
+    pub backoff_max: Duration,
+}
+
+impl Connection {
+    /// Default timeouts and delays, at `socket`.
+    #[must_use]
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            call_timeout: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// The reconnect state of a source called `what` (`containerd events`, `CRI`…) on
+    /// this connection; its log lines name the socket.
+    #[must_use]
+    pub fn reconnect(&self, what: &str) -> Reconnect {
+        Reconnect::for_socket(
+            format!("{what} at {}", self.socket.display()),
+            &self.socket,
+            Backoff::new(self.backoff_initial, self.backoff_max),
+        )
+    }
+}
+
+/// The builder methods every source config has, written once over its [`Connection`].
+pub trait ConnectionSettings: Sized {
+    /// The config's connection.
+    fn connection_mut(&mut self) -> &mut Connection;
+
+    /// Uses another socket.
+    #[must_use]
+    fn with_socket(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.connection_mut().socket = socket.into();
+        self
+    }
+
+    /// Uses other reconnect delays.
+    #[must_use]
+    fn with_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        let connection = self.connection_mut();
+        connection.backoff_initial = initial;
+        connection.backoff_max = max;
+        self
+    }
+
+    /// Uses another timeout for each call.
+    #[must_use]
+    fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_mut().call_timeout = timeout;
+        self
+    }
+}
+
+/// Forgets a deleted container after `grace`, in the background: its last IO may
+/// still be on its way through the pipeline when the runtime says it is gone, and
+/// should keep its names. A sandbox's pod goes with it when it was the pod's only
+/// sandbox.
+pub fn forget_after(metadata: &SharedMetadata, id: String, grace: Duration) {
+    let metadata = metadata.clone();
+    let forget = move || {
+        let mut cache = metadata.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(meta) = cache.remove(&id) else {
+            return;
+        };
+        if meta.kind == Some(ContainerKind::Sandbox)
+            && let Some(uid) = &meta.pod_uid
+            && cache
+                .pod(uid)
+                .is_some_and(|p| p.sandbox_ids.iter().all(|s| *s == id))
+        {
+            cache.remove_pod(uid);
+        }
+    };
+    if grace.is_zero() {
+        forget();
+    } else {
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            forget();
+        });
+    }
+}
+
 /// Exponential backoff with jitter.
 ///
 /// Defaults: 250 ms initial, ×2 per failure, 30 s cap; each delay is drawn uniformly
@@ -369,18 +466,38 @@ impl Backoff {
 pub struct Reconnect {
     what: String,
     backoff: Backoff,
+    socket: Option<PathBuf>,
+    ever_connected: bool,
     down_since: Option<Instant>,
     failures: u64,
     outages: u64,
 }
 
 impl Reconnect {
+    /// For a source at a unix socket: an outage before the first connection, while
+    /// the socket does not exist, is logged at INFO (the runtime is simply not installed
+    /// or not started yet); every other outage is a warning.
+    #[must_use]
+    pub fn for_socket(what: impl Into<String>, socket: &Path, backoff: Backoff) -> Self {
+        Self {
+            socket: Some(socket.to_path_buf()),
+            ..Self::new(what, backoff)
+        }
+    }
+
+    /// Never reached, and its socket is absent.
+    fn runtime_absent(&self) -> bool {
+        !self.ever_connected && self.socket.as_deref().is_some_and(|s| !s.exists())
+    }
+
     /// For a source named `what` (e.g. `docker events at /var/run/docker.sock`).
     #[must_use]
     pub fn new(what: impl Into<String>, backoff: Backoff) -> Self {
         Self {
             what: what.into(),
             backoff,
+            socket: None,
+            ever_connected: false,
             down_since: None,
             failures: 0,
             outages: 0,
@@ -395,11 +512,23 @@ impl Reconnect {
         if self.down_since.is_none() {
             self.down_since = Some(Instant::now());
             self.outages += 1;
-            tracing::warn!(
-                source = %self.what,
-                "{} unavailable, retrying in the background with backoff: {error}",
-                self.what
-            );
+            if self.runtime_absent() {
+                // A node without this runtime is normal (docker-less nodes, CRI-O nodes):
+                // worth a line, not a warning. A runtime that was reached and went away
+                // is still a warning.
+                tracing::info!(
+                    source = %self.what,
+                    "{} unavailable, retrying in the background with backoff: \
+                     the socket does not exist (no such runtime on this host yet)",
+                    self.what
+                );
+            } else {
+                tracing::warn!(
+                    source = %self.what,
+                    "{} unavailable, retrying in the background with backoff: {error}",
+                    self.what
+                );
+            }
         } else {
             tracing::debug!(source = %self.what, ?delay, "still unavailable: {error}");
         }
@@ -413,6 +542,7 @@ impl Reconnect {
 
     /// Records a success: resets the backoff and logs the end of an outage.
     pub fn connected(&mut self) {
+        self.ever_connected = true;
         self.backoff.reset();
         if let Some(since) = self.down_since.take() {
             tracing::info!(
@@ -466,6 +596,22 @@ mod tests {
         r.connected();
         let _ = r.failed(&"refused");
         assert_eq!(r.outages(), 2);
+    }
+
+    #[test]
+    fn an_absent_socket_is_news_only_until_the_runtime_was_reached() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut absent =
+            Reconnect::for_socket("x", &dir.path().join("none.sock"), Backoff::default());
+        assert!(absent.runtime_absent());
+        absent.connected();
+        assert!(
+            !absent.runtime_absent(),
+            "a runtime that was reached and went away is a warning"
+        );
+        let present = Reconnect::for_socket("y", dir.path(), Backoff::default());
+        assert!(!present.runtime_absent());
+        assert!(!Reconnect::new("z", Backoff::default()).runtime_absent());
     }
 
     #[test]

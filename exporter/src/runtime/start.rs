@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::{EventSender, RuntimeEvent, RuntimeEventKind, containerd, cri, docker};
+use super::{
+    ConnectionSettings, EventSender, RuntimeEvent, RuntimeEventKind, containerd, cri, docker,
+    forget_after,
+};
 use crate::{
     config::SourcesConfig,
     enrich::metadata::{SharedMetadata, merge_metadata},
@@ -94,13 +97,7 @@ pub fn apply(metadata: &SharedMetadata, event: &RuntimeEvent) {
     );
     if event.kind == RuntimeEventKind::ContainerDeleted {
         if let Some(id) = event.container_id.clone() {
-            let metadata = metadata.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(DELETED_GRACE).await;
-                if let Ok(mut cache) = metadata.write() {
-                    cache.remove(&id);
-                }
-            });
+            forget_after(metadata, id, DELETED_GRACE);
         }
         return;
     }
