@@ -130,7 +130,7 @@ pub async fn run(
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 if tx.try_send(SinkItem::Runtime(event)).is_err() {
-                    metrics.add_dropped(DropReason::SinkQueueFull, 1);
+                    metrics.add_dropped_events(DropReason::SinkQueueFull, 1);
                 }
             }
         })
@@ -274,7 +274,7 @@ fn start_lifecycle(
                 match stage.handle(&item) {
                     Ok(Some(event)) => {
                         if tx.try_send(SinkItem::Runtime(event)).is_err() {
-                            metrics.add_dropped(DropReason::SinkQueueFull, 1);
+                            metrics.add_dropped_events(DropReason::SinkQueueFull, 1);
                         }
                     }
                     Ok(None) => {}

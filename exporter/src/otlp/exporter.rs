@@ -7,7 +7,8 @@
 //!
 //! Loss is counted, never hidden: a batch whose export still fails after
 //! `max_attempts` tries (or is rejected as not retryable) adds its records to
-//! `iostall_dropped_records_total{reason="otlp_export_failed"}`.
+//! `iostall_dropped_records_total{reason="otlp_export_failed"}` and its runtime events
+//! to `iostall_dropped_runtime_events_total{reason="otlp_export_failed"}`.
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -110,8 +111,11 @@ impl ExportTask {
             .deadline()
             .is_some_and(|d| tokio::time::Instant::now() >= d)
         {
+            let spans = batch.iter().filter(|i| i.io().is_some()).count() as u64;
             self.metrics
-                .add_dropped(DropReason::OtlpExportFailed, batch.len() as u64);
+                .add_dropped(DropReason::OtlpExportFailed, spans);
+            self.metrics
+                .add_dropped_events(DropReason::OtlpExportFailed, batch.len() as u64 - spans);
             tracing::warn!(
                 records = batch.len(),
                 "OTLP: shutting down, records dropped"
@@ -141,15 +145,14 @@ impl ExportTask {
         if logs_ok {
             self.metrics.add_exported_logs(n);
         }
-        // An item is lost when any of its signals is: everything with the logs, the
-        // slow operations (their spans) with the traces.
-        let lost = if logs_ok {
-            if traces_ok { 0 } else { spans }
-        } else {
-            n
-        };
-        if lost > 0 {
-            self.metrics.add_dropped(DropReason::OtlpExportFailed, lost);
+        // A record is lost when either of its signals is; a runtime event with the logs.
+        if !(traces_ok && logs_ok) {
+            self.metrics
+                .add_dropped(DropReason::OtlpExportFailed, spans);
+        }
+        if !logs_ok {
+            self.metrics
+                .add_dropped_events(DropReason::OtlpExportFailed, n - spans);
         }
     }
 

@@ -3,8 +3,9 @@
 //!
 //! [`Sink::record`] and [`Sink::runtime_event`] only `try_send` into the exporter's one
 //! bounded queue (`otlp.queue_size` items); when the collector is slow or down the queue
-//! fills, further items are dropped and counted as `otlp_queue_full`, and a warning is
-//! logged at most every 10 s.
+//! fills, further items are dropped and counted as `otlp_queue_full` (records in
+//! `iostall_dropped_records_total`, runtime events in
+//! `iostall_dropped_runtime_events_total`), and a warning is logged at most every 10 s.
 //! Memory stays bounded by the queue and one batch in flight.
 use std::{
     sync::Arc,
@@ -102,8 +103,14 @@ impl OtlpSink {
         let Some(tx) = &self.tx else {
             return;
         };
-        if tx.try_send(item).is_err() {
-            self.metrics.add_dropped(DropReason::OtlpQueueFull, 1);
+        if let Err(TrySendError::Full(item) | TrySendError::Closed(item)) = tx.try_send(item) {
+            match item {
+                ExportItem::Io(_) => self.metrics.add_dropped(DropReason::OtlpQueueFull, 1),
+                ExportItem::Runtime(_) => {
+                    self.metrics
+                        .add_dropped_events(DropReason::OtlpQueueFull, 1);
+                }
+            }
             self.unreported_drops += 1;
             self.report_drops(false);
         }
@@ -202,12 +209,18 @@ mod tests {
             sink.runtime_event(&ev).expect("never fails");
         }
         sink.close();
-        let lost = metrics.dropped(DropReason::OtlpQueueFull)
-            + metrics.dropped(DropReason::OtlpExportFailed);
+        let lost = metrics.dropped_events(DropReason::OtlpQueueFull)
+            + metrics.dropped_events(DropReason::OtlpExportFailed);
         assert_eq!(lost, n, "every event exported or counted as dropped");
         assert!(
-            metrics.dropped(DropReason::OtlpQueueFull) > 0,
+            metrics.dropped_events(DropReason::OtlpQueueFull) > 0,
             "a 10-item queue overflows"
+        );
+        assert_eq!(
+            metrics.dropped(DropReason::OtlpQueueFull)
+                + metrics.dropped(DropReason::OtlpExportFailed),
+            0,
+            "no IO record was lost: the records series stays theirs"
         );
         assert_eq!(metrics.exported_logs(), 0);
     }
