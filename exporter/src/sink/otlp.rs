@@ -3,7 +3,8 @@
 //!
 //! [`Sink::record`] and [`Sink::runtime_event`] only `try_send` into the exporter's one
 //! bounded queue (`otlp.queue_size` items); when the collector is slow or down the queue
-//! fills, further items are dropped and counted as `otlp_queue_full` (records in
+//! fills, further items are dropped and counted as `otlp_queue_full` (runtime events
+//! already when it is half full, so that they never crowd out slow operations; records in
 //! `iostall_dropped_records_total`, runtime events in
 //! `iostall_dropped_runtime_events_total`), and a warning is logged at most every 10 s.
 //! Memory stays bounded by the queue and one batch in flight.
@@ -48,6 +49,8 @@ pub struct OtlpSink {
     metrics: Arc<Metrics>,
     unreported_drops: u64,
     last_warn: Option<Instant>,
+    /// The queue's capacity: runtime events may only take its first half.
+    queue_size: usize,
 }
 
 impl OtlpSink {
@@ -78,6 +81,7 @@ impl OtlpSink {
             closing,
             metrics,
             unreported_drops: 0,
+            queue_size: config.queue_size,
             last_warn: None,
         })
     }
@@ -103,7 +107,18 @@ impl OtlpSink {
         let Some(tx) = &self.tx else {
             return;
         };
-        if let Err(TrySendError::Full(item) | TrySendError::Closed(item)) = tx.try_send(item) {
+        // Slow IO is what iostall is for: a burst of runtime events (the kernel reports
+        // every process exit in every container) never takes the last half of the queue.
+        let crowded = matches!(item, ExportItem::Runtime(_)) && tx.capacity() * 2 < self.queue_size;
+        let refused = if crowded {
+            Some(item)
+        } else {
+            match tx.try_send(item) {
+                Ok(()) => None,
+                Err(TrySendError::Full(item) | TrySendError::Closed(item)) => Some(item),
+            }
+        };
+        if let Some(item) = refused {
             match item {
                 ExportItem::Io(_) => self.metrics.add_dropped(DropReason::OtlpQueueFull, 1),
                 ExportItem::Runtime(_) => {
@@ -223,5 +238,39 @@ mod tests {
             "no IO record was lost: the records series stays theirs"
         );
         assert_eq!(metrics.exported_logs(), 0);
+    }
+
+    #[test]
+    fn runtime_events_leave_half_the_queue_to_io() {
+        // A collector that accepts connections but never answers: the export task holds
+        // its first batch, the queue behind it fills.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let yaml = format!(
+            "otlp:\n  endpoint: http://127.0.0.1:{port}\n  timeout_ms: 60000\n  \
+             batch_size: 1\n  queue_size: 10\n"
+        );
+        let file = FileConfig::parse("test.yaml".as_ref(), &yaml).expect("yaml");
+        let config = Config::resolve(&CliOverrides::default(), &file, &|_| None).expect("config");
+        let metrics = Metrics::new();
+        let resources = Resources::new(&config.resource, Some("node".into()));
+        let mut sink = OtlpSink::start(&config.otlp, resources, metrics.clone()).expect("start");
+        let corr = Correlator::new("n");
+        for i in 0..100 {
+            let ev = RuntimeEvent::new(i, EventSource::Kernel, RuntimeEventKind::OomKill);
+            sink.runtime_event(&corr.correlate_event(ev, Enrichment::none()))
+                .expect("never fails");
+        }
+        // About half the queue (6 of 10 slots: taken while 5 or more were free), plus
+        // the one in flight, went to events…
+        let queued_events = 100 - metrics.dropped_events(DropReason::OtlpQueueFull);
+        assert!(queued_events <= 7, "{queued_events} events queued");
+        // …and the rest still takes slow operations.
+        for i in 0..4 {
+            sink.record(&corr.correlate(crate::correlate::tests::record(10, i)))
+                .expect("never fails");
+        }
+        assert_eq!(metrics.dropped(DropReason::OtlpQueueFull), 0);
+        drop(silent);
     }
 }
