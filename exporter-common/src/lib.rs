@@ -94,8 +94,11 @@ pub mod stat {
     pub const LIFECYCLE_DROPS: u32 = 5;
     /// Lifecycle events written into their ring buffer.
     pub const LIFECYCLE_EVENTS: u32 = 6;
+    /// Operations over the threshold on ext4 files that are not regular files (FIFOs,
+    /// sockets, devices): their waits are not the disk's.
+    pub const NOT_REGULAR: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Index of the threshold (nanoseconds, `u64`) in the `CONFIG` array map.
@@ -148,6 +151,8 @@ pub struct KernelOffsets {
     /// `task_struct.exit_code` (the `wait` status a process leaves: `code << 8` or the
     /// signal that killed it).
     pub task_exit_code: u32,
+    /// `inode.i_mode` (a `u16`: file type and permissions).
+    pub inode_mode: u32,
 }
 
 impl KernelOffsets {
@@ -175,6 +180,7 @@ impl KernelOffsets {
         kiocb_filp: Self::UNKNOWN,
         kiocb_pos: Self::UNKNOWN,
         task_exit_code: Self::UNKNOWN,
+        inode_mode: Self::UNKNOWN,
     };
 }
 

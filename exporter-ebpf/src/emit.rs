@@ -11,6 +11,11 @@ use crate::{
     maps::{EVENTS, count, load_config},
 };
 
+/// File type bits of `i_mode`.
+const S_IFMT: u16 = 0o170_000;
+/// A regular file.
+const S_IFREG: u16 = 0o100_000;
+
 /// Emits `done` if its file is on ext4. `ret` is the operation's return value.
 #[inline(always)]
 pub fn emit(done: &Finished, ret: i64) {
@@ -38,6 +43,15 @@ pub fn emit(done: &Finished, ret: i64) {
     let magic: u64 = read_at(sb, load_config!(offsets.sb_magic)).unwrap_or(0);
     if magic != EXT4_SUPER_MAGIC {
         count(stat::NOT_EXT4);
+        return;
+    }
+    // Regular files only, as in the fentry and kprobe modes (`ext4_file_*` are regular
+    // files' operations): opening a FIFO on ext4 waits for its other end, and reading one
+    // for data, not for the disk (containerd's stdio FIFOs "opened" for 19 s).
+    if let Some(mode) = read_at::<u16>(inode, load_config!(offsets.inode_mode))
+        && mode & S_IFMT != S_IFREG
+    {
+        count(stat::NOT_REGULAR);
         return;
     }
 

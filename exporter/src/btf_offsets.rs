@@ -74,6 +74,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         kiocb_filp: optional("kiocb", &["ki_filp"]),
         kiocb_pos: optional("kiocb", &["ki_pos"]),
         task_exit_code: optional("task_struct", &["exit_code"]),
+        inode_mode: optional("inode", &["i_mode"]),
     })
 }
 

@@ -190,8 +190,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // Never waits for the API server: the index fills in the background.
-    let kube_task = runtime.block_on(start_kube(&config.kube, &metadata))?;
     let options = RunOptions {
         tracer: TracerOptions {
             threshold_ns: (config.threshold_ms * 1e6) as u64,
@@ -254,8 +252,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // Runtime sources only feed the metadata cache: an absent or restarting runtime
     // slows nothing (they retry in the background).
     let sources = runtime.block_on(async {
-        RuntimeSources::start(&config.sources, metadata, Some(runtime_events_tx))
+        RuntimeSources::start(&config.sources, metadata.clone(), Some(runtime_events_tx))
     });
+    // Never waits for the API server: the index fills in the background, and its pod
+    // events (a pod added to this node is the first sign of its startup) join the
+    // runtime events.
+    let kube_task = runtime.block_on(start_kube(&config.kube, &metadata, sources.sender()))?;
     let summary = runtime.block_on(pipeline::run(options, sinks, shutdown(config.duration)))?;
     if sources.dropped() > 0 {
         tracing::warn!(
@@ -288,6 +290,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn start_kube(
     setting: &KubeSetting,
     metadata: &iostall::enrich::metadata::SharedMetadata,
+    events: iostall::runtime::EventSender,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let k = match setting {
         KubeSetting::Off { reason } => {
@@ -316,7 +319,7 @@ async fn start_kube(
     let config = kube::KubeConfig::new(k.node_name.clone())
         .with_copy_labels(k.pod_labels.iter().cloned())
         .with_resolve_owners(k.resolve_owners);
-    let (index, task) = kube::KubePodIndex::spawn(config, client, None);
+    let (index, task) = kube::KubePodIndex::spawn(config, client, Some(events));
     metadata
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

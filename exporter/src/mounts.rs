@@ -1,5 +1,10 @@
-//! Device number → mount point, from `/proc/self/mountinfo`, to turn the kernel's
+//! Device number → mount point, from the host's mount table, to turn the kernel's
 //! filesystem-relative dentry chain into a full path.
+//!
+//! The host's table is `/proc/1/mountinfo` (init's mount namespace): in a DaemonSet pod
+//! with `hostPID`, iostall's own table lists the container's mounts, in which the node's
+//! `/var/lib/containerd` does not appear at all. `/proc/self/mountinfo` is the fallback
+//! when pid 1's is not readable.
 use std::{
     collections::HashMap,
     fs,
@@ -26,7 +31,8 @@ impl MountTable {
     }
 
     fn reread(&mut self) {
-        self.by_dev = fs::read_to_string("/proc/self/mountinfo")
+        self.by_dev = fs::read_to_string("/proc/1/mountinfo")
+            .or_else(|_| fs::read_to_string("/proc/self/mountinfo"))
             .map(|text| parse_mountinfo(&text))
             .unwrap_or_default();
         self.read_at = Some(Instant::now());

@@ -184,6 +184,16 @@ pub fn probe() -> ProbeReport {
                     Err(e) => add(&name, false, e.to_string()),
                 }
             }
+            // Lifecycle signals (cgroup, exec/exit, OOM) attach beside any mode.
+            match Tracer::load(&TracerOptions::default()).map(|mut t| t.attach_lifecycle()) {
+                Ok(refused) if refused.is_empty() => add(
+                    "lifecycle signals",
+                    true,
+                    "cgroup mkdir/rmdir, exec/exit, OOM kill tracepoints attach".into(),
+                ),
+                Ok(refused) => add("lifecycle signals", false, refused.join("; ")),
+                Err(e) => add("lifecycle signals", false, e.to_string()),
+            }
         }
     }
     ProbeReport {

@@ -120,6 +120,8 @@ pub struct KernelStats {
     pub not_ext4: u64,
     /// Slow operations whose file could not be resolved.
     pub file_unresolved: u64,
+    /// Slow operations on ext4 FIFOs, sockets or devices, filtered out.
+    pub not_regular: u64,
     /// Lifecycle events lost because their ring buffer was full.
     pub lifecycle_drops: u64,
     /// Lifecycle events written to their ring buffer.
@@ -233,6 +235,7 @@ impl Tracer {
             events: read(stat::EVENTS)?,
             not_ext4: read(stat::NOT_EXT4)?,
             file_unresolved: read(stat::FILE_UNRESOLVED)?,
+            not_regular: read(stat::NOT_REGULAR)?,
             lifecycle_drops: read(stat::LIFECYCLE_DROPS)?,
             lifecycle_events: read(stat::LIFECYCLE_EVENTS)?,
         })

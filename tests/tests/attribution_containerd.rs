@@ -270,14 +270,20 @@ fn after_a_containerd_restart_new_containers_are_named_and_ooms_reported() -> Re
         .filter(|l| l["type"] == "runtime" && l["container_id"] == oom_id.as_str())
         .filter_map(|l| l["kind"].as_str())
         .collect();
-    let oom = kinds.iter().position(|k| *k == "container_oom");
+    // containerd's shim publishes its OOM and exit events from two watchers, in either
+    // order; the kernel's OOM kill (`oom:mark_victim`) always comes before the exit.
+    let kernel_oom = kinds.iter().position(|k| *k == "oom_kill");
     let exited = lines
         .iter()
         .filter(|l| l["type"] == "runtime" && l["container_id"] == oom_id.as_str())
         .position(|l| l["kind"] == "container_exited" && l["exit_code"] == 137);
     assert!(
-        oom.is_some() && exited.is_some() && oom < exited,
-        "OOM then exit 137 expected, got {kinds:?}"
+        kinds.contains(&"container_oom"),
+        "containerd's OOM event expected, got {kinds:?}"
+    );
+    assert!(
+        kernel_oom.is_some() && exited.is_some() && kernel_oom < exited,
+        "the kernel's OOM kill then exit 137 expected, got {kinds:?}"
     );
     Ok(())
 }

@@ -350,6 +350,16 @@ fn auto_mode_falls_back_and_says_why() -> Result<()> {
         .find(|m| mode_ok(m).0)
         .expect("some mode attaches on this machine");
     assert_eq!(report["auto_mode"], expected);
+    let lifecycle = report["capabilities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "lifecycle signals")
+        .unwrap_or_else(|| panic!("probe reports no lifecycle signals: {report}"));
+    assert_eq!(
+        lifecycle["ok"], true,
+        "every lifecycle tracepoint attaches here: {lifecycle}"
+    );
 
     let iostall = Iostall::start(&["-t", "1000", "-o", "json"])?;
     let log = iostall.stop()?.stderr;

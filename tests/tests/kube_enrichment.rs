@@ -321,6 +321,20 @@ fn api_names_a_pod_known_only_by_its_cgroup_and_adds_owners_and_labels() -> Resu
     );
 
     let json = finished.json()?;
+    // The pod's arrival on the node is a lifecycle line of its own.
+    let added: Vec<&Json> = json
+        .iter()
+        .filter(|l| l["type"] == "runtime" && l["event.name"] == "pod.added")
+        .filter(|l| l["attributes"]["uid"] == uid.as_str())
+        .collect();
+    assert_eq!(added.len(), 1, "one pod.added line for {uid}: {added:#?}");
+    assert_eq!(added[0]["runtime"], "kube", "{}", added[0]);
+    assert_eq!(
+        added[0]["attributes"]["name"],
+        pod_name.as_str(),
+        "{}",
+        added[0]
+    );
     let records = json_fsyncs(&json, prefix);
     assert!(
         records.len() >= slow.len(),

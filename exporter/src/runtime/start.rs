@@ -70,6 +70,13 @@ impl RuntimeSources {
         Self { sender, tasks }
     }
 
+    /// A sender into the same stream, for sources started elsewhere (the Kubernetes
+    /// pod index).
+    #[must_use]
+    pub fn sender(&self) -> EventSender {
+        self.sender.clone()
+    }
+
     /// Events the sources produced and the updater could not take (queue full).
     #[must_use]
     pub fn dropped(&self) -> u64 {
