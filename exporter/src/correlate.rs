@@ -14,6 +14,8 @@
 //! - **Resource**: IO of a pod or container goes under its own Resource
 //!   ([`ResourceKey::Workload`]): the Collector's `k8sattributes` processor matches
 //!   Resource attributes only. IO of no pod stays under [`ResourceKey::Node`].
+//! - **runtime events** ([`Correlator::correlate_event`]): the trace of their container
+//!   (else pod) and window, as its IO; a span id of their own; the same Resource.
 //!
 //! Per-pod startup traces (trace id from pod uid and attempt, IO spans under phase
 //! spans) build on this later.
@@ -24,6 +26,7 @@ use serde::Serialize;
 use crate::{
     enrich::{Enrichment, metadata::PodLabels},
     event::IoRecord,
+    runtime::RuntimeEvent,
 };
 
 /// Width of the time window that groups a process's slow IO into one trace.
@@ -157,6 +160,21 @@ pub struct CorrelatedRecord {
     pub resource: ResourceKey,
 }
 
+/// A runtime lifecycle event with its place in the trace model: what sinks receive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorrelatedEvent {
+    /// The event as its source reported it.
+    pub event: RuntimeEvent,
+    /// The trace of its container's (or pod's) activity in the event's window.
+    pub trace_id: TraceId,
+    /// Its own id (no span is exported for it yet: pod startup phases come later).
+    pub span_id: SpanId,
+    /// Its container and pod, from the metadata cache and the event's labels.
+    pub enrichment: Enrichment,
+    /// The Resource it is exported under.
+    pub resource: ResourceKey,
+}
+
 /// Assigns ids; holds what is constant for the node.
 #[derive(Debug, Clone)]
 pub struct Correlator {
@@ -189,26 +207,12 @@ impl Correlator {
     /// Wraps a record with its ids and the Resource of the pod/container it belongs to.
     #[must_use]
     pub fn correlate_enriched(&self, record: IoRecord, enrichment: Enrichment) -> CorrelatedRecord {
-        let window = record.start_unix_ns / TRACE_WINDOW_NS;
         // Group by the most specific owner known: container, pod, else the process.
-        let owner = enrichment
-            .container_id
-            .as_deref()
-            .or(enrichment.pod_uid.as_deref());
-        let trace = |salt: u64| {
-            let h = StableHasher::new(self.host_seed ^ salt);
-            let h = match owner {
-                Some(owner) => h.bytes(owner.as_bytes()),
-                None => h.u64(u64::from(record.pid)),
-            };
-            h.u64(window).finish()
+        let owner = match owner_of(&enrichment) {
+            Some(owner) => TraceOwner::Named(owner),
+            None => TraceOwner::Pid(record.pid),
         };
-        let mut trace_id = [0u8; 16];
-        trace_id[..8].copy_from_slice(&trace(0x7472_6163_6531).to_be_bytes());
-        trace_id[8..].copy_from_slice(&trace(0x7472_6163_6532).to_be_bytes());
-        if trace_id == [0; 16] {
-            trace_id[15] = 1;
-        }
+        let trace_id = self.trace_id(owner, record.start_unix_ns);
         let span = StableHasher::new(self.host_seed ^ 0x7370_616e)
             .u64(u64::from(record.pid))
             .u64(u64::from(record.tid))
@@ -220,12 +224,82 @@ impl Correlator {
         let resource = Workload::of(&enrichment).map_or(ResourceKey::Node, ResourceKey::Workload);
         CorrelatedRecord {
             record,
-            trace_id: TraceId(trace_id),
+            trace_id,
             span_id: SpanId(span.to_be_bytes()),
             enrichment,
             resource,
         }
     }
+
+    /// Wraps a runtime lifecycle event with its ids and Resource. Its trace is the one
+    /// its container's (else its pod's) slow IO of the same [`TRACE_WINDOW_NS`] window
+    /// gets, so a backend shows "container exited 137" beside the fsync stalls before
+    /// it; events of no container or pod (an image pull) share one trace per source and
+    /// window. Its span id is its own, a stable hash of the event.
+    #[must_use]
+    pub fn correlate_event(&self, event: RuntimeEvent, enrichment: Enrichment) -> CorrelatedEvent {
+        let owner = match owner_of(&enrichment) {
+            Some(owner) => TraceOwner::Named(owner),
+            None => TraceOwner::Source(event.runtime.as_str()),
+        };
+        let trace_id = self.trace_id(owner, event.time_unix_ns);
+        let span = StableHasher::new(self.host_seed ^ 0x0065_7665_6e74)
+            .bytes(event.runtime.as_str().as_bytes())
+            .bytes(event.kind.name().as_bytes())
+            .bytes(event.container_id.as_deref().unwrap_or_default().as_bytes())
+            .bytes(enrichment.pod_uid.as_deref().unwrap_or_default().as_bytes())
+            .u64(event.time_unix_ns)
+            .finish();
+        let span = if span == 0 { 1 } else { span };
+        let resource = Workload::of(&enrichment).map_or(ResourceKey::Node, ResourceKey::Workload);
+        CorrelatedEvent {
+            event,
+            trace_id,
+            span_id: SpanId(span.to_be_bytes()),
+            enrichment,
+            resource,
+        }
+    }
+
+    /// The trace of `owner`'s activity in the window holding `unix_ns`.
+    fn trace_id(&self, owner: TraceOwner<'_>, unix_ns: u64) -> TraceId {
+        let window = unix_ns / TRACE_WINDOW_NS;
+        let trace = |salt: u64| {
+            let h = StableHasher::new(self.host_seed ^ salt);
+            let h = match owner {
+                TraceOwner::Named(owner) => h.bytes(owner.as_bytes()),
+                TraceOwner::Pid(pid) => h.u64(u64::from(pid)),
+                TraceOwner::Source(source) => h.bytes(b"source:").bytes(source.as_bytes()),
+            };
+            h.u64(window).finish()
+        };
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&trace(0x7472_6163_6531).to_be_bytes());
+        trace_id[8..].copy_from_slice(&trace(0x7472_6163_6532).to_be_bytes());
+        if trace_id == [0; 16] {
+            trace_id[15] = 1;
+        }
+        TraceId(trace_id)
+    }
+}
+
+/// Whose activity a trace groups.
+#[derive(Clone, Copy)]
+enum TraceOwner<'a> {
+    /// A container id, else a pod uid.
+    Named(&'a str),
+    /// A process outside any known container.
+    Pid(u32),
+    /// A runtime source, for its events about no container or pod.
+    Source(&'a str),
+}
+
+/// The most specific owner `enrichment` knows: container, else pod.
+fn owner_of(enrichment: &Enrichment) -> Option<&str> {
+    enrichment
+        .container_id
+        .as_deref()
+        .or(enrichment.pod_uid.as_deref())
 }
 
 /// FNV-1a with a splitmix64 finish: stable across Rust releases and platforms (unlike
@@ -350,6 +424,63 @@ pub(crate) mod tests {
         assert_eq!(v["k8s.pod.name"], "web-0");
         assert_eq!(v["container.id"], "c0ffee");
         assert_eq!(v["iostall.attribution"], "cgroup");
+    }
+
+    #[test]
+    fn a_runtime_event_joins_its_containers_io_trace_of_the_window() {
+        use crate::{
+            enrich::{AttributionMethod, Enrichment},
+            runtime::{EventSource, RuntimeEventKind},
+        };
+        let c = Correlator::new("node-a");
+        let t0 = 1_700_000_000_000_000_000;
+        let container = Enrichment {
+            container_id: Some("c0ffee".into()),
+            pod_uid: Some("uid-1".into()),
+            ..Enrichment::none()
+        };
+        let io = c.correlate_enriched(
+            record(10, t0 + 1),
+            Enrichment {
+                method: AttributionMethod::Cgroup,
+                ..container.clone()
+            },
+        );
+        let event = |at: u64, kind| {
+            let mut ev = RuntimeEvent::new(at, EventSource::Containerd, kind);
+            ev.container_id = Some("c0ffee".into());
+            ev
+        };
+        let exited = RuntimeEventKind::ContainerExited { exit_code: 137 };
+        let exit = c.correlate_event(event(t0 + 5_000_000_000, exited), container.clone());
+        let again = c.correlate_event(event(t0 + 5_000_000_000, exited), container.clone());
+        let started = c.correlate_event(
+            event(t0 + 2, RuntimeEventKind::ContainerStarted),
+            container.clone(),
+        );
+        let next_window = c.correlate_event(event(t0 + TRACE_WINDOW_NS, exited), container.clone());
+        assert_eq!(exit.trace_id, io.trace_id);
+        assert_eq!(started.trace_id, io.trace_id);
+        assert_ne!(next_window.trace_id, io.trace_id);
+        assert_eq!(
+            (exit.trace_id, exit.span_id),
+            (again.trace_id, again.span_id)
+        );
+        assert_ne!(exit.span_id, started.span_id);
+        assert_ne!(exit.span_id, io.span_id);
+        assert_eq!(exit.resource, io.resource);
+        // Nothing to tie it to: the node's Resource, one trace per source and window.
+        let image = |at| {
+            c.correlate_event(
+                RuntimeEvent::new(at, EventSource::Containerd, RuntimeEventKind::ImagePulled),
+                Enrichment::none(),
+            )
+        };
+        let (a, b) = (image(t0), image(t0 + 1));
+        assert_eq!(a.resource, ResourceKey::Node);
+        assert_eq!(a.trace_id, b.trace_id);
+        assert_ne!(a.span_id, b.span_id);
+        assert_ne!(a.trace_id, io.trace_id);
     }
 
     #[test]

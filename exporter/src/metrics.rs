@@ -88,6 +88,9 @@ pub enum ExportOutcome {
 pub struct Metrics {
     records: AtomicU64,
     dropped: [AtomicU64; 6],
+    /// Runtime lifecycle events lost, by the same reasons: apart, so that the records
+    /// series keeps adding up with `iostall_records_total`.
+    dropped_events: [AtomicU64; 6],
     exported_spans: AtomicU64,
     exported_logs: AtomicU64,
     /// [signal (0 traces, 1 logs)][outcome].
@@ -122,6 +125,17 @@ impl Metrics {
     #[must_use]
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts lost runtime lifecycle events.
+    pub fn add_dropped_events(&self, reason: DropReason, n: u64) {
+        self.dropped_events[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Runtime lifecycle events lost for `reason` so far.
+    #[must_use]
+    pub fn dropped_events(&self, reason: DropReason) -> u64 {
+        self.dropped_events[reason as usize].load(Ordering::Relaxed)
     }
 
     /// Takes the kernel's own counters (totals since load).
@@ -182,6 +196,22 @@ impl Metrics {
                 "iostall_dropped_records_total{{reason=\"{}\"}} {}",
                 reason.label(),
                 get(&self.dropped[reason as usize])
+            );
+        }
+        out.push_str(
+            "# HELP iostall_dropped_runtime_events_total Runtime lifecycle events lost, by reason.\n\
+             # TYPE iostall_dropped_runtime_events_total counter\n",
+        );
+        for reason in [
+            DropReason::SinkQueueFull,
+            DropReason::OtlpQueueFull,
+            DropReason::OtlpExportFailed,
+        ] {
+            let _ = writeln!(
+                out,
+                "iostall_dropped_runtime_events_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                get(&self.dropped_events[reason as usize])
             );
         }
         let _ = writeln!(
@@ -339,12 +369,19 @@ mod tests {
             ..KernelStats::default()
         });
         m.add_exported_spans(1);
+        m.add_dropped_events(DropReason::OtlpExportFailed, 4);
         let text = m.render();
         assert!(text.contains("iostall_records_total 3\n"), "{text}");
         assert!(text.contains("iostall_dropped_records_total{reason=\"otlp_queue_full\"} 2\n"));
         assert!(text.contains("iostall_dropped_records_total{reason=\"ringbuf_full\"} 7\n"));
         assert!(text.contains("iostall_dropped_records_total{reason=\"inflight_full\"} 1\n"));
         assert!(text.contains("iostall_otlp_exported_spans_total 1\n"));
+        assert!(
+            text.contains(
+                "iostall_dropped_runtime_events_total{reason=\"otlp_export_failed\"} 4\n"
+            )
+        );
+        assert!(text.contains("iostall_dropped_records_total{reason=\"otlp_export_failed\"} 0\n"));
         assert!(text.contains("iostall_otlp_exported_logs_total 0\n"));
     }
 

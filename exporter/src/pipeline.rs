@@ -20,13 +20,13 @@ use crate::{
     correlate::Correlator,
     decode::Decoder,
     enrich::{
-        Enricher,
+        Enricher, Enrichment,
         pid_map::{CgroupFeed, find_unified_root},
     },
     event::{AttachMode, IoRecord},
     lifecycle::LifecycleStage,
     metrics::{DropReason, Metrics},
-    runtime::RuntimeEvent,
+    runtime::{EventSource, RuntimeEvent},
     sink::Sink,
     tracer::{AttachRequest, KernelStats, Tracer, TracerError, TracerOptions},
 };
@@ -130,7 +130,7 @@ pub async fn run(
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 if tx.try_send(SinkItem::Runtime(event)).is_err() {
-                    metrics.add_dropped(DropReason::SinkQueueFull, 1);
+                    metrics.add_dropped_events(DropReason::SinkQueueFull, 1);
                 }
             }
         })
@@ -274,7 +274,7 @@ fn start_lifecycle(
                 match stage.handle(&item) {
                     Ok(Some(event)) => {
                         if tx.try_send(SinkItem::Runtime(event)).is_err() {
-                            metrics.add_dropped(DropReason::SinkQueueFull, 1);
+                            metrics.add_dropped_events(DropReason::SinkQueueFull, 1);
                         }
                     }
                     Ok(None) => {}
@@ -294,7 +294,8 @@ fn start_lifecycle(
 pub enum SinkItem {
     /// A slow operation, to enrich and correlate.
     Io(IoRecord),
-    /// A runtime lifecycle event.
+    /// A runtime lifecycle event, to enrich (its container and pod) and correlate (the
+    /// trace of its container's IO).
     Runtime(RuntimeEvent),
 }
 
@@ -323,6 +324,8 @@ fn spawn_sinks(
             let record = match item {
                 SinkItem::Io(record) => record,
                 SinkItem::Runtime(event) => {
+                    let enrichment = enrich_event(enricher.as_ref(), &event);
+                    let event = correlator.correlate_event(event, enrichment);
                     for sink in &mut sinks {
                         if let Err(e) = sink.runtime_event(&event) {
                             tracing::warn!(error = %e, "sink failed to take a runtime event");
@@ -367,6 +370,40 @@ fn spawn_sinks(
     })
 }
 
+/// Who a runtime event is about: its container (or its pod, by uid) from the metadata
+/// cache, then what its own labels say. Kubernetes API events name their pod in their
+/// attributes (`uid`, `name`) and namespace; kernel events give the pod uid their
+/// cgroup path names (`k8s.pod.uid`).
+fn enrich_event(enricher: Option<&Enricher>, event: &RuntimeEvent) -> Enrichment {
+    let kube = event.runtime == EventSource::Kube;
+    let attribute = |key: &str| event.attributes.get(key).map(String::as_str);
+    let pod_uid = event
+        .pod_uid()
+        .or_else(|| attribute("k8s.pod.uid"))
+        .or_else(|| attribute("uid").filter(|_| kube));
+    let container_id = event.container_id.as_deref();
+    let mut enrichment = match enricher {
+        Some(enricher) => enricher.enrich_container(container_id, pod_uid),
+        None => Enrichment {
+            container_id: container_id.map(str::to_owned),
+            pod_uid: pod_uid.map(str::to_owned),
+            ..Enrichment::none()
+        },
+    };
+    if let Some(meta) = event.container_meta() {
+        enrichment.fill_from_container(&meta);
+    }
+    if kube && enrichment.pod_uid.is_some() {
+        if enrichment.pod_name.is_none() {
+            enrichment.pod_name = event.attributes.get("name").cloned();
+        }
+        if enrichment.pod_namespace.is_none() {
+            enrichment.pod_namespace.clone_from(&event.namespace);
+        }
+    }
+    enrichment
+}
+
 /// Logs what was lost since the last report.
 fn report_drops(tracer: &Tracer, last: &mut KernelStats, sink_queue_drops: u64) {
     let Ok(now) = tracer.stats() else {
@@ -386,4 +423,63 @@ fn report_drops(tracer: &Tracer, last: &mut KernelStats, sink_queue_drops: u64) 
         );
     }
     *last = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        enrich::metadata::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_UID},
+        runtime::RuntimeEventKind,
+    };
+
+    #[test]
+    fn runtime_events_are_enriched_from_labels_and_kube_attributes() {
+        // A container the cache does not know (already deleted): its labels name it.
+        let mut gone = RuntimeEvent::new(
+            1,
+            EventSource::Containerd,
+            RuntimeEventKind::ContainerDeleted,
+        );
+        gone.container_id = Some("c0ffee".into());
+        for (k, v) in [
+            (LABEL_POD_NAME, "web-0"),
+            (LABEL_POD_UID, "uid-1"),
+            (LABEL_CONTAINER_NAME, "app"),
+        ] {
+            gone.labels.insert(k.into(), v.into());
+        }
+        let e = enrich_event(Some(&Enricher::for_host()), &gone);
+        assert_eq!(e.container_id.as_deref(), Some("c0ffee"));
+        assert_eq!(e.container_name.as_deref(), Some("app"));
+        assert_eq!(e.pod_uid.as_deref(), Some("uid-1"));
+        assert_eq!(enrich_event(None, &gone), e, "with or without an enricher");
+        // A pod from the Kubernetes API: uid and name in its attributes.
+        let mut pod = RuntimeEvent::new(1, EventSource::Kube, RuntimeEventKind::PodAdded);
+        pod.namespace = Some("shop".into());
+        pod.attributes.insert("uid".into(), "uid-2".into());
+        pod.attributes.insert("name".into(), "web-1".into());
+        let e = enrich_event(None, &pod);
+        assert_eq!(e.pod_uid.as_deref(), Some("uid-2"));
+        assert_eq!(e.pod_name.as_deref(), Some("web-1"));
+        assert_eq!(e.pod_namespace.as_deref(), Some("shop"));
+        assert_eq!(e.container_id, None);
+        // A kernel event: the pod uid its cgroup path gave.
+        let mut exit = RuntimeEvent::new(
+            1,
+            EventSource::Kernel,
+            RuntimeEventKind::ProcessExit {
+                exit_code: 1,
+                signal: None,
+            },
+        );
+        exit.container_id = Some("c0ffee".into());
+        exit.attributes.insert("k8s.pod.uid".into(), "uid-3".into());
+        let e = enrich_event(None, &exit);
+        assert_eq!(e.pod_uid.as_deref(), Some("uid-3"));
+        assert_eq!(e.container_id.as_deref(), Some("c0ffee"));
+        // An image: nobody's.
+        let image = RuntimeEvent::new(1, EventSource::Containerd, RuntimeEventKind::ImagePulled);
+        assert_eq!(enrich_event(None, &image), Enrichment::none());
+    }
 }

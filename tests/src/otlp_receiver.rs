@@ -33,6 +33,7 @@ use opentelemetry_proto::tonic::{
             trace_service_server::{TraceService, TraceServiceServer},
         },
     },
+    common::v1::{KeyValue, any_value::Value},
     logs::v1::LogRecord,
     resource::v1::Resource,
     trace::v1::Span,
@@ -105,6 +106,47 @@ impl Collected {
                 }
             }
         }
+    }
+}
+
+impl Collected {
+    /// The log records whose LogRecord `event_name` is `name` (runtime events:
+    /// `iostall.container.exited`…), with their Resources, in arrival order.
+    pub fn logs_named(&self, name: &str) -> Vec<&(Resource, LogRecord)> {
+        self.logs
+            .iter()
+            .filter(|(_, l)| l.event_name == name)
+            .collect()
+    }
+}
+
+/// A string attribute's value (`None` if absent or of another type).
+pub fn str_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    match attrs
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?
+    {
+        Value::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// An int attribute's value (`None` if absent or of another type).
+pub fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
+    match attrs
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?
+    {
+        Value::IntValue(i) => Some(*i),
+        _ => None,
     }
 }
 

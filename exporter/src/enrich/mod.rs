@@ -250,6 +250,51 @@ impl Enricher {
         out.fill_from(&metadata);
         out
     }
+
+    /// Who a runtime event's container (or, without one, its pod) is, from the metadata
+    /// cache. Callers then fill the rest from the event's own labels
+    /// ([`Enrichment::fill_from_container`]): a deleted container may already be gone
+    /// from the cache.
+    #[must_use]
+    pub fn enrich_container(
+        &self,
+        container_id: Option<&str>,
+        pod_uid: Option<&str>,
+    ) -> Enrichment {
+        let mut out = Enrichment {
+            container_id: container_id.map(str::to_owned),
+            pod_uid: pod_uid.map(str::to_owned),
+            ..Enrichment::none()
+        };
+        if out.container_id.is_none() && out.pod_uid.is_none() {
+            return out;
+        }
+        let metadata = self
+            .metadata
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        out.fill_from(&metadata);
+        out
+    }
+}
+
+impl Enrichment {
+    /// Fills what is still unknown from one container's metadata (e.g. built from a
+    /// runtime event's labels).
+    pub fn fill_from_container(&mut self, meta: &metadata::ContainerMeta) {
+        if self.container_id.is_none() {
+            self.container_id = Some(meta.id.clone());
+        }
+        fill(&mut self.container_name, &meta.container_name);
+        fill(&mut self.image, &meta.image);
+        fill(&mut self.pod_uid, &meta.pod_uid);
+        fill(&mut self.pod_name, &meta.pod_name);
+        fill(&mut self.pod_namespace, &meta.pod_namespace);
+        fill(&mut self.sandbox_id, &meta.sandbox_id);
+        if self.runtime.is_none() {
+            self.runtime = meta.runtime;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -430,6 +475,33 @@ mod tests {
         let got = e2.enrich(&record(43, None));
         assert_eq!(got.pod_name.as_deref(), Some("web-0"));
         assert!(got.pod_labels.is_empty());
+    }
+
+    #[test]
+    fn runtime_events_from_cache_then_labels() {
+        let proc_dir = tempfile::tempdir().expect("tempdir");
+        let e = enricher(proc_dir.path());
+        let got = e.enrich_container(Some(ID), None);
+        assert_eq!(got.container_name.as_deref(), Some("nginx"));
+        assert_eq!(got.pod_uid.as_deref(), Some(UID));
+        assert_eq!(got.image.as_deref(), Some("iostall.test/busybox:1"));
+        // A container the cache no longer knows (deleted): its event's labels name it.
+        let mut gone = e.enrich_container(Some("dead"), None);
+        assert_eq!(gone.pod_name, None);
+        gone.fill_from_container(
+            &ContainerMeta::from_labels(
+                "dead",
+                [
+                    (metadata::LABEL_POD_NAME, "web-1"),
+                    (metadata::LABEL_POD_UID, "u-2"),
+                ],
+            )
+            .expect("meta"),
+        );
+        assert_eq!(gone.pod_name.as_deref(), Some("web-1"));
+        assert_eq!(gone.pod_uid.as_deref(), Some("u-2"));
+        // Nothing to look up (an image event).
+        assert_eq!(e.enrich_container(None, None), Enrichment::none());
     }
 
     #[test]

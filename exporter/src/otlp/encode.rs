@@ -23,6 +23,30 @@
 //! | `iostall.cgroup.id` | int | cgroup v2 id of the thread |
 //! | `iostall.mntns` | int | mount namespace inode |
 //! | `iostall.attach_mode` | string | `fentry`, `kprobe` or `tracepoint` |
+//!
+//! # Runtime events
+//!
+//! A runtime lifecycle event becomes a log record only (no span): event name
+//! `iostall.` + the kind's name (`iostall.container.exited`: the `container.` and `k8s.`
+//! namespaces belong to the semantic conventions, which may define events of their own
+//! there), body = the console line, time = the runtime's, severity WARN for a non-zero
+//! exit code or an OOM, INFO otherwise; the trace id of its container's IO of the same
+//! window and a span id of its own. Attributes: `container.id`, `container.runtime.name`,
+//! `container.image.name`, `process.exit.code` (int, exits), and
+//!
+//! | attribute | type | meaning |
+//! | --- | --- | --- |
+//! | `iostall.runtime.source` | string | who reported it: `containerd`, `docker`, `cri`, `kube`… |
+//! | `iostall.sandbox.id` | string | the pod sandbox id |
+//! | `iostall.runtime.namespace` | string | the runtime's namespace (`k8s.io`, `moby`) |
+//! | `iostall.runtime.{field}` | any | the kind's other fields (`running` of a listing, `signal` of a process exit) |
+//! | `iostall.runtime.{key}` | string | the source's own attributes (`pid`, `topic`, `exitCode`…; at most [`MAX_RUNTIME_ATTRIBUTES`]) |
+//!
+//! Source attributes whose key is already a dotted attribute name (the kernel source's
+//! `process.pid`, `process.command`, `iostall.cgroup.id`…) keep it; pids are ints. A key
+//! is never repeated: the ones above win. The container's labels are not copied
+//! (unbounded and user-controlled); the pod and container it is about are on the
+//! Resource.
 use std::{
     borrow::Cow,
     time::{SystemTime, UNIX_EPOCH},
@@ -35,15 +59,21 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
 };
 
-use super::resource::Resources;
+use super::{ExportItem, resource::Resources};
 use crate::{
-    correlate::{CorrelatedRecord, ResourceKey},
+    correlate::{CorrelatedEvent, CorrelatedRecord, ResourceKey},
+    enrich::cgroup_path::Runtime,
     event::IoOp,
-    sink::console::format_row,
+    runtime::RuntimeEventKind,
+    sink::console::{format_row, format_runtime_event},
 };
 
 /// The log record's event name (the LogRecord `event_name` field).
 pub const EVENT_NAME: &str = "iostall.io.slow";
+/// What a runtime event's log record event name starts with (then the kind's name).
+pub const RUNTIME_EVENT_PREFIX: &str = "iostall.";
+/// Most of a runtime event's own attributes one log record carries.
+pub const MAX_RUNTIME_ATTRIBUTES: usize = 32;
 /// The instrumentation scope's name.
 pub const SCOPE_NAME: &str = "iostall";
 
@@ -206,18 +236,17 @@ pub fn for_each_attribute(c: &CorrelatedRecord, mut f: impl FnMut(&'static str, 
 #[must_use]
 pub fn attributes(c: &CorrelatedRecord) -> Vec<KeyValue> {
     let mut a = Vec::with_capacity(19);
-    for_each_attribute(c, |key, value| {
-        a.push(kv(
-            key,
-            match value {
-                AttrValue::Str(s) => Value::StringValue(s.to_owned()),
-                AttrValue::Int(i) => Value::IntValue(i),
-                AttrValue::Double(d) => Value::DoubleValue(d),
-                AttrValue::Bool(b) => Value::BoolValue(b),
-            },
-        ));
-    });
+    for_each_attribute(c, |key, value| a.push(kv(key, owned(value))));
     a
+}
+
+fn owned(value: AttrValue<'_>) -> Value {
+    match value {
+        AttrValue::Str(s) => Value::StringValue(s.to_owned()),
+        AttrValue::Int(i) => Value::IntValue(i),
+        AttrValue::Double(d) => Value::DoubleValue(d),
+        AttrValue::Bool(b) => Value::BoolValue(b),
+    }
 }
 
 /// The span status of a failed operation: ERROR with `EIO: Input/output error`.
@@ -288,6 +317,168 @@ pub fn log_record(
     }
 }
 
+/// A runtime event's log record event name: `iostall.container.exited`.
+#[must_use]
+pub fn runtime_event_name(kind: RuntimeEventKind) -> String {
+    format!("{RUNTIME_EVENT_PREFIX}{}", kind.name())
+}
+
+/// The fields of an event's kind (`exit_code`, `running`…), by name, read through serde
+/// so that every kind, present or future, is covered.
+fn kind_fields(kind: &RuntimeEventKind) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(kind) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.remove("kind");
+            fields
+        }
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// Whether a runtime event deserves WARN: a non-zero exit code (Kubernetes' `Error`
+/// reason, 137 = killed) or an OOM kill. Stops and deletions are routine: INFO.
+#[must_use]
+pub fn runtime_event_warns(kind: &RuntimeEventKind) -> bool {
+    let failed = kind_fields(kind)
+        .get("exit_code")
+        .and_then(serde_json::Value::as_i64)
+        .is_some_and(|code| code != 0);
+    failed || kind.name().split('.').any(|part| part == "oom")
+}
+
+/// Calls `f` with each attribute of a runtime event's log record, in a fixed order: the
+/// single definition both encoders ([`event_attributes`] and [`super::wire`]) use.
+pub fn for_each_event_attribute(c: &CorrelatedEvent, mut f: impl FnMut(&str, AttrValue<'_>)) {
+    let (e, who) = (&c.event, &c.enrichment);
+    if let Some(id) = e.container_id.as_deref().or(who.container_id.as_deref()) {
+        f("container.id", AttrValue::Str(id));
+    }
+    if let Some(runtime) = who.runtime.filter(|r| *r != Runtime::Unknown) {
+        f("container.runtime.name", AttrValue::Str(runtime.as_str()));
+    }
+    f("iostall.runtime.source", AttrValue::Str(e.runtime.as_str()));
+    if let Some(image) = e.image.as_deref().or(who.image.as_deref()) {
+        f("container.image.name", AttrValue::Str(image));
+    }
+    if let Some(sandbox) = e.sandbox_id.as_deref().or(who.sandbox_id.as_deref()) {
+        f("iostall.sandbox.id", AttrValue::Str(sandbox));
+    }
+    if let Some(ns) = &e.namespace {
+        f("iostall.runtime.namespace", AttrValue::Str(ns));
+    }
+    let fields = kind_fields(&e.kind);
+    // Runtime events are rare next to IO: allocations per key are fine here.
+    let mut seen: Vec<String> = [
+        "container.id",
+        "container.runtime.name",
+        "container.image.name",
+        "iostall.runtime.source",
+        "iostall.sandbox.id",
+        "iostall.runtime.namespace",
+        // Identity is on the Resource (a source may repeat it among its attributes).
+        "k8s.pod.uid",
+        "k8s.pod.name",
+        "k8s.namespace.name",
+        "k8s.container.name",
+    ]
+    .map(str::to_owned)
+    .into();
+    let mut first = |key: String| {
+        let new = !seen.contains(&key);
+        if new {
+            seen.push(key.clone());
+        }
+        new.then_some(key)
+    };
+    for (name, value) in &fields {
+        let key = if name == "exit_code" {
+            "process.exit.code".to_owned()
+        } else {
+            attribute_key(name)
+        };
+        let Some(key) = first(key) else {
+            continue;
+        };
+        match value {
+            serde_json::Value::Null => {}
+            serde_json::Value::Bool(b) => f(&key, AttrValue::Bool(*b)),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => f(&key, AttrValue::Int(i)),
+                None => f(&key, AttrValue::Double(n.as_f64().unwrap_or_default())),
+            },
+            serde_json::Value::String(s) => f(&key, AttrValue::Str(s)),
+            other => f(&key, AttrValue::Str(&other.to_string())),
+        }
+    }
+    // The source's own attributes, unless they repeat a field or a key set above.
+    let own = e
+        .attributes
+        .iter()
+        .filter(|(name, _)| !fields.contains_key(*name))
+        .filter_map(|(name, value)| Some((first(attribute_key(name))?, value)))
+        .take(MAX_RUNTIME_ATTRIBUTES);
+    for (key, value) in own {
+        // Pids are ints in the conventions (and never anything else: no type clash).
+        match value.parse::<i64>() {
+            Ok(pid) if key == "process.pid" || key.ends_with(".pid") => {
+                f(&key, AttrValue::Int(pid));
+            }
+            _ => f(&key, AttrValue::Str(value)),
+        }
+    }
+}
+
+/// The attribute name of a source's attribute or a kind's field: a dotted name
+/// (`process.pid`, `iostall.cgroup.id`: the kernel source names its attributes so) is
+/// kept; a bare one (`pid`, `topic`, `exitCode`) goes under `iostall.runtime.`.
+fn attribute_key(name: &str) -> String {
+    if name.contains('.') {
+        name.to_owned()
+    } else {
+        format!("iostall.runtime.{name}")
+    }
+}
+
+/// The attributes of a runtime event's log record.
+#[must_use]
+pub fn event_attributes(c: &CorrelatedEvent) -> Vec<KeyValue> {
+    let mut a = Vec::with_capacity(12);
+    for_each_event_attribute(c, |key, value| a.push(kv(key, owned(value))));
+    a
+}
+
+/// The log record of a runtime event: event name [`runtime_event_name`], body = the
+/// console line, time = the runtime's, WARN per [`runtime_event_warns`], the trace and
+/// span ids [`crate::correlate::Correlator::correlate_event`] gave it.
+#[must_use]
+pub fn event_log_record(
+    c: &CorrelatedEvent,
+    attributes: Vec<KeyValue>,
+    observed_unix_ns: u64,
+) -> LogRecord {
+    let warn = runtime_event_warns(&c.event.kind);
+    let severity = if warn {
+        SeverityNumber::Warn
+    } else {
+        SeverityNumber::Info
+    };
+    LogRecord {
+        time_unix_nano: c.event.time_unix_ns,
+        observed_time_unix_nano: observed_unix_ns,
+        severity_number: severity as i32,
+        severity_text: if warn { "WARN" } else { "INFO" }.to_owned(),
+        body: Some(AnyValue {
+            value: Some(Value::StringValue(format_runtime_event(&c.event))),
+        }),
+        attributes,
+        flags: 1,
+        trace_id: c.trace_id.0.to_vec(),
+        span_id: c.span_id.0.to_vec(),
+        event_name: runtime_event_name(c.event.kind),
+        ..LogRecord::default()
+    }
+}
+
 /// The instrumentation scope of every export.
 #[must_use]
 pub fn scope() -> InstrumentationScope {
@@ -307,11 +498,12 @@ pub fn now_unix_ns() -> u64 {
 }
 
 /// Both export requests for a batch, with one `ResourceSpans`/`ResourceLogs` per
-/// Resource key (in first-seen order). (The exporter sends the same messages encoded
-/// by [`super::wire`], which avoids building these structs; this is the reference.)
+/// Resource key (in first-seen order; a Resource with runtime events only has no
+/// `ResourceSpans`). (The exporter sends the same messages encoded by [`super::wire`],
+/// which avoids building these structs; this is the reference.)
 #[must_use]
 pub fn build_requests(
-    batch: &[CorrelatedRecord],
+    batch: &[ExportItem],
     resources: &Resources,
     warn_threshold_ns: u64,
 ) -> (ExportTraceServiceRequest, ExportLogsServiceRequest) {
@@ -321,40 +513,52 @@ pub fn build_requests(
 /// [`build_requests`] with a given observed time.
 #[must_use]
 pub fn build_requests_at(
-    batch: &[CorrelatedRecord],
+    batch: &[ExportItem],
     resources: &Resources,
     warn_threshold_ns: u64,
     observed: u64,
 ) -> (ExportTraceServiceRequest, ExportLogsServiceRequest) {
     let mut groups: Vec<(&ResourceKey, Vec<Span>, Vec<LogRecord>)> = Vec::new();
-    for c in batch {
-        let idx = match groups.iter().position(|(k, _, _)| *k == &c.resource) {
+    for item in batch {
+        let key = item.resource();
+        let idx = match groups.iter().position(|(k, _, _)| *k == key) {
             Some(i) => i,
             None => {
-                groups.push((&c.resource, Vec::new(), Vec::new()));
+                groups.push((key, Vec::new(), Vec::new()));
                 groups.len() - 1
             }
         };
-        let attrs = attributes(c);
         let group = &mut groups[idx];
-        group
-            .2
-            .push(log_record(c, attrs.clone(), warn_threshold_ns, observed));
-        group.1.push(span(c, attrs));
+        match item {
+            ExportItem::Io(c) => {
+                let attrs = attributes(c);
+                group
+                    .2
+                    .push(log_record(c, attrs.clone(), warn_threshold_ns, observed));
+                group.1.push(span(c, attrs));
+            }
+            ExportItem::Runtime(c) => {
+                group
+                    .2
+                    .push(event_log_record(c, event_attributes(c), observed));
+            }
+        }
     }
     let mut traces = ExportTraceServiceRequest::default();
     let mut logs = ExportLogsServiceRequest::default();
     for (key, spans, records) in groups {
         let resource = resources.get(key).into_owned();
-        traces.resource_spans.push(ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(scope()),
-                spans,
-                ..ScopeSpans::default()
-            }],
-            ..ResourceSpans::default()
-        });
+        if !spans.is_empty() {
+            traces.resource_spans.push(ResourceSpans {
+                resource: Some(resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope()),
+                    spans,
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            });
+        }
         logs.resource_logs.push(ResourceLogs {
             resource: Some(resource),
             scope_logs: vec![ScopeLogs {
@@ -369,12 +573,80 @@ pub fn build_requests_at(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         config::ResourceConfig,
         correlate::{Correlator, tests::record},
+        enrich::{
+            AttributionMethod, Enrichment,
+            metadata::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID},
+        },
+        runtime::{EventSource, RuntimeEvent},
     };
+
+    pub(crate) const CONTAINER: &str = "c0ffee00c0ffee00";
+    pub(crate) const SANDBOX: &str = "5a4db0c5a4db0c00";
+
+    /// An event about container [`CONTAINER`] of pod `shop/web-0`, as containerd
+    /// reports it, enriched and correlated as the sink thread does.
+    pub(crate) fn runtime_event(
+        corr: &Correlator,
+        time_unix_ns: u64,
+        kind: RuntimeEventKind,
+    ) -> CorrelatedEvent {
+        let mut ev = RuntimeEvent::new(time_unix_ns, EventSource::Containerd, kind);
+        ev.container_id = Some(CONTAINER.into());
+        ev.sandbox_id = Some(SANDBOX.into());
+        ev.namespace = Some("k8s.io".into());
+        ev.image = Some("iostall.test/busybox:1".into());
+        for (k, v) in [
+            (LABEL_POD_NAME, "web-0"),
+            (LABEL_POD_NAMESPACE, "shop"),
+            (LABEL_POD_UID, "uid-1"),
+            (LABEL_CONTAINER_NAME, "app"),
+        ] {
+            ev.labels.insert(k.into(), v.into());
+        }
+        for (k, v) in [
+            ("pid", "4242"),
+            ("topic", "/tasks/exit"),
+            ("exit_code", "137"),
+        ] {
+            ev.attributes.insert(k.into(), v.into());
+        }
+        let mut enrichment = Enrichment::none();
+        if let Some(meta) = ev.container_meta() {
+            enrichment.fill_from_container(&meta);
+        }
+        corr.correlate_event(ev, enrichment)
+    }
+
+    /// An image pull: no container, no pod.
+    pub(crate) fn image_event(corr: &Correlator, time_unix_ns: u64) -> CorrelatedEvent {
+        let mut ev = RuntimeEvent::new(
+            time_unix_ns,
+            EventSource::Containerd,
+            RuntimeEventKind::ImagePulled,
+        );
+        ev.image = Some("iostall.test/busybox:1".into());
+        ev.namespace = Some("k8s.io".into());
+        corr.correlate_event(ev, Enrichment::none())
+    }
+
+    /// The container's slow IO, as the cgroup lookup attributes it.
+    pub(crate) fn container_io(corr: &Correlator, start_unix_ns: u64) -> CorrelatedRecord {
+        let enrichment = Enrichment {
+            method: AttributionMethod::Cgroup,
+            container_id: Some(CONTAINER.into()),
+            container_name: Some("app".into()),
+            pod_uid: Some("uid-1".into()),
+            pod_name: Some("web-0".into()),
+            pod_namespace: Some("shop".into()),
+            ..Enrichment::none()
+        };
+        corr.correlate_enriched(record(77, start_unix_ns), enrichment)
+    }
 
     fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
         attrs
@@ -397,7 +669,7 @@ mod tests {
     #[test]
     fn span_has_kernel_times_name_kind_and_attribute_types() {
         let c = Correlator::new("n").correlate(record(10, 1_700_000_000_000_000_000));
-        let (traces, _) = build_requests(std::slice::from_ref(&c), &resources(), 1_000_000_000);
+        let (traces, _) = build_requests(&[c.clone().into()], &resources(), 1_000_000_000);
         let s = &traces.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(s.name, "ext4 fsync");
         assert_eq!(s.kind, SpanKind::Internal as i32);
@@ -464,7 +736,7 @@ mod tests {
         let mut r = record(10, 1_700_000_000_000_000_000);
         r.ret = -i64::from(libc::EIO);
         let c = Correlator::new("n").correlate(r);
-        let (traces, logs) = build_requests(std::slice::from_ref(&c), &resources(), 0);
+        let (traces, logs) = build_requests(&[c.into()], &resources(), 0);
         let s = &traces.resource_spans[0].scope_spans[0].spans[0];
         let status = s.status.as_ref().expect("status");
         assert_eq!(status.code, StatusCode::Error as i32);
@@ -488,7 +760,7 @@ mod tests {
         slow.latency_ns = 1_500_000_000;
         slow.end_unix_ns = slow.start_unix_ns + slow.latency_ns;
         let slow = corr.correlate(slow);
-        let batch = [fast.clone(), slow.clone()];
+        let batch = [fast.clone().into(), slow.into()];
         let (traces, logs) = build_requests(&batch, &resources(), 1_000_000_000);
         let spans = &traces.resource_spans[0].scope_spans[0].spans;
         let records = &logs.resource_logs[0].scope_logs[0].log_records;
@@ -518,7 +790,10 @@ mod tests {
     fn one_resource_group_per_key_with_node_attributes() {
         let corr = Correlator::new("n");
         let batch: Vec<_> = (0..5)
-            .map(|i| corr.correlate(record(10 + i, 1_700_000_000_000_000_000)))
+            .map(|i| {
+                corr.correlate(record(10 + i, 1_700_000_000_000_000_000))
+                    .into()
+            })
             .collect();
         let (traces, logs) = build_requests(&batch, &resources(), 1_000_000_000);
         assert_eq!(traces.resource_spans.len(), 1);
@@ -564,5 +839,240 @@ mod tests {
         assert_eq!(attr(&a, "iostall.io.bytes"), Some(&Value::IntValue(4096)));
         assert_eq!(attr(&a, "iostall.io.offset"), Some(&Value::IntValue(8192)));
         assert!(attr(&a, "iostall.io.datasync").is_none());
+    }
+
+    #[test]
+    fn runtime_event_is_a_log_record_under_its_pods_resource_in_its_containers_trace() {
+        let corr = Correlator::new("n");
+        let t0 = 1_700_000_000_000_000_000;
+        let io = container_io(&corr, t0 + 1_000_000_000);
+        let exit = runtime_event(
+            &corr,
+            t0 + 2_000_000_000,
+            RuntimeEventKind::ContainerExited { exit_code: 137 },
+        );
+        let image = image_event(&corr, t0 + 3_000_000_000);
+        let host_io = corr.correlate(record(10, t0));
+        let batch: Vec<ExportItem> = vec![
+            host_io.clone().into(),
+            io.clone().into(),
+            exit.clone().into(),
+            image.clone().into(),
+        ];
+        let (traces, logs) = build_requests_at(&batch, &resources(), 1_000_000_000, t0 + 9);
+        // Spans for the IO only; log records for everything, grouped per Resource.
+        let span_count: usize = traces
+            .resource_spans
+            .iter()
+            .map(|rs| rs.scope_spans[0].spans.len())
+            .sum();
+        assert_eq!(span_count, 2);
+        assert_eq!(logs.resource_logs.len(), 2, "the node's and the pod's");
+        let node = &logs.resource_logs[0];
+        let pod = &logs.resource_logs[1];
+        let names = |rl: &ResourceLogs| -> Vec<String> {
+            rl.scope_logs[0]
+                .log_records
+                .iter()
+                .map(|l| l.event_name.clone())
+                .collect()
+        };
+        assert_eq!(names(node), ["iostall.io.slow", "iostall.image.pulled"]);
+        assert_eq!(names(pod), ["iostall.io.slow", "iostall.container.exited"]);
+        let res = &pod.resource.as_ref().expect("resource").attributes;
+        for (k, v) in [
+            ("k8s.pod.uid", "uid-1"),
+            ("k8s.pod.name", "web-0"),
+            ("k8s.namespace.name", "shop"),
+            ("container.id", CONTAINER),
+            ("k8s.container.name", "app"),
+            ("service.name", "iostall"),
+        ] {
+            assert_eq!(attr(res, k), Some(&Value::StringValue(v.into())), "{k}");
+        }
+        let node_res = &node.resource.as_ref().expect("resource").attributes;
+        assert!(attr(node_res, "k8s.pod.uid").is_none());
+
+        let l = &pod.scope_logs[0].log_records[1];
+        assert_eq!(l.time_unix_nano, t0 + 2_000_000_000);
+        assert_eq!(l.observed_time_unix_nano, t0 + 9);
+        assert_eq!(l.severity_number, SeverityNumber::Warn as i32);
+        assert_eq!(l.severity_text, "WARN");
+        // The same trace as the container's IO of that window; a span id of its own.
+        assert_eq!(l.trace_id, io.trace_id.0);
+        assert_eq!(l.span_id, exit.span_id.0);
+        assert_ne!(l.span_id, io.span_id.0);
+        assert_ne!(l.span_id, vec![0u8; 8]);
+        assert_eq!(l.flags, 1);
+        let body = match l.body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            other => panic!("body {other:?}"),
+        };
+        assert!(
+            body.ends_with("[containerd] container.exited c0ffee00c0ff shop/web-0 app exit_code=137 image=iostall.test/busybox:1"),
+            "{body}"
+        );
+        let a = &l.attributes;
+        let s = |v: &str| Some(Value::StringValue(v.into()));
+        assert_eq!(attr(a, "container.id").cloned(), s(CONTAINER));
+        assert_eq!(attr(a, "container.runtime.name").cloned(), s("containerd"));
+        assert_eq!(attr(a, "iostall.runtime.source").cloned(), s("containerd"));
+        assert_eq!(
+            attr(a, "container.image.name").cloned(),
+            s("iostall.test/busybox:1")
+        );
+        assert_eq!(attr(a, "iostall.sandbox.id").cloned(), s(SANDBOX));
+        assert_eq!(attr(a, "iostall.runtime.namespace").cloned(), s("k8s.io"));
+        assert_eq!(attr(a, "process.exit.code"), Some(&Value::IntValue(137)));
+        assert_eq!(attr(a, "iostall.runtime.pid"), Some(&Value::IntValue(4242)));
+        assert_eq!(attr(a, "iostall.runtime.topic").cloned(), s("/tasks/exit"));
+        assert!(
+            attr(a, "iostall.runtime.exit_code").is_none(),
+            "the exit code once, typed"
+        );
+        assert!(attr(a, "event.name").is_none(), "deprecated attribute");
+        assert!(
+            attr(a, "k8s.pod.uid").is_none(),
+            "identity is on the Resource"
+        );
+        let mut keys: Vec<&str> = a.iter().map(|kv| kv.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), a.len(), "duplicate attribute keys");
+
+        let l = &node.scope_logs[0].log_records[1];
+        assert_eq!(l.severity_number, SeverityNumber::Info as i32);
+        assert_eq!(l.trace_id, image.trace_id.0);
+        assert_ne!(l.trace_id, host_io.trace_id.0);
+        assert!(attr(&l.attributes, "container.id").is_none());
+    }
+
+    #[test]
+    fn runtime_event_severity_and_kind_fields() {
+        use RuntimeEventKind as K;
+        let corr = Correlator::new("n");
+        let severity = |kind| {
+            let c = runtime_event(&corr, 1, kind);
+            event_log_record(&c, event_attributes(&c), 2).severity_text
+        };
+        for (kind, want) in [
+            (K::ContainerCreated, "INFO"),
+            (K::ContainerStarted, "INFO"),
+            (K::ContainerExited { exit_code: 0 }, "INFO"),
+            (K::ContainerExited { exit_code: 1 }, "WARN"),
+            (K::ContainerOom, "WARN"),
+            (K::SandboxStopped, "INFO"),
+            (K::SandboxDeleted, "INFO"),
+            (K::ContainerDeleted, "INFO"),
+        ] {
+            assert_eq!(severity(kind), want, "{kind:?}");
+        }
+        let listed = runtime_event(&corr, 1, K::ContainerListed { running: true });
+        let a = event_attributes(&listed);
+        assert_eq!(
+            attr(&a, "iostall.runtime.running"),
+            Some(&Value::BoolValue(true))
+        );
+        assert!(attr(&a, "process.exit.code").is_none());
+        assert_eq!(
+            event_log_record(&listed, a, 2).event_name,
+            "iostall.container.listed"
+        );
+    }
+
+    #[test]
+    fn runtime_attributes_are_bounded() {
+        let corr = Correlator::new("n");
+        let mut c = runtime_event(&corr, 1, RuntimeEventKind::ContainerStarted);
+        for i in 0..100 {
+            c.event.attributes.insert(format!("k{i:03}"), "v".into());
+        }
+        c.event
+            .attributes
+            .insert("namespace".into(), "repeats a key".into());
+        let a = event_attributes(&c);
+        let mut keys: Vec<&str> = a.iter().map(|kv| kv.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), a.len(), "duplicate attribute keys");
+        let own = a
+            .iter()
+            .filter(|kv| {
+                kv.key.starts_with("iostall.runtime.")
+                    && kv.key != "iostall.runtime.source"
+                    && kv.key != "iostall.runtime.namespace"
+            })
+            .count();
+        assert_eq!(own, MAX_RUNTIME_ATTRIBUTES);
+    }
+
+    #[test]
+    fn kernel_events_keep_their_attribute_names_without_repeats() {
+        let corr = Correlator::new("n");
+        let kernel = |kind| {
+            let mut ev = RuntimeEvent::new(7, EventSource::Kernel, kind);
+            ev.container_id = Some(CONTAINER.into());
+            for (k, v) in [
+                ("process.pid", "42"),
+                ("process.command", "sh"),
+                ("process.exit.code", "137"),
+                ("iostall.exit.signal", "9"),
+                ("k8s.pod.uid", "uid-1"),
+                ("container.runtime.name", "containerd"),
+            ] {
+                ev.attributes.insert(k.into(), v.into());
+            }
+            let enrichment = Enrichment {
+                container_id: Some(CONTAINER.into()),
+                ..Enrichment::none()
+            };
+            corr.correlate_event(ev, enrichment)
+        };
+        let killed = kernel(RuntimeEventKind::ProcessExit {
+            exit_code: 137,
+            signal: Some(9),
+        });
+        let a = event_attributes(&killed);
+        let l = event_log_record(&killed, a.clone(), 8);
+        assert_eq!(l.event_name, "iostall.process.exit");
+        assert_eq!(l.severity_text, "WARN");
+        assert_eq!(attr(&a, "process.exit.code"), Some(&Value::IntValue(137)));
+        assert_eq!(attr(&a, "process.pid"), Some(&Value::IntValue(42)));
+        assert_eq!(
+            attr(&a, "process.command"),
+            Some(&Value::StringValue("sh".into()))
+        );
+        assert_eq!(
+            attr(&a, "iostall.runtime.signal"),
+            Some(&Value::IntValue(9))
+        );
+        assert_eq!(
+            attr(&a, "iostall.runtime.source"),
+            Some(&Value::StringValue("kernel".into()))
+        );
+        assert!(
+            attr(&a, "k8s.pod.uid").is_none(),
+            "identity is on the Resource"
+        );
+        assert!(attr(&a, "iostall.runtime.process.pid").is_none());
+        let mut keys: Vec<&str> = a.iter().map(|kv| kv.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), a.len(), "duplicate attribute keys");
+        let exited = kernel(RuntimeEventKind::ProcessExit {
+            exit_code: 0,
+            signal: None,
+        });
+        let a = event_attributes(&exited);
+        assert!(
+            attr(&a, "iostall.runtime.signal").is_none(),
+            "no null attribute"
+        );
+        assert_eq!(event_log_record(&exited, a, 8).severity_text, "INFO");
+        let oom = kernel(RuntimeEventKind::OomKill);
+        assert_eq!(
+            event_log_record(&oom, event_attributes(&oom), 8).severity_text,
+            "WARN"
+        );
     }
 }

@@ -1,18 +1,21 @@
-//! The export task: takes correlated records from a bounded queue, batches them (up to
-//! `batch_size` records or `batch_timeout`), encodes one traces and one logs request per
-//! batch, and sends both with retry and exponential backoff. It runs on its own thread
+//! The export task: takes correlated records and runtime events from a bounded queue,
+//! batches them (up to `batch_size` items or `batch_timeout`), encodes one traces and one
+//! logs request per batch (no traces request for a batch of runtime events only), and
+//! sends both with retry and exponential backoff. It runs on its own thread
 //! with its own single-threaded tokio runtime, so neither the kernel reader nor the
 //! sink thread ever waits on the network.
 //!
 //! Loss is counted, never hidden: a batch whose export still fails after
 //! `max_attempts` tries (or is rejected as not retryable) adds its records to
-//! `iostall_dropped_records_total{reason="otlp_export_failed"}`.
+//! `iostall_dropped_records_total{reason="otlp_export_failed"}` and its runtime events
+//! to `iostall_dropped_runtime_events_total{reason="otlp_export_failed"}`.
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::{
+    ExportItem,
     encode::now_unix_ns,
     resource::Resources,
     transport::{ExportError, SignalClient, TransportError},
@@ -20,7 +23,6 @@ use super::{
 };
 use crate::{
     config::{OtlpConfig, Signal},
-    correlate::CorrelatedRecord,
     metrics::{DropReason, ExportOutcome, Metrics},
 };
 
@@ -73,10 +75,10 @@ impl ExportTask {
     }
 
     /// Runs until `rx` is closed and drained.
-    pub async fn run(self, mut rx: mpsc::Receiver<CorrelatedRecord>) {
+    pub async fn run(self, mut rx: mpsc::Receiver<ExportItem>) {
         let mut encoder = WireEncoder::new();
         let batch_size = self.config.batch_size;
-        let mut batch: Vec<CorrelatedRecord> = Vec::with_capacity(batch_size);
+        let mut batch: Vec<ExportItem> = Vec::with_capacity(batch_size);
         loop {
             if rx.recv_many(&mut batch, batch_size).await == 0 {
                 break;
@@ -102,40 +104,55 @@ impl ExportTask {
         }
     }
 
-    /// Exports one batch (traces and logs concurrently) and counts the outcome.
-    async fn export(&self, encoder: &mut WireEncoder, batch: &[CorrelatedRecord]) {
+    /// Exports one batch (traces and logs concurrently) and counts the outcome: spans
+    /// for the slow operations, log records for everything.
+    async fn export(&self, encoder: &mut WireEncoder, batch: &[ExportItem]) {
         if self
             .deadline()
             .is_some_and(|d| tokio::time::Instant::now() >= d)
         {
+            let spans = batch.iter().filter(|i| i.io().is_some()).count() as u64;
             self.metrics
-                .add_dropped(DropReason::OtlpExportFailed, batch.len() as u64);
+                .add_dropped(DropReason::OtlpExportFailed, spans);
+            self.metrics
+                .add_dropped_events(DropReason::OtlpExportFailed, batch.len() as u64 - spans);
             tracing::warn!(
                 records = batch.len(),
                 "OTLP: shutting down, records dropped"
             );
             return;
         }
-        let traces = Bytes::from(encoder.traces(batch, &self.resources));
+        let n = batch.len() as u64;
+        let spans = batch.iter().filter(|i| i.io().is_some()).count() as u64;
         let logs = Bytes::from(encoder.logs(
             batch,
             &self.resources,
             self.config.warn_threshold_ns,
             now_unix_ns(),
         ));
-        let n = batch.len() as u64;
-        let (traces_ok, logs_ok) = tokio::join!(
-            self.with_retry(false, &self.traces, traces, n),
-            self.with_retry(true, &self.logs, logs, n),
-        );
+        let send_traces = async {
+            if spans == 0 {
+                return true;
+            }
+            let traces = Bytes::from(encoder.traces(batch, &self.resources));
+            self.with_retry(false, &self.traces, traces, spans).await
+        };
+        let (traces_ok, logs_ok) =
+            tokio::join!(send_traces, self.with_retry(true, &self.logs, logs, n));
         if traces_ok {
-            self.metrics.add_exported_spans(n);
+            self.metrics.add_exported_spans(spans);
         }
         if logs_ok {
             self.metrics.add_exported_logs(n);
         }
+        // A record is lost when either of its signals is; a runtime event with the logs.
         if !(traces_ok && logs_ok) {
-            self.metrics.add_dropped(DropReason::OtlpExportFailed, n);
+            self.metrics
+                .add_dropped(DropReason::OtlpExportFailed, spans);
+        }
+        if !logs_ok {
+            self.metrics
+                .add_dropped_events(DropReason::OtlpExportFailed, n - spans);
         }
     }
 

@@ -18,6 +18,10 @@
 //! The standard `OTEL_EXPORTER_OTLP_*` settings keep their documented meaning (see
 //! [`crate::config`]).
 //!
+//! Runtime lifecycle events (container created, started, exited…) become log records
+//! too, in the same batches and under the same Resources as the slow operations, with
+//! the trace id of their container's IO of the same window (see [`encode`]).
+//!
 //! Modules: [`resource`] (the node's Resource), [`encode`] (records to OTLP messages:
 //! the attribute definition and the `opentelemetry-proto` reference), [`wire`] (the same
 //! messages written straight to protobuf bytes: the hot path),
@@ -28,3 +32,47 @@ pub mod exporter;
 pub mod resource;
 pub mod transport;
 pub mod wire;
+
+use crate::correlate::{CorrelatedEvent, CorrelatedRecord, ResourceKey};
+
+/// What the export queue holds: a slow operation (a span and a log record) or a
+/// runtime event (a log record only).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExportItem {
+    /// A slow operation.
+    Io(CorrelatedRecord),
+    /// A runtime lifecycle event.
+    Runtime(CorrelatedEvent),
+}
+
+impl ExportItem {
+    /// The Resource it is exported under.
+    #[must_use]
+    pub fn resource(&self) -> &ResourceKey {
+        match self {
+            Self::Io(c) => &c.resource,
+            Self::Runtime(c) => &c.resource,
+        }
+    }
+
+    /// The slow operation, if it is one (only those become spans).
+    #[must_use]
+    pub fn io(&self) -> Option<&CorrelatedRecord> {
+        match self {
+            Self::Io(c) => Some(c),
+            Self::Runtime(_) => None,
+        }
+    }
+}
+
+impl From<CorrelatedRecord> for ExportItem {
+    fn from(c: CorrelatedRecord) -> Self {
+        Self::Io(c)
+    }
+}
+
+impl From<CorrelatedEvent> for ExportItem {
+    fn from(c: CorrelatedEvent) -> Self {
+        Self::Runtime(c)
+    }
+}

@@ -9,12 +9,16 @@
 use prost::Message;
 
 use super::{
-    encode::{AttrValue, EVENT_NAME, error_message, for_each_attribute, scope, span_name},
+    ExportItem,
+    encode::{
+        AttrValue, EVENT_NAME, RUNTIME_EVENT_PREFIX, error_message, for_each_attribute,
+        for_each_event_attribute, runtime_event_warns, scope, span_name,
+    },
     resource::Resources,
 };
 use crate::{
-    correlate::{CorrelatedRecord, ResourceKey},
-    sink::console::format_row,
+    correlate::{CorrelatedEvent, CorrelatedRecord, ResourceKey},
+    sink::console::{format_row, format_runtime_event},
 };
 
 const LEN: u32 = 2;
@@ -108,13 +112,16 @@ impl WireEncoder {
         }
     }
 
-    /// Groups `batch` by Resource key, in first-seen order.
-    fn groups(batch: &[CorrelatedRecord]) -> Vec<(&ResourceKey, Vec<&CorrelatedRecord>)> {
-        let mut groups: Vec<(&ResourceKey, Vec<&CorrelatedRecord>)> = Vec::new();
-        for c in batch {
-            match groups.iter_mut().find(|(k, _)| *k == &c.resource) {
-                Some((_, v)) => v.push(c),
-                None => groups.push((&c.resource, vec![c])),
+    /// Groups `items` by Resource key, in first-seen order.
+    fn groups<'a>(
+        items: impl Iterator<Item = &'a ExportItem>,
+    ) -> Vec<(&'a ResourceKey, Vec<&'a ExportItem>)> {
+        let mut groups: Vec<(&ResourceKey, Vec<&ExportItem>)> = Vec::new();
+        for item in items {
+            let key = item.resource();
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(item),
+                None => groups.push((key, vec![item])),
             }
         }
         groups
@@ -136,12 +143,13 @@ impl WireEncoder {
         out.extend_from_slice(&self.items);
     }
 
-    /// An `ExportTraceServiceRequest` for `batch`.
-    pub fn traces(&mut self, batch: &[CorrelatedRecord], resources: &Resources) -> Vec<u8> {
+    /// An `ExportTraceServiceRequest` for `batch`'s slow operations (runtime events
+    /// have no spans).
+    pub fn traces(&mut self, batch: &[ExportItem], resources: &Resources) -> Vec<u8> {
         let mut out = Vec::with_capacity(batch.len() * 700 + 512);
-        for (key, records) in Self::groups(batch) {
+        for (key, items) in Self::groups(batch.iter().filter(|i| i.io().is_some())) {
             self.items.clear();
-            for c in records {
+            for c in items.into_iter().filter_map(ExportItem::io) {
                 self.span(c);
                 bytes_field(&mut self.items, 2, &self.item);
             }
@@ -153,16 +161,19 @@ impl WireEncoder {
     /// An `ExportLogsServiceRequest` for `batch`.
     pub fn logs(
         &mut self,
-        batch: &[CorrelatedRecord],
+        batch: &[ExportItem],
         resources: &Resources,
         warn_threshold_ns: u64,
         observed_unix_ns: u64,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(batch.len() * 800 + 512);
-        for (key, records) in Self::groups(batch) {
+        for (key, items) in Self::groups(batch.iter()) {
             self.items.clear();
-            for c in records {
-                self.log_record(c, warn_threshold_ns, observed_unix_ns);
+            for item in items {
+                match item {
+                    ExportItem::Io(c) => self.log_record(c, warn_threshold_ns, observed_unix_ns),
+                    ExportItem::Runtime(c) => self.event_log_record(c, observed_unix_ns),
+                }
                 bytes_field(&mut self.items, 2, &self.item);
             }
             self.resource_group(&mut out, &resources.encoded(key));
@@ -213,6 +224,32 @@ impl WireEncoder {
         fixed64_field(b, 11, observed);
         bytes_field(b, 12, EVENT_NAME.as_bytes());
     }
+
+    /// One runtime event's `LogRecord`, into `self.item` (as
+    /// [`super::encode::event_log_record`]).
+    fn event_log_record(&mut self, c: &CorrelatedEvent, observed: u64) {
+        let b = &mut self.item;
+        b.clear();
+        fixed64_field(b, 1, c.event.time_unix_ns);
+        let warn = runtime_event_warns(&c.event.kind);
+        varint_field(b, 2, if warn { 13 } else { 9 });
+        bytes_field(b, 3, if warn { b"WARN" } else { b"INFO" });
+        let body = format_runtime_event(&c.event);
+        tag(b, 5, LEN);
+        varint(b, (1 + varint_len(body.len() as u64) + body.len()) as u64);
+        bytes_field(b, 1, body.as_bytes());
+        for_each_event_attribute(c, |key, v| key_value(b, 6, key, &v));
+        tag(b, 8, I32);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        bytes_field(b, 9, &c.trace_id.0);
+        bytes_field(b, 10, &c.span_id.0);
+        fixed64_field(b, 11, observed);
+        let name = c.event.kind.name();
+        tag(b, 12, LEN);
+        varint(b, (RUNTIME_EVENT_PREFIX.len() + name.len()) as u64);
+        b.extend_from_slice(RUNTIME_EVENT_PREFIX.as_bytes());
+        b.extend_from_slice(name.as_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -226,8 +263,43 @@ mod tests {
         config::ResourceConfig,
         correlate::{Correlator, tests::record},
         event::IoOp,
-        otlp::encode::build_requests_at,
+        otlp::encode::{
+            build_requests_at,
+            tests::{container_io, image_event, runtime_event},
+        },
+        runtime::RuntimeEventKind,
     };
+
+    fn resources() -> Resources {
+        Resources::new(
+            &ResourceConfig {
+                service_name: "svc".into(),
+                attributes: vec![("a".into(), "b".into())],
+            },
+            Some("node".into()),
+        )
+    }
+
+    /// Encodes `batch` both ways; the wire bytes must decode to the reference messages.
+    fn assert_same_messages(
+        batch: &[ExportItem],
+    ) -> (ExportTraceServiceRequest, ExportLogsServiceRequest) {
+        let resources = resources();
+        let observed = 1_800_000_000_000_000_000;
+        let (want_traces, want_logs) =
+            build_requests_at(batch, &resources, 1_000_000_000, observed);
+        let mut enc = WireEncoder::new();
+        let traces = ExportTraceServiceRequest::decode(enc.traces(batch, &resources).as_slice())
+            .expect("valid traces protobuf");
+        let logs = ExportLogsServiceRequest::decode(
+            enc.logs(batch, &resources, 1_000_000_000, observed)
+                .as_slice(),
+        )
+        .expect("valid logs protobuf");
+        assert_eq!(traces, want_traces);
+        assert_eq!(logs, want_logs);
+        (traces, logs)
+    }
 
     #[test]
     fn varint_len_matches_encoding() {
@@ -270,27 +342,67 @@ mod tests {
                 }
                 _ => r.datasync = true,
             }
-            batch.push(corr.correlate(r));
+            batch.push(corr.correlate(r).into());
         }
-        let resources = Resources::new(
-            &ResourceConfig {
-                service_name: "svc".into(),
-                attributes: vec![("a".into(), "b".into())],
+        assert_same_messages(&batch);
+    }
+
+    #[test]
+    fn runtime_events_same_messages_as_opentelemetry_proto() {
+        use RuntimeEventKind as K;
+        let corr = Correlator::new("n");
+        let t0 = 1_700_000_000_000_000_000;
+        let mut batch: Vec<ExportItem> = vec![corr.correlate(record(10, t0)).into()];
+        for (i, kind) in [
+            K::ContainerCreated,
+            K::ContainerStarted,
+            K::ContainerListed { running: false },
+            K::ContainerOom,
+            K::ContainerExited { exit_code: 137 },
+            K::ProcessExit {
+                exit_code: 137,
+                signal: Some(9),
             },
-            Some("node".into()),
-        );
-        let observed = 1_800_000_000_000_000_000;
-        let (want_traces, want_logs) =
-            build_requests_at(&batch, &resources, 1_000_000_000, observed);
-        let mut enc = WireEncoder::new();
-        let traces = ExportTraceServiceRequest::decode(enc.traces(&batch, &resources).as_slice())
-            .expect("valid traces protobuf");
-        let logs = ExportLogsServiceRequest::decode(
-            enc.logs(&batch, &resources, 1_000_000_000, observed)
-                .as_slice(),
-        )
-        .expect("valid logs protobuf");
-        assert_eq!(traces, want_traces);
-        assert_eq!(logs, want_logs);
+            K::ProcessExit {
+                exit_code: 0,
+                signal: None,
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let at = t0 + i as u64 * 1_000_000;
+            batch.push(container_io(&corr, at).into());
+            batch.push(runtime_event(&corr, at + 1, kind).into());
+        }
+        let mut unnamed = runtime_event(&corr, 0, K::ContainerDeleted);
+        unnamed.event.image = None;
+        unnamed.event.namespace = None;
+        unnamed.event.attributes.clear();
+        batch.push(unnamed.into());
+        batch.push(image_event(&corr, t0).into());
+        let (traces, logs) = assert_same_messages(&batch);
+        assert_eq!(traces.resource_spans.len(), 2);
+        assert_eq!(logs.resource_logs.len(), 2);
+        let events: usize = logs
+            .resource_logs
+            .iter()
+            .flat_map(|rl| &rl.scope_logs[0].log_records)
+            .filter(|l| l.event_name != "iostall.io.slow")
+            .count();
+        assert_eq!(events, 9);
+    }
+
+    #[test]
+    fn runtime_events_alone_have_no_spans() {
+        let corr = Correlator::new("n");
+        let batch: Vec<ExportItem> = vec![
+            runtime_event(&corr, 5, RuntimeEventKind::ContainerStarted).into(),
+            image_event(&corr, 6).into(),
+        ];
+        let (traces, logs) = assert_same_messages(&batch);
+        assert!(traces.resource_spans.is_empty());
+        assert!(WireEncoder::new().traces(&batch, &resources()).is_empty());
+        assert_eq!(logs.resource_logs.len(), 2);
     }
 }

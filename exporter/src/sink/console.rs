@@ -3,7 +3,10 @@
 use std::io::Write;
 
 use super::Sink;
-use crate::{correlate::CorrelatedRecord, runtime::RuntimeEvent};
+use crate::{
+    correlate::{CorrelatedEvent, CorrelatedRecord},
+    runtime::RuntimeEvent,
+};
 
 /// Writes the table to any writer (stdout in the CLI).
 pub struct ConsoleSink<W: Write> {
@@ -102,8 +105,8 @@ impl<W: Write + Send> Sink for ConsoleSink<W> {
         writeln!(self.out, "{}", format_row(record))
     }
 
-    fn runtime_event(&mut self, event: &RuntimeEvent) -> std::io::Result<()> {
-        writeln!(self.out, "{}", format_runtime_event(event))
+    fn runtime_event(&mut self, event: &CorrelatedEvent) -> std::io::Result<()> {
+        writeln!(self.out, "{}", format_runtime_event(&event.event))
     }
 
     fn idle(&mut self) -> std::io::Result<()> {
@@ -284,6 +287,7 @@ mod tests {
             "{line}"
         );
         let mut json = super::super::json::JsonSink::new(Vec::new());
+        let ev = Correlator::new("n").correlate_event(ev, Enrichment::none());
         json.runtime_event(&ev).expect("write");
         let text = String::from_utf8(json.into_inner()).expect("utf8");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
@@ -291,6 +295,7 @@ mod tests {
         assert_eq!(v["event.name"], "container.exited");
         assert_eq!(v["kind"], "container_exited");
         assert_eq!(v["exit_code"], 7);
+        assert_eq!(v["trace_id"], ev.trace_id.to_string());
     }
 
     #[test]
@@ -324,6 +329,7 @@ mod tests {
             "{line}"
         );
         let mut json = super::super::json::JsonSink::new(Vec::new());
+        let ev = Correlator::new("n").correlate_event(ev, Enrichment::none());
         json.runtime_event(&ev).expect("write");
         let v: serde_json::Value =
             serde_json::from_slice(&json.into_inner()).expect("one JSON line");

@@ -1,10 +1,11 @@
 //! One JSON object per record, one per line, every field, plus `trace_id` and `span_id`
 //! (hex, as in OTLP/JSON) to join with the exported spans. Runtime lifecycle events are
-//! lines too, told apart by `"type": "runtime"` (and `"event.name"`).
+//! lines too, told apart by `"type": "runtime"` (and `"event.name"`), with the trace id
+//! of their container's IO of the same window.
 use std::io::Write;
 
 use super::Sink;
-use crate::{correlate::CorrelatedRecord, runtime::RuntimeEvent};
+use crate::correlate::{CorrelatedEvent, CorrelatedRecord};
 
 /// A runtime event as a JSON line: flat, `kind` and its fields (`exit_code`) at the top.
 #[derive(serde::Serialize)]
@@ -23,6 +24,8 @@ struct RuntimeLine<'a> {
     image: &'a Option<String>,
     labels: &'a std::collections::BTreeMap<String, String>,
     attributes: &'a std::collections::BTreeMap<String, String>,
+    trace_id: crate::correlate::TraceId,
+    span_id: crate::correlate::SpanId,
 }
 
 /// JSON lines to any writer.
@@ -48,7 +51,8 @@ impl<W: Write + Send> Sink for JsonSink<W> {
         self.out.write_all(b"\n")
     }
 
-    fn runtime_event(&mut self, event: &RuntimeEvent) -> std::io::Result<()> {
+    fn runtime_event(&mut self, correlated: &CorrelatedEvent) -> std::io::Result<()> {
+        let event = &correlated.event;
         let line = RuntimeLine {
             line_type: "runtime",
             event_name: event.kind.name(),
@@ -61,6 +65,8 @@ impl<W: Write + Send> Sink for JsonSink<W> {
             image: &event.image,
             labels: &event.labels,
             attributes: &event.attributes,
+            trace_id: correlated.trace_id,
+            span_id: correlated.span_id,
         };
         serde_json::to_writer(&mut self.out, &line)?;
         self.out.write_all(b"\n")

@@ -6,14 +6,15 @@ pub mod console;
 pub mod json;
 pub mod otlp;
 
-use crate::{correlate::CorrelatedRecord, runtime::RuntimeEvent};
+use crate::correlate::{CorrelatedEvent, CorrelatedRecord};
 
 /// A destination for records.
 pub trait Sink: Send {
     /// Takes one record (with its trace and span ids).
     fn record(&mut self, record: &CorrelatedRecord) -> std::io::Result<()>;
-    /// Takes one runtime lifecycle event; sinks that do not show them ignore it.
-    fn runtime_event(&mut self, event: &RuntimeEvent) -> std::io::Result<()> {
+    /// Takes one runtime lifecycle event (with its trace and span ids, container and
+    /// pod); sinks that do not show them ignore it.
+    fn runtime_event(&mut self, event: &CorrelatedEvent) -> std::io::Result<()> {
         let _ = event;
         Ok(())
     }
