@@ -12,7 +12,12 @@
 //!   by the collector.
 //! - `iostall_otlp_export_requests_total{signal,result}`: export requests by outcome
 //!   (`ok`, `retry`, `failed`).
-//! - `iostall_kernel_events_total`: events the eBPF programs wrote to the ring buffer.
+//! - `iostall_dropped_runtime_events_total{reason}`: runtime lifecycle events lost
+//!   (`ringbuf_full`: the kernel's lifecycle ring; the queues as above).
+//! - `iostall_kernel_events_total`: events the eBPF programs wrote to the ring buffer;
+//!   `iostall_kernel_lifecycle_events_total`: to the lifecycle ring buffer.
+//! - `iostall_kernel_filtered_total{reason}`: slow operations the kernel side left out
+//!   on purpose (`not_ext4`, `not_regular` file, `file_unresolved`).
 //!
 //! The server is deliberately tiny (HTTP/1.1, one request per connection): it must add
 //! no dependency and no risk to the exporter.
@@ -96,6 +101,9 @@ pub struct Metrics {
     /// [signal (0 traces, 1 logs)][outcome].
     requests: [[AtomicU64; 3]; 2],
     kernel_events: AtomicU64,
+    kernel_lifecycle_events: AtomicU64,
+    /// `not_ext4`, `not_regular`, `file_unresolved`.
+    kernel_filtered: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -145,6 +153,17 @@ impl Metrics {
         self.dropped[DropReason::InflightFull as usize]
             .store(stats.inflight_full, Ordering::Relaxed);
         self.kernel_events.store(stats.events, Ordering::Relaxed);
+        self.dropped_events[DropReason::RingbufFull as usize]
+            .store(stats.lifecycle_drops, Ordering::Relaxed);
+        self.kernel_lifecycle_events
+            .store(stats.lifecycle_events, Ordering::Relaxed);
+        for (slot, value) in self.kernel_filtered.iter().zip([
+            stats.not_ext4,
+            stats.not_regular,
+            stats.file_unresolved,
+        ]) {
+            slot.store(value, Ordering::Relaxed);
+        }
     }
 
     /// Counts spans the collector accepted.
@@ -203,6 +222,7 @@ impl Metrics {
              # TYPE iostall_dropped_runtime_events_total counter\n",
         );
         for reason in [
+            DropReason::RingbufFull,
             DropReason::SinkQueueFull,
             DropReason::OtlpQueueFull,
             DropReason::OtlpExportFailed,
@@ -242,9 +262,25 @@ impl Metrics {
             out,
             "# HELP iostall_kernel_events_total Events the eBPF programs wrote to the ring buffer.\n\
              # TYPE iostall_kernel_events_total counter\n\
-             iostall_kernel_events_total {}",
-            get(&self.kernel_events)
+             iostall_kernel_events_total {}\n\
+             # HELP iostall_kernel_lifecycle_events_total Events the eBPF programs wrote to the lifecycle ring buffer.\n\
+             # TYPE iostall_kernel_lifecycle_events_total counter\n\
+             iostall_kernel_lifecycle_events_total {}\n\
+             # HELP iostall_kernel_filtered_total Slow operations left out in the kernel, by reason.\n\
+             # TYPE iostall_kernel_filtered_total counter",
+            get(&self.kernel_events),
+            get(&self.kernel_lifecycle_events)
         );
+        for (reason, value) in ["not_ext4", "not_regular", "file_unresolved"]
+            .into_iter()
+            .zip(&self.kernel_filtered)
+        {
+            let _ = writeln!(
+                out,
+                "iostall_kernel_filtered_total{{reason=\"{reason}\"}} {}",
+                get(value)
+            );
+        }
         out
     }
 }
@@ -366,6 +402,9 @@ mod tests {
             ringbuf_drops: 7,
             inflight_full: 1,
             events: 10,
+            lifecycle_drops: 5,
+            lifecycle_events: 6,
+            not_regular: 2,
             ..KernelStats::default()
         });
         m.add_exported_spans(1);
@@ -383,6 +422,16 @@ mod tests {
         );
         assert!(text.contains("iostall_dropped_records_total{reason=\"otlp_export_failed\"} 0\n"));
         assert!(text.contains("iostall_otlp_exported_logs_total 0\n"));
+        assert!(
+            text.contains("iostall_dropped_runtime_events_total{reason=\"ringbuf_full\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("iostall_kernel_lifecycle_events_total 6\n"),
+            "{text}"
+        );
+        assert!(text.contains("iostall_kernel_filtered_total{reason=\"not_regular\"} 2\n"));
+        assert!(text.contains("iostall_kernel_filtered_total{reason=\"not_ext4\"} 0\n"));
     }
 
     #[test]
