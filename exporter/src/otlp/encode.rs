@@ -64,7 +64,7 @@ use crate::{
     correlate::{CorrelatedEvent, CorrelatedRecord, ResourceKey},
     enrich::cgroup_path::Runtime,
     event::IoOp,
-    runtime::RuntimeEventKind,
+    runtime::{RuntimeEvent, RuntimeEventKind},
     sink::console::{format_row, format_runtime_event},
 };
 
@@ -335,15 +335,26 @@ fn kind_fields(kind: &RuntimeEventKind) -> serde_json::Map<String, serde_json::V
     }
 }
 
-/// Whether a runtime event deserves WARN: a non-zero exit code (Kubernetes' `Error`
-/// reason, 137 = killed) or an OOM kill. Stops and deletions are routine: INFO.
+/// Whether a runtime event deserves WARN: a container's non-zero exit code
+/// (Kubernetes' `Error` reason, 137 = killed) or an OOM kill. Stops and deletions are
+/// routine: INFO. A process inside a container exiting non-zero is routine too (probes,
+/// `grep`, shell tests): only a process killed by a signal is a WARN — and any exit of a
+/// runtime daemon (containerd, dockerd, kubelet…), since that is what the field report's
+/// fsync stalls ended in.
 #[must_use]
-pub fn runtime_event_warns(kind: &RuntimeEventKind) -> bool {
-    let failed = kind_fields(kind)
+pub fn runtime_event_warns(event: &RuntimeEvent) -> bool {
+    if let RuntimeEventKind::ProcessExit { signal, .. } = event.kind {
+        let daemon = event
+            .attributes
+            .get(crate::lifecycle::attr::WATCHED_AS)
+            .is_some_and(|w| w == "runtime-daemon");
+        return daemon || signal.is_some();
+    }
+    let failed = kind_fields(&event.kind)
         .get("exit_code")
         .and_then(serde_json::Value::as_i64)
         .is_some_and(|code| code != 0);
-    failed || kind.name().split('.').any(|part| part == "oom")
+    failed || event.kind.name().split('.').any(|part| part == "oom")
 }
 
 /// Calls `f` with each attribute of a runtime event's log record, in a fixed order: the
@@ -456,7 +467,7 @@ pub fn event_log_record(
     attributes: Vec<KeyValue>,
     observed_unix_ns: u64,
 ) -> LogRecord {
-    let warn = runtime_event_warns(&c.event.kind);
+    let warn = runtime_event_warns(&c.event);
     let severity = if warn {
         SeverityNumber::Warn
     } else {
@@ -582,7 +593,7 @@ pub(crate) mod tests {
             AttributionMethod, Enrichment,
             metadata::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID},
         },
-        runtime::{EventSource, RuntimeEvent},
+        runtime::EventSource,
     };
 
     pub(crate) const CONTAINER: &str = "c0ffee00c0ffee00";
@@ -964,9 +975,40 @@ pub(crate) mod tests {
             (K::SandboxStopped, "INFO"),
             (K::SandboxDeleted, "INFO"),
             (K::ContainerDeleted, "INFO"),
+            (
+                K::ProcessExit {
+                    exit_code: 1,
+                    signal: None,
+                },
+                "INFO",
+            ),
+            (
+                K::ProcessExit {
+                    exit_code: 137,
+                    signal: Some(9),
+                },
+                "WARN",
+            ),
         ] {
             assert_eq!(severity(kind), want, "{kind:?}");
         }
+        let mut daemon = runtime_event(
+            &corr,
+            1,
+            K::ProcessExit {
+                exit_code: 0,
+                signal: None,
+            },
+        );
+        daemon.event.attributes.insert(
+            crate::lifecycle::attr::WATCHED_AS.into(),
+            "runtime-daemon".into(),
+        );
+        assert_eq!(
+            event_log_record(&daemon, event_attributes(&daemon), 2).severity_text,
+            "WARN",
+            "any exit of containerd is news"
+        );
         let listed = runtime_event(&corr, 1, K::ContainerListed { running: true });
         let a = event_attributes(&listed);
         assert_eq!(

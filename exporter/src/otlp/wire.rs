@@ -231,7 +231,7 @@ impl WireEncoder {
         let b = &mut self.item;
         b.clear();
         fixed64_field(b, 1, c.event.time_unix_ns);
-        let warn = runtime_event_warns(&c.event.kind);
+        let warn = runtime_event_warns(&c.event);
         varint_field(b, 2, if warn { 13 } else { 9 });
         bytes_field(b, 3, if warn { b"WARN" } else { b"INFO" });
         let body = format_runtime_event(&c.event);
