@@ -6,9 +6,9 @@
 //! exit with its code) arrives in order in the same output. Nothing is mocked.
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use iostall_tests::{
-    containerd::{ContainerSpec, Containerd, new_pod_uid},
+    containerd::{ContainerSpec, Containerd, new_pod_uid, throttle_container_writes},
     iostall_proc::Iostall,
     otlp_receiver::OtlpReceiver,
     slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
@@ -94,13 +94,7 @@ fn container_io_is_attributed_to_its_pod_in_json_and_otlp() -> Result<()> {
         .bind(volume, "/data");
         let id = cri.create_container(&sandbox, &spec).await?;
         cri.start_container(&id).await?;
-        let (major, minor) = fs.device();
-        let cgroup = format!("/sys/fs/cgroup/blkio/kubepods/besteffort/pod{uid}/{id}");
-        std::fs::write(
-            format!("{cgroup}/blkio.throttle.write_iops_device"),
-            format!("{major}:{minor} 10"),
-        )
-        .with_context(|| format!("throttling {cgroup}"))?;
+        throttle_container_writes(&uid, &id, fs.device(), 10)?;
         let status = cri.wait_exited(&id, Duration::from_secs(60)).await?;
         assert_eq!(status.exit_code, 0, "{status:?}");
         anyhow::Ok((uid, id))

@@ -7,9 +7,9 @@
 //! slow IO spans of the same 10 s window. Nothing is mocked.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use iostall_tests::{
-    containerd::{ContainerSpec, Containerd, new_pod_uid},
+    containerd::{ContainerSpec, Containerd, new_pod_uid, throttle_container_writes},
     iostall_proc::Iostall,
     otlp_receiver::{Collected, OtlpReceiver, int_attr, str_attr},
     slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
@@ -89,13 +89,7 @@ fn container_lifecycle_is_logged_under_its_pod_in_the_trace_of_its_io() -> Resul
         let id = cri.create_container(&sandbox, &spec).await?;
         wait_for_window_start();
         cri.start_container(&id).await?;
-        let (major, minor) = fs.device();
-        let cgroup = format!("/sys/fs/cgroup/blkio/kubepods/besteffort/pod{uid}/{id}");
-        std::fs::write(
-            format!("{cgroup}/blkio.throttle.write_iops_device"),
-            format!("{major}:{minor} 10"),
-        )
-        .with_context(|| format!("throttling {cgroup}"))?;
+        throttle_container_writes(&uid, &id, fs.device(), 10)?;
         let status = cri.wait_exited(&id, Duration::from_secs(60)).await?;
         ensure!(status.exit_code == 3, "{status:?}");
         anyhow::Ok((uid, id))

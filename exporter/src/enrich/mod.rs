@@ -358,15 +358,20 @@ mod tests {
         }
     }
 
+    /// A `/proc` with one process, `pid`, whose `cgroup` file says `cgroup`.
+    fn fake_proc(pid: u32, cgroup: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join(pid.to_string())).expect("mkdir");
+        fs::write(dir.path().join(format!("{pid}/cgroup")), cgroup).expect("write");
+        dir
+    }
+
     #[test]
     fn by_cgroup_then_metadata() {
-        let proc_dir = tempfile::tempdir().expect("tempdir");
-        fs::create_dir(proc_dir.path().join("42")).expect("mkdir");
-        fs::write(
-            proc_dir.path().join("42/cgroup"),
-            format!("7:blkio:/kubepods/besteffort/pod{UID}/{ID}\n0::/\n"),
-        )
-        .expect("write");
+        let proc_dir = fake_proc(
+            42,
+            &format!("7:blkio:/kubepods/besteffort/pod{UID}/{ID}\n0::/\n"),
+        );
         let mut e = enricher(proc_dir.path());
         let got = e.enrich(&record(42, Some("/data/x")));
         assert_eq!(got.method, AttributionMethod::Cgroup);
@@ -425,13 +430,10 @@ mod tests {
         const KUBE_UID: &str = "0c4f7a8e-1111-2222-3333-444455556666";
         // A container no runtime reported.
         let other = "fe".repeat(32);
-        let proc_dir = tempfile::tempdir().expect("tempdir");
-        fs::create_dir(proc_dir.path().join("43")).expect("mkdir");
-        fs::write(
-            proc_dir.path().join("43/cgroup"),
-            format!("0::/kubepods/besteffort/pod{KUBE_UID}/{other}\n"),
-        )
-        .expect("write");
+        let proc_dir = fake_proc(
+            43,
+            &format!("0::/kubepods/besteffort/pod{KUBE_UID}/{other}\n"),
+        );
         let mut e = enricher(proc_dir.path());
         // Without the API: the uid from the path, no name (no runtime knows the pod).
         let before = e.enrich(&record(43, None));

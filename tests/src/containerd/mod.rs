@@ -535,6 +535,23 @@ pub fn pod_cgroup_parent(uid: &str) -> String {
     format!("/kubepods/besteffort/pod{uid}")
 }
 
+/// Throttles the writes of a running CRI container (of pod `pod_uid`) to `device` at
+/// `iops`: blkio limits work on the writer's own leaf cgroup only, which runc creates at
+/// [`pod_cgroup_parent`]`/<id>` in the v1 blkio hierarchy.
+pub fn throttle_container_writes(
+    pod_uid: &str,
+    id: &str,
+    (major, minor): (u32, u32),
+    iops: u32,
+) -> Result<()> {
+    let cgroup = format!("/sys/fs/cgroup/blkio{}/{id}", pod_cgroup_parent(pod_uid));
+    fs::write(
+        format!("{cgroup}/blkio.throttle.write_iops_device"),
+        format!("{major}:{minor} {iops}"),
+    )
+    .with_context(|| format!("throttling {cgroup}"))
+}
+
 /// A fresh random pod uid (from the kernel's uuid generator).
 pub fn new_pod_uid() -> Result<String> {
     Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")
