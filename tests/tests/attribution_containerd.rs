@@ -10,20 +10,10 @@ use anyhow::Result;
 use iostall_tests::{
     containerd::{ContainerSpec, Containerd, new_pod_uid, throttle_container_writes},
     iostall_proc::Iostall,
-    otlp_receiver::OtlpReceiver,
+    otlp_receiver::{OtlpReceiver, str_attr},
     slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
 };
-use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
 use serde_json::Value as Json;
-
-fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
-        match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-            Some(Value::StringValue(s)) => Some(s.clone()),
-            _ => None,
-        }
-    })
-}
 
 /// A slow ext4 filesystem with a `volume` directory to bind-mount into containers, and a
 /// private containerd with the test images imported.
@@ -147,25 +137,25 @@ fn container_io_is_attributed_to_its_pod_in_json_and_otlp() -> Result<()> {
     let got = rx.collect_until(Duration::from_secs(20), |c| {
         c.spans
             .iter()
-            .filter(|(_, s)| attr(&s.attributes, "file.name").as_deref() == Some("out"))
+            .filter(|(_, s)| str_attr(&s.attributes, "file.name").as_deref() == Some("out"))
             .count()
             >= want
             && c.logs
                 .iter()
-                .filter(|(_, l)| attr(&l.attributes, "file.name").as_deref() == Some("out"))
+                .filter(|(_, l)| str_attr(&l.attributes, "file.name").as_deref() == Some("out"))
                 .count()
                 >= want
     });
     let spans: Vec<_> = got
         .spans
         .iter()
-        .filter(|(_, s)| attr(&s.attributes, "file.name").as_deref() == Some("out"))
+        .filter(|(_, s)| str_attr(&s.attributes, "file.name").as_deref() == Some("out"))
         .collect();
     assert_eq!(spans.len(), want, "one span per slow operation");
     let logs: Vec<_> = got
         .logs
         .iter()
-        .filter(|(_, l)| attr(&l.attributes, "file.name").as_deref() == Some("out"))
+        .filter(|(_, l)| str_attr(&l.attributes, "file.name").as_deref() == Some("out"))
         .collect();
     assert_eq!(logs.len(), want, "one log record per slow operation");
     let resources = spans
@@ -173,26 +163,35 @@ fn container_io_is_attributed_to_its_pod_in_json_and_otlp() -> Result<()> {
         .map(|(r, _)| &r.attributes)
         .chain(logs.iter().map(|(r, _)| &r.attributes));
     for resource in resources {
-        assert_eq!(attr(resource, "k8s.pod.uid").as_deref(), Some(uid.as_str()));
-        assert_eq!(attr(resource, "k8s.pod.name").as_deref(), Some("web-0"));
         assert_eq!(
-            attr(resource, "k8s.namespace.name").as_deref(),
+            str_attr(resource, "k8s.pod.uid").as_deref(),
+            Some(uid.as_str())
+        );
+        assert_eq!(str_attr(resource, "k8s.pod.name").as_deref(), Some("web-0"));
+        assert_eq!(
+            str_attr(resource, "k8s.namespace.name").as_deref(),
             Some("shop")
         );
-        assert_eq!(attr(resource, "container.id").as_deref(), Some(id.as_str()));
         assert_eq!(
-            attr(resource, "k8s.container.name").as_deref(),
+            str_attr(resource, "container.id").as_deref(),
+            Some(id.as_str())
+        );
+        assert_eq!(
+            str_attr(resource, "k8s.container.name").as_deref(),
             Some("writer")
         );
-        assert_eq!(attr(resource, "service.name").as_deref(), Some("iostall"));
+        assert_eq!(
+            str_attr(resource, "service.name").as_deref(),
+            Some("iostall")
+        );
     }
     for (_, span) in &spans {
         assert_eq!(
-            attr(&span.attributes, "iostall.attribution").as_deref(),
+            str_attr(&span.attributes, "iostall.attribution").as_deref(),
             Some("cgroup")
         );
         assert!(
-            attr(&span.attributes, "k8s.pod.uid").is_none(),
+            str_attr(&span.attributes, "k8s.pod.uid").is_none(),
             "identity is on the Resource"
         );
     }

@@ -24,13 +24,10 @@ use iostall::enrich::pid_map::find_unified_root;
 use iostall_tests::{
     fake_kube::{FakeKube, deployment_pod, replicaset},
     iostall_proc::{Iostall, iostall_binary},
-    otlp_receiver::{Collected, OtlpReceiver},
+    otlp_receiver::{Collected, OtlpReceiver, str_attr},
     slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
 };
-use opentelemetry_proto::tonic::{
-    common::v1::{KeyValue, any_value::Value},
-    resource::v1::Resource,
-};
+use opentelemetry_proto::tonic::{common::v1::KeyValue, resource::v1::Resource};
 use serde_json::Value as Json;
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_iostall-workload");
@@ -39,15 +36,6 @@ const THRESHOLD_MS: u64 = 20;
 const NAMESPACE: &str = "shop";
 const DEPLOYMENT: &str = "web";
 const HASH: &str = "5d4f8c7b9";
-
-fn str_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
-        match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-            Some(Value::StringValue(s)) => Some(s.clone()),
-            _ => None,
-        }
-    })
-}
 
 fn new_uid() -> Result<String> {
     Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")

@@ -12,7 +12,7 @@ use std::{
 
 use iostall_tests::{
     iostall_proc::Iostall,
-    otlp_receiver::{Collected, OtlpReceiver, metric, metrics_addr_from_log, scrape},
+    otlp_receiver::{Collected, OtlpReceiver, metric, metrics_addr_from_log, scrape, str_attr},
     slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
 };
 use opentelemetry_proto::tonic::{
@@ -32,13 +32,6 @@ fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
         .iter()
         .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-}
-
-fn str_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
-    match attr(attrs, key)? {
-        Value::StringValue(s) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 fn hex(b: &[u8]) -> String {

@@ -11,8 +11,7 @@ use iostall::{
     otlp::resource::Resources,
     sink::{Sink, otlp::OtlpSink},
 };
-use iostall_tests::otlp_receiver::OtlpReceiver;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use iostall_tests::otlp_receiver::{OtlpReceiver, str_attr};
 
 fn record(i: u64) -> IoRecord {
     let start = 1_700_000_000_000_000_000 + i * 1_000_000;
@@ -52,18 +51,6 @@ fn config(yaml: &str, env: &[(&str, &str)]) -> Config {
         env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
     })
     .expect("config")
-}
-
-fn str_attr(
-    attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
-    key: &str,
-) -> Option<String> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
-        match kv.value.as_ref()?.value.as_ref()? {
-            Value::StringValue(s) => Some(s.clone()),
-            _ => None,
-        }
-    })
 }
 
 fn send(otlp: &OtlpConfig, n: u64) -> Arc<Metrics> {
