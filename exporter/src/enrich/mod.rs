@@ -142,15 +142,7 @@ impl Enrichment {
             .as_deref()
             .and_then(|id| metadata.container(id))
         {
-            fill(&mut self.container_name, &meta.container_name);
-            fill(&mut self.image, &meta.image);
-            fill(&mut self.pod_uid, &meta.pod_uid);
-            fill(&mut self.pod_name, &meta.pod_name);
-            fill(&mut self.pod_namespace, &meta.pod_namespace);
-            fill(&mut self.sandbox_id, &meta.sandbox_id);
-            if self.runtime.is_none_or(|r| r == Runtime::Unknown) && meta.runtime.is_some() {
-                self.runtime = meta.runtime;
-            }
+            self.fill_from_container(meta);
         }
         if let Some(pod) = self.pod_uid.as_deref().and_then(|uid| metadata.pod(uid)) {
             fill(&mut self.pod_name, &pod.name);
@@ -291,7 +283,7 @@ impl Enrichment {
         fill(&mut self.pod_name, &meta.pod_name);
         fill(&mut self.pod_namespace, &meta.pod_namespace);
         fill(&mut self.sandbox_id, &meta.sandbox_id);
-        if self.runtime.is_none() {
+        if self.runtime.is_none_or(|r| r == Runtime::Unknown) && meta.runtime.is_some() {
             self.runtime = meta.runtime;
         }
     }
