@@ -206,48 +206,74 @@ impl WireEncoder {
     /// One `LogRecord`, into `self.item`.
     fn log_record(&mut self, c: &CorrelatedRecord, warn_threshold_ns: u64, observed: u64) {
         let r = &c.record;
-        let b = &mut self.item;
-        b.clear();
-        fixed64_field(b, 1, r.end_unix_ns);
-        let warn = r.latency_ns >= warn_threshold_ns;
-        varint_field(b, 2, if warn { 13 } else { 9 });
-        bytes_field(b, 3, if warn { b"WARN" } else { b"INFO" });
-        let body = format_row(c);
-        tag(b, 5, LEN);
-        varint(b, (1 + varint_len(body.len() as u64) + body.len()) as u64);
-        bytes_field(b, 1, body.as_bytes());
-        for_each_attribute(c, |key, v| key_value(b, 6, key, &v));
-        tag(b, 8, I32);
-        b.extend_from_slice(&1u32.to_le_bytes());
-        bytes_field(b, 9, &c.trace_id.0);
-        bytes_field(b, 10, &c.span_id.0);
-        fixed64_field(b, 11, observed);
-        bytes_field(b, 12, EVENT_NAME.as_bytes());
+        let head = LogHead {
+            time: r.end_unix_ns,
+            warn: r.latency_ns >= warn_threshold_ns,
+            body: &format_row(c),
+            trace_id: &c.trace_id.0,
+            span_id: &c.span_id.0,
+            observed,
+            event_name: ["", EVENT_NAME],
+        };
+        head.write(&mut self.item, |b| {
+            for_each_attribute(c, |key, v| key_value(b, 6, key, &v));
+        });
     }
 
     /// One runtime event's `LogRecord`, into `self.item` (as
     /// [`super::encode::event_log_record`]).
     fn event_log_record(&mut self, c: &CorrelatedEvent, observed: u64) {
-        let b = &mut self.item;
+        let head = LogHead {
+            time: c.event.time_unix_ns,
+            warn: runtime_event_warns(&c.event),
+            body: &format_runtime_event(&c.event),
+            trace_id: &c.trace_id.0,
+            span_id: &c.span_id.0,
+            observed,
+            event_name: [RUNTIME_EVENT_PREFIX, c.event.kind.name()],
+        };
+        head.write(&mut self.item, |b| {
+            for_each_event_attribute(c, |key, v| key_value(b, 6, key, &v));
+        });
+    }
+}
+
+/// What every `LogRecord` iostall writes has, IO record or runtime event alike.
+struct LogHead<'a> {
+    time: u64,
+    warn: bool,
+    body: &'a str,
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    observed: u64,
+    /// Written one after the other (a prefix, then the name).
+    event_name: [&'a str; 2],
+}
+
+impl LogHead<'_> {
+    /// The record's fields in field order into `b` (cleared first), the attributes
+    /// (field 6) from `attributes`.
+    fn write(&self, b: &mut Vec<u8>, attributes: impl FnOnce(&mut Vec<u8>)) {
         b.clear();
-        fixed64_field(b, 1, c.event.time_unix_ns);
-        let warn = runtime_event_warns(&c.event);
-        varint_field(b, 2, if warn { 13 } else { 9 });
-        bytes_field(b, 3, if warn { b"WARN" } else { b"INFO" });
-        let body = format_runtime_event(&c.event);
+        fixed64_field(b, 1, self.time);
+        varint_field(b, 2, if self.warn { 13 } else { 9 });
+        bytes_field(b, 3, if self.warn { b"WARN" } else { b"INFO" });
         tag(b, 5, LEN);
-        varint(b, (1 + varint_len(body.len() as u64) + body.len()) as u64);
-        bytes_field(b, 1, body.as_bytes());
-        for_each_event_attribute(c, |key, v| key_value(b, 6, key, &v));
+        varint(
+            b,
+            (1 + varint_len(self.body.len() as u64) + self.body.len()) as u64,
+        );
+        bytes_field(b, 1, self.body.as_bytes());
+        attributes(b);
         tag(b, 8, I32);
         b.extend_from_slice(&1u32.to_le_bytes());
-        bytes_field(b, 9, &c.trace_id.0);
-        bytes_field(b, 10, &c.span_id.0);
-        fixed64_field(b, 11, observed);
-        let name = c.event.kind.name();
+        bytes_field(b, 9, self.trace_id);
+        bytes_field(b, 10, self.span_id);
+        fixed64_field(b, 11, self.observed);
+        let [prefix, name] = self.event_name;
         tag(b, 12, LEN);
-        varint(b, (RUNTIME_EVENT_PREFIX.len() + name.len()) as u64);
-        b.extend_from_slice(RUNTIME_EVENT_PREFIX.as_bytes());
+        varint(b, (prefix.len() + name.len()) as u64);
+        b.extend_from_slice(prefix.as_bytes());
         b.extend_from_slice(name.as_bytes());
     }
 }
