@@ -1,5 +1,6 @@
 //! Test fixtures.
 
+pub mod bench;
 pub mod containerd;
 pub mod dockerd;
 pub mod fake_kube;

@@ -9,21 +9,16 @@
 //! microseconds added per process. Times are only compared inside one run.
 use std::{
     ffi::CString,
-    io::{BufRead, BufReader},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use iostall_tests::{
-    iostall_proc::{iostall_binary, wait_attached},
+    bench::{CountingIostall, median},
     slowfs::{ensure_kernel_mounts, require_root},
 };
 
@@ -39,51 +34,25 @@ struct Args {
 }
 
 /// iostall attached for one run, counting the kernel `process.exit` lines it prints.
-struct Attached {
-    child: std::process::Child,
-    exits: Arc<AtomicU64>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Attached {
-    fn start() -> Result<Self> {
-        let mut child = Command::new(iostall_binary()?)
-            .args(["--attach", "tracepoint", "--output", "json"])
-            .args(["--threshold-ms", "1000", "--metrics-listen", "off"])
-            .args(["--containerd-socket", "off", "--docker-socket", "off"])
-            .env("IOSTALL_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting iostall")?;
-        wait_attached(child.stderr.take().context("no stderr")?)?;
-        let exits = Arc::new(AtomicU64::new(0));
-        let counter = exits.clone();
-        let stdout = child.stdout.take().context("no stdout")?;
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("\"event.name\":\"process.exit\"") {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        Ok(Self {
-            child,
-            exits,
-            reader: Some(reader),
-        })
-    }
-
-    fn stop(mut self) -> Result<u64> {
-        std::thread::sleep(Duration::from_millis(300));
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        self.child.wait()?;
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        Ok(self.exits.load(Ordering::Relaxed))
-    }
+fn start_iostall() -> Result<CountingIostall> {
+    let args = [
+        "--attach",
+        "tracepoint",
+        "--output",
+        "json",
+        "--threshold-ms",
+        "1000",
+        "--metrics-listen",
+        "off",
+        "--containerd-socket",
+        "off",
+        "--docker-socket",
+        "off",
+    ]
+    .map(String::from);
+    CountingIostall::start(&args, |line| {
+        line.contains("\"event.name\":\"process.exit\"")
+    })
 }
 
 /// Runs `/bin/true` `count` times, each child first moving itself into `procs`.
@@ -113,16 +82,6 @@ fn churn(count: u32, procs: &CString) -> Result<Duration> {
         }
     }
     Ok(start.elapsed())
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
 }
 
 /// A cgroup in the unified hierarchy, removed at the end.
@@ -177,11 +136,11 @@ fn main() -> Result<()> {
                 [true, false]
             };
             for attached in order {
-                let tracer = attached.then(Attached::start).transpose()?;
+                let tracer = attached.then(start_iostall).transpose()?;
                 let took = churn(args.count, &procs)?;
                 let per_proc_us = took.as_secs_f64() * 1e6 / f64::from(args.count);
                 if let Some(tracer) = tracer {
-                    exits += tracer.stop()?;
+                    exits += tracer.stop(Duration::from_millis(300))?;
                     with.push(per_proc_us);
                 } else {
                     without.push(per_proc_us);

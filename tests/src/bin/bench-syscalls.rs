@@ -7,19 +7,12 @@
 //! drift hits both sides alike), and prints per workload the ratio of median times (with ÷
 //! without), the nanoseconds added per operation and per syscall, and the events per second
 //! iostall reported. Times are only compared inside one run: these machines are shared.
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use iostall_tests::{
-    iostall_proc::{iostall_binary, wait_attached},
+    bench::{CountingIostall, median},
     slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
     workload::run_workload_summary,
 };
@@ -67,68 +60,6 @@ struct Outcome {
     events_per_s: f64,
 }
 
-/// iostall running for one measured run, counting the events it prints.
-struct Attached {
-    child: std::process::Child,
-    events: Arc<AtomicU64>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Attached {
-    fn start(threshold_ms: f64) -> Result<Self> {
-        let bin = iostall_binary()?;
-        let mut child = Command::new(bin)
-            .args([
-                "--attach",
-                "tracepoint",
-                "--output",
-                "json",
-                "--threshold-ms",
-            ])
-            .arg(threshold_ms.to_string())
-            .env("IOSTALL_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting iostall")?;
-        wait_attached(child.stderr.take().context("no stderr")?)?;
-        let events = Arc::new(AtomicU64::new(0));
-        let counter = events.clone();
-        let stdout = child.stdout.take().context("no stdout")?;
-        let reader = std::thread::spawn(move || {
-            for _ in BufReader::new(stdout).lines().map_while(Result::ok) {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        Ok(Self {
-            child,
-            events,
-            reader: Some(reader),
-        })
-    }
-
-    fn stop(mut self) -> Result<u64> {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        self.child.wait()?;
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        Ok(self.events.load(Ordering::Relaxed))
-    }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
-}
-
 fn measure(case: &Case, args: &Args) -> Result<Outcome> {
     let argv: Vec<&str> = case.args.iter().map(String::as_str).collect();
     let mut without = Vec::new();
@@ -145,13 +76,24 @@ fn measure(case: &Case, args: &Args) -> Result<Outcome> {
         };
         for attached in order {
             let tracer = attached
-                .then(|| Attached::start(args.threshold_ms))
+                .then(|| {
+                    let iostall_args = [
+                        "--attach".to_owned(),
+                        "tracepoint".to_owned(),
+                        "--output".to_owned(),
+                        "json".to_owned(),
+                        "--threshold-ms".to_owned(),
+                        args.threshold_ms.to_string(),
+                    ];
+                    // Every line is one event.
+                    CountingIostall::start(&iostall_args, |_| true)
+                })
                 .transpose()?;
             let summary = run_workload_summary(&argv)?;
             let ns_per_op = summary["ns_per_op"].as_f64().context("no ns_per_op")?;
             ops = summary["count"].as_u64().context("no count")?;
             if let Some(tracer) = tracer {
-                events += tracer.stop()?;
+                events += tracer.stop(Duration::from_millis(200))?;
                 with_secs += summary["total_ns"].as_f64().unwrap_or(0.0) / 1e9;
                 with.push(ns_per_op);
             } else {
