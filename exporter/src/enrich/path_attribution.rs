@@ -18,7 +18,10 @@
 //! are recognised under any root as well: their names are containerd's own, and k3s,
 //! RKE2 and microk8s keep containerd elsewhere (`/var/lib/rancher/k3s/agent/containerd`…).
 
-use std::path::{Component, Path, PathBuf};
+use std::{
+    borrow::Cow,
+    path::{Component, Path, PathBuf},
+};
 
 use serde::Serialize;
 
@@ -114,6 +117,11 @@ impl Default for PathRules {
     }
 }
 
+/// A configured root with its layout, borrowed.
+fn borrowed(root: &Path, layout: Layout) -> (Cow<'_, Path>, Layout) {
+    (Cow::Borrowed(root), layout)
+}
+
 /// The normal components of `path` after `prefix`, or `None` when it is not under it.
 fn rest_after<'a>(path: &'a Path, prefix: &Path) -> Option<Vec<&'a str>> {
     let rest = path.strip_prefix(prefix).ok()?;
@@ -199,26 +207,28 @@ impl Layout {
 }
 
 impl PathRules {
-    /// Each root with its layout, in the order they are tried.
-    fn roots(&self) -> Vec<(PathBuf, Layout)> {
+    /// Each root with its layout, in the order they are tried (borrowed: this runs for
+    /// every record no cgroup or pid attributed).
+    fn roots(&self) -> impl Iterator<Item = (Cow<'_, Path>, Layout)> {
         // `/var/run` is a symlink to `/run`; paths may be spelled either way.
-        let var_run_state = self
-            .containerd_state
-            .strip_prefix("/run")
-            .ok()
-            .map(|rest| Path::new("/var/run").join(rest));
-        let mut roots = vec![
-            (self.docker_root.clone(), Layout::Docker),
-            (self.containerd_state.clone(), Layout::ContainerdState),
-        ];
-        roots.extend(var_run_state.map(|p| (p, Layout::ContainerdState)));
-        roots.extend([
-            (self.containerd_root.clone(), Layout::ContainerdRoot),
-            (self.pod_logs.clone(), Layout::PodLogs),
-            (self.kubelet_root.clone(), Layout::Kubelet),
-            (self.container_logs.clone(), Layout::ContainerLogs),
-        ]);
-        roots
+        let var_run_state = self.containerd_state.strip_prefix("/run").ok().map(|rest| {
+            (
+                Cow::Owned(Path::new("/var/run").join(rest)),
+                Layout::ContainerdState,
+            )
+        });
+        [
+            borrowed(&self.docker_root, Layout::Docker),
+            borrowed(&self.containerd_state, Layout::ContainerdState),
+        ]
+        .into_iter()
+        .chain(var_run_state)
+        .chain([
+            borrowed(&self.containerd_root, Layout::ContainerdRoot),
+            borrowed(&self.pod_logs, Layout::PodLogs),
+            borrowed(&self.kubelet_root, Layout::Kubelet),
+            borrowed(&self.container_logs, Layout::ContainerLogs),
+        ])
     }
 
     /// The container or pod `path` names, if any rule matches.
