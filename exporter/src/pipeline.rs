@@ -11,9 +11,10 @@ use std::{
     time::Duration,
 };
 
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
 };
 
 use crate::{
@@ -103,11 +104,6 @@ pub async fn run(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    tracing::info!(
-        mode = %mode,
-        threshold_ms = options.tracer.threshold_ns as f64 / 1e6,
-        "attached in {mode} mode ({why})"
-    );
     let ring = tracer.take_events()?;
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -122,6 +118,14 @@ pub async fn run(
             .and_then(|e| e.cgroup_ids.as_mut()),
         tx.clone(),
         options.metrics.clone(),
+    );
+    // "attached" is said once everything that reports is attached (IO and lifecycle
+    // signals, existing containers watched): tests and operators take it as "from here
+    // on nothing is missed".
+    tracing::info!(
+        mode = %mode,
+        threshold_ms = options.tracer.threshold_ns as f64 / 1e6,
+        "attached in {mode} mode ({why})"
     );
     // Runtime lifecycle events share the sinks' queue (and its drop accounting).
     let forwarder = options.runtime_events.take().map(|mut events| {
@@ -149,9 +153,13 @@ pub async fn run(
     let metrics = options.metrics.clone();
     let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
 
-    let mut decoder = Decoder::new(mode);
-    let mut sink_queue_drops = 0u64;
-    let mut decode_errors = 0u64;
+    let mut io = IoForwarder {
+        decoder: Decoder::new(mode),
+        comm: options.comm.take(),
+        metrics: metrics.clone(),
+        sink_queue_drops: 0,
+        decode_errors: 0,
+    };
     let mut last_kernel = KernelStats::default();
     let mut stats_tick = tokio::time::interval(STATS_EVERY);
     stats_tick.tick().await;
@@ -160,7 +168,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             _ = stats_tick.tick() => {
-                report_drops(&tracer, &mut last_kernel, sink_queue_drops);
+                report_drops(&tracer, &mut last_kernel, io.sink_queue_drops);
             }
             _ = metrics_tick.tick() => {
                 if let Ok(stats) = tracer.stats() {
@@ -169,35 +177,27 @@ pub async fn run(
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(PipelineError::Poll)?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    match decoder.decode(&item) {
-                        Ok(record) => {
-                            if options.comm.as_deref().is_some_and(|c| c != record.comm) {
-                                continue;
-                            }
-                            if tx.try_send(SinkItem::Io(record)).is_err() {
-                                sink_queue_drops += 1;
-                                metrics.add_dropped(DropReason::SinkQueueFull, 1);
-                            }
-                        }
-                        Err(e) => {
-                            decode_errors += 1;
-                            metrics.add_dropped(DropReason::DecodeError, 1);
-                            tracing::warn!(error = %e, "dropping undecodable record");
-                        }
-                    }
-                }
+                io.forward(guard.get_inner_mut(), &tx);
                 guard.clear_ready();
             }
         }
     }
+    // What the kernel wrote before the stop is reported, not lost with the rings.
+    io.forward(ring.get_mut(), &tx);
+    if let Some(lifecycle) = lifecycle {
+        lifecycle.finish().await;
+    }
     // Every sender must go for the sink thread to drain and stop: ours, and the
     // forwarder's (its runtime sources outlive the pipeline).
-    for task in [forwarder, lifecycle].into_iter().flatten() {
+    if let Some(task) = forwarder {
         task.abort();
         let _ = task.await;
     }
+    let IoForwarder {
+        sink_queue_drops,
+        decode_errors,
+        ..
+    } = io;
     drop(tx);
     if sink_thread.join().is_err() {
         tracing::error!("sink thread panicked");
@@ -214,6 +214,78 @@ pub async fn run(
     })
 }
 
+/// Decodes the IO ring's records and hands them to the sinks' queue, counting what
+/// it cannot decode and what the queue has no room for.
+struct IoForwarder {
+    decoder: Decoder,
+    comm: Option<String>,
+    metrics: Arc<Metrics>,
+    sink_queue_drops: u64,
+    decode_errors: u64,
+}
+
+impl IoForwarder {
+    /// Forwards every record now in `ring`.
+    fn forward(&mut self, ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<SinkItem>) {
+        while let Some(item) = ring.next() {
+            match self.decoder.decode(&item) {
+                Ok(record) => {
+                    if self.comm.as_deref().is_some_and(|c| c != record.comm) {
+                        continue;
+                    }
+                    if tx.try_send(SinkItem::Io(record)).is_err() {
+                        self.sink_queue_drops += 1;
+                        self.metrics.add_dropped(DropReason::SinkQueueFull, 1);
+                    }
+                }
+                Err(e) => {
+                    self.decode_errors += 1;
+                    self.metrics.add_dropped(DropReason::DecodeError, 1);
+                    tracing::warn!(error = %e, "dropping undecodable record");
+                }
+            }
+        }
+    }
+}
+
+/// The task reading the lifecycle ring; `finish` has it forward what is left, then stop.
+struct LifecycleTask {
+    handle: tokio::task::JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+}
+
+impl LifecycleTask {
+    /// Stops the task once the events already in its ring are forwarded.
+    async fn finish(self) {
+        // An Err means the task already ended (its ring failed): nothing to drain.
+        let _ = self.stop.send(());
+        let _ = self.handle.await;
+    }
+}
+
+/// Forwards every lifecycle record now in `ring` to the sinks' queue.
+fn forward_lifecycle<W: crate::lifecycle::WatchSet>(
+    ring: &mut RingBuf<MapData>,
+    stage: &mut LifecycleStage<W>,
+    tx: &mpsc::Sender<SinkItem>,
+    metrics: &Metrics,
+) {
+    while let Some(item) = ring.next() {
+        match stage.handle(&item) {
+            Ok(Some(event)) => {
+                if tx.try_send(SinkItem::Runtime(event)).is_err() {
+                    metrics.add_dropped_events(DropReason::SinkQueueFull, 1);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                metrics.add_dropped(DropReason::DecodeError, 1);
+                tracing::warn!(error = %e, "dropping undecodable lifecycle record");
+            }
+        }
+    }
+}
+
 /// Attaches the kernel lifecycle signals and starts the task that reads them: their
 /// events join the sinks' queue beside the runtime sources' (drops counted alike), and
 /// cgroup ids go to the enrich stage's `cgroup_ids`. Lifecycle signals are extras: when
@@ -223,7 +295,7 @@ fn start_lifecycle(
     cgroup_ids: Option<&mut crate::enrich::pid_map::CgroupIdMap>,
     tx: mpsc::Sender<SinkItem>,
     metrics: Arc<Metrics>,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Option<LifecycleTask> {
     let refused = tracer.attach_lifecycle();
     if !refused.is_empty() {
         tracing::warn!(
@@ -260,33 +332,29 @@ fn start_lifecycle(
         Ok(Err(e)) => tracing::warn!(error = %e, "existing containers not watched"),
         Err(e) => tracing::warn!(error = %e, "container exec/exit not watched"),
     }
-    Some(tokio::spawn(async move {
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
         loop {
-            let mut guard = match ring.readable_mut().await {
-                Ok(guard) => guard,
-                Err(e) => {
-                    tracing::warn!(error = %e, "kernel lifecycle ring buffer failed; signals off");
+            tokio::select! {
+                _ = &mut stopped => {
+                    forward_lifecycle(ring.get_mut(), &mut stage, &tx, &metrics);
                     return;
                 }
-            };
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                match stage.handle(&item) {
-                    Ok(Some(event)) => {
-                        if tx.try_send(SinkItem::Runtime(event)).is_err() {
-                            metrics.add_dropped_events(DropReason::SinkQueueFull, 1);
+                guard = ring.readable_mut() => {
+                    let mut guard = match guard {
+                        Ok(guard) => guard,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kernel lifecycle ring buffer failed; signals off");
+                            return;
                         }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        metrics.add_dropped(DropReason::DecodeError, 1);
-                        tracing::warn!(error = %e, "dropping undecodable lifecycle record");
-                    }
+                    };
+                    forward_lifecycle(guard.get_inner_mut(), &mut stage, &tx, &metrics);
+                    guard.clear_ready();
                 }
             }
-            guard.clear_ready();
         }
-    }))
+    });
+    Some(LifecycleTask { handle, stop })
 }
 
 /// What the sink thread takes from its queue.
