@@ -153,22 +153,31 @@ impl Iostall {
             stderr,
             stderr_thread: Some(stderr_thread),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        me.wait_for_stderr(READY_MARKER, Duration::from_secs(60))
+            .context("iostall did not attach")?;
+        Ok(me)
+    }
+
+    /// Waits up to `timeout` until stderr (iostall's log) contains `needle`, e.g. a
+    /// runtime source's "connected" line before a test makes the containers whose every
+    /// event it expects. Fails with the log if iostall exits or time runs out.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         loop {
-            if me.stderr_text().contains(READY_MARKER) {
-                return Ok(me);
+            if self.stderr_text().contains(needle) {
+                return Ok(());
             }
-            if let Some(status) = me.child.try_wait()? {
+            if let Some(status) = self.child.try_wait()? {
                 std::thread::sleep(Duration::from_millis(100));
                 bail!(
-                    "iostall exited ({status}) before attaching:\n{}",
-                    me.stderr_text()
+                    "iostall exited ({status}) before logging {needle:?}:\n{}",
+                    self.stderr_text()
                 );
             }
             if Instant::now() > deadline {
-                let log = me.stderr_text();
-                let _ = me.child.kill();
-                bail!("iostall did not attach within 60 s:\n{log}");
+                let log = self.stderr_text();
+                let _ = self.child.kill();
+                bail!("iostall did not log {needle:?} within {timeout:?}:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -43,7 +43,7 @@ fn runtime_io_for_a_pod_is_attributed_to_it_by_path() -> Result<()> {
     );
     ctd.import_test_images()?;
     let socket = ctd.socket().to_string_lossy().into_owned();
-    let iostall = Iostall::start(&[
+    let mut iostall = Iostall::start(&[
         "--attach",
         "tracepoint",
         "-t",
@@ -57,6 +57,8 @@ fn runtime_io_for_a_pod_is_attributed_to_it_by_path() -> Result<()> {
         "--metrics-listen",
         "off",
     ])?;
+    // Every event of the containers made next is expected: wait for the source.
+    iostall.wait_for_stderr(&format!("{socket} connected"), Duration::from_secs(30))?;
     let rt = tokio::runtime::Runtime::new()?;
     let (uid, sandbox_id, id) = rt.block_on(async {
         let mut cri = ctd.cri().await?;

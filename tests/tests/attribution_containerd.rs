@@ -51,7 +51,10 @@ impl Stack {
             "off",
         ];
         args.extend_from_slice(extra);
-        Iostall::start(&args)
+        let mut iostall = Iostall::start(&args)?;
+        // Every event of the containers made next is expected: wait for the source.
+        iostall.wait_for_stderr(&format!("{socket} connected"), Duration::from_secs(30))?;
+        Ok(iostall)
     }
 }
 

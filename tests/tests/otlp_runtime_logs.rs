@@ -46,7 +46,7 @@ fn container_lifecycle_is_logged_under_its_pod_in_the_trace_of_its_io() -> Resul
     let mut rx = OtlpReceiver::grpc()?;
     let endpoint = rx.endpoint();
     let socket = ctd.socket().to_string_lossy().into_owned();
-    let iostall = Iostall::start(&[
+    let mut iostall = Iostall::start(&[
         "--attach",
         "tracepoint",
         "-c",
@@ -64,6 +64,8 @@ fn container_lifecycle_is_logged_under_its_pod_in_the_trace_of_its_io() -> Resul
         "--metrics-listen",
         "off",
     ])?;
+    // Every event of the containers made next is expected: wait for the source.
+    iostall.wait_for_stderr(&format!("{socket} connected"), Duration::from_secs(30))?;
 
     let rt = tokio::runtime::Runtime::new()?;
     let (uid, id) = rt.block_on(async {

@@ -540,8 +540,14 @@ impl Reconnect {
         tokio::time::sleep(self.failed(error))
     }
 
-    /// Records a success: resets the backoff and logs the end of an outage.
+    /// Records a success: resets the backoff and logs the first connection and the end
+    /// of an outage.
     pub fn connected(&mut self) {
+        if !self.ever_connected {
+            // Operators ask "does iostall see my runtime?"; tests wait for this line
+            // before making containers whose every event they expect.
+            tracing::info!(source = %self.what, "{} connected", self.what);
+        }
         self.ever_connected = true;
         self.backoff.reset();
         if let Some(since) = self.down_since.take() {
