@@ -342,14 +342,15 @@ fn oom_kill_is_attributed_to_the_container() {
         (16u64 << 20).to_string(),
     );
     // `tail` keeps the whole line (64 MiB of zeros, no newline) in memory: the victim.
-    // The shell prints tail's pid (`$!` of a background pipeline is its last command).
+    // Only tail enters the container (the inner shell, `$0`, moves itself in, then execs
+    // it): with the waiting shell inside too, a second OOM before tail's memory is freed
+    // killed the shell as well on a busy machine. The outer shell prints tail's pid (`$!`
+    // of a background pipeline is its last command).
     let out = Command::new("/bin/sh")
         .args([
             "-c",
-            &format!(
-                "{}exec /bin/sh -c 'head -c 64M /dev/zero | tail >/dev/null & echo $!; wait $!'",
-                cg.enter()
-            ),
+            "head -c 64M /dev/zero | /bin/sh -c \"$0\" >/dev/null & echo $!; wait $!",
+            &format!("{}exec tail", cg.enter()),
         ])
         .stderr(Stdio::null())
         .output()
