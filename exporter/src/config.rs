@@ -56,6 +56,9 @@
 //!   kubeconfig: /etc/iostall/kubeconfig # a kubeconfig file (its current context)
 //!   pod_labels: [app, app.kubernetes.io/*]  # label keys (or prefixes with *) to copy
 //!   resolve_owners: true    # ReplicaSet → Deployment, Job → CronJob
+//! lifecycle:
+//!   process_event_burst: 64         # a container's execs and clean exits at once (0: none)
+//!   process_events_per_second: 2    # then this many a second; the rest are counted
 //! ```
 //!
 //! Unknown keys are errors that name the key.
@@ -68,7 +71,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::tracer::AttachRequest;
+use crate::{lifecycle::ProcessEventLimit, tracer::AttachRequest};
 
 /// Default metrics listen address: Prometheus' registered port for OpenTelemetry
 /// exporters, on loopback only (a DaemonSet sets `0.0.0.0:9464` to be scraped).
@@ -318,6 +321,16 @@ pub struct KubeFile {
     pub resolve_owners: Option<bool>,
 }
 
+/// The `lifecycle:` section: kernel lifecycle signals.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleFile {
+    /// A container's process events (execs, exits not by a signal) reported at once.
+    pub process_event_burst: Option<u32>,
+    /// Their refill rate, per second.
+    pub process_events_per_second: Option<f64>,
+}
+
 /// The YAML config file, as written (every key optional).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -345,6 +358,8 @@ pub struct FileConfig {
     pub runtime: Option<RuntimeFile>,
     /// Kubernetes API enrichment.
     pub kube: Option<KubeFile>,
+    /// Kernel lifecycle signals.
+    pub lifecycle: Option<LifecycleFile>,
 }
 
 impl FileConfig {
@@ -482,6 +497,8 @@ pub struct Config {
     pub sources: SourcesConfig,
     /// Kubernetes API enrichment.
     pub kube: KubeSetting,
+    /// Each container's budget of process events.
+    pub process_event_limit: ProcessEventLimit,
 }
 
 /// Default `kube.pod_labels`: the identity labels Kubernetes recommends
@@ -680,8 +697,29 @@ impl Config {
                 || file.metrics.as_ref().is_some_and(|m| m.listen.is_some()),
             sources: resolve_sources(cli, file)?,
             kube: resolve_kube(cli, file.kube.as_ref(), env)?,
+            process_event_limit: resolve_process_event_limit(file.lifecycle.as_ref())?,
         })
     }
+}
+
+fn resolve_process_event_limit(
+    file: Option<&LifecycleFile>,
+) -> Result<ProcessEventLimit, ConfigError> {
+    let default = ProcessEventLimit::default();
+    let Some(file) = file else {
+        return Ok(default);
+    };
+    let per_second = file.process_events_per_second.unwrap_or(default.per_second);
+    if !per_second.is_finite() || per_second < 0.0 {
+        return Err(invalid(
+            "lifecycle.process_events_per_second",
+            format!("must be a number ≥ 0, got {per_second}"),
+        ));
+    }
+    Ok(ProcessEventLimit {
+        burst: file.process_event_burst.unwrap_or(default.burst),
+        per_second,
+    })
 }
 
 /// Checks a node name: a DNS subdomain (RFC 1123), as Kubernetes requires.
@@ -1572,6 +1610,38 @@ mod tests {
         assert!(e.starts_with("kube.pod_labels[1]: "), "{e}");
         let e = err(&none, &format!("{on}  pod_labels: [\"\"]\n"), &[]);
         assert!(e.starts_with("kube.pod_labels[0]: "), "{e}");
+    }
+
+    #[test]
+    fn lifecycle_process_event_limit_defaults_reads_and_names_bad_fields() {
+        let none = CliOverrides::default();
+        let got = |yaml: &str| {
+            resolve(&none, yaml, &[])
+                .expect("valid")
+                .process_event_limit
+        };
+        assert_eq!(got(""), ProcessEventLimit::default());
+        assert_eq!(
+            got("lifecycle:\n  process_event_burst: 0\n  process_events_per_second: 0.5\n"),
+            ProcessEventLimit {
+                burst: 0,
+                per_second: 0.5
+            }
+        );
+        let err = |yaml: &str| {
+            resolve(&none, yaml, &[])
+                .expect_err("must fail")
+                .to_string()
+        };
+        let e = err("lifecycle:\n  process_events_per_second: -1\n");
+        assert!(
+            e.starts_with("lifecycle.process_events_per_second: must be a number ≥ 0"),
+            "{e}"
+        );
+        let e = err("lifecycle:\n  process_event_burst: -3\n");
+        assert!(e.contains("process_event_burst"), "{e}");
+        let e = err("lifecycle:\n  burst: 3\n");
+        assert!(e.contains("unknown field `burst`"), "{e}");
     }
 
     #[test]

@@ -291,7 +291,62 @@ pub struct LifecycleStats {
     pub watch_full: u64,
     /// Records turned into events.
     pub events: u64,
+    /// Container process events held back by the [`ProcessEventLimit`].
+    pub rate_limited: u64,
 }
+
+/// A budget per container for its process events (execs, and exits not by a signal):
+/// a token bucket per cgroup, `burst` events at once, refilled at `per_second`.
+///
+/// A container running a build or a shell loop execs thousands of times a second; each
+/// would become a log record at the collector. A startup (the entrypoint and its first
+/// scripts) fits in the burst, exec probes fit in the rate, and what needs attention is
+/// never held back: exits by a signal, OOM kills, cgroup events and runtime daemons.
+/// Held-back events are counted (`iostall_runtime_events_rate_limited_total`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessEventLimit {
+    /// Events a container may have at once; 0 reports none of them.
+    pub burst: u32,
+    /// Refill rate, events per second.
+    pub per_second: f64,
+}
+
+impl Default for ProcessEventLimit {
+    fn default() -> Self {
+        Self {
+            burst: 64,
+            per_second: 2.0,
+        }
+    }
+}
+
+/// One container's bucket; time is the events' own (kernel) time, so a backlog read
+/// late is judged by when it happened.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last_ns: u64,
+}
+
+impl ProcessEventLimit {
+    /// Takes one token at `now_ns` if there is one.
+    fn take(&self, bucket: &mut Bucket, now_ns: u64) -> bool {
+        // Records of different CPUs may arrive slightly out of order: never go back.
+        let elapsed_s = now_ns.saturating_sub(bucket.last_ns) as f64 / 1e9;
+        bucket.tokens = (bucket.tokens + elapsed_s * self.per_second).min(f64::from(self.burst));
+        bucket.last_ns = bucket.last_ns.max(now_ns);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Buckets kept at most: cgroups whose removal was never seen (a full ring) must not
+/// grow the map for ever.
+const MAX_BUCKETS: usize = 16384;
 
 /// Decodes lifecycle records, keeps the watched set and the enrich feed current, and
 /// makes events.
@@ -302,6 +357,8 @@ pub struct LifecycleStage<W: WatchSet> {
     feed: Option<CgroupFeed>,
     proc_root: PathBuf,
     stats: LifecycleStats,
+    process_limit: ProcessEventLimit,
+    buckets: HashMap<u64, Bucket>,
 }
 
 impl<W: WatchSet> LifecycleStage<W> {
@@ -316,7 +373,16 @@ impl<W: WatchSet> LifecycleStage<W> {
             feed,
             proc_root: PathBuf::from("/proc"),
             stats: LifecycleStats::default(),
+            process_limit: ProcessEventLimit::default(),
+            buckets: HashMap::new(),
         }
+    }
+
+    /// Holds each container's process events to `limit` instead of the default.
+    #[must_use]
+    pub fn with_process_limit(mut self, limit: ProcessEventLimit) -> Self {
+        self.process_limit = limit;
+        self
     }
 
     /// Reads `<proc_root>/<pid>/cgroup` for OOM victims instead of `/proc`.
@@ -404,6 +470,7 @@ impl<W: WatchSet> LifecycleStage<W> {
                 if let Some(feed) = &self.feed {
                     feed.send(CgroupUpdate::Removed { id });
                 }
+                self.buckets.remove(&id);
                 let container = match self.by_id.remove(&id) {
                     Some(watched) => {
                         self.watched.unwatch(id);
@@ -419,12 +486,19 @@ impl<W: WatchSet> LifecycleStage<W> {
                 Some(event)
             }
             LifecycleKind::Exec { filename, why } => {
+                if !self.within_budget(&record, why) {
+                    return None;
+                }
                 let mut event = self.event(&record, RuntimeEventKind::ProcessExec);
                 self.process_attributes(&mut event, &record, why);
                 event.attributes.insert(attr::EXECUTABLE.into(), filename);
                 Some(event)
             }
             LifecycleKind::Exit { status, why } => {
+                let signaled = matches!(status, Some(ExitStatus::Signaled { .. }));
+                if !signaled && !self.within_budget(&record, why) {
+                    return None;
+                }
                 let kind = RuntimeEventKind::ProcessExit {
                     exit_code: status.map_or(-1, ExitStatus::exit_code),
                     signal: status.and_then(ExitStatus::signal),
@@ -502,6 +576,42 @@ impl<W: WatchSet> LifecycleStage<W> {
                 Some(event)
             }
         }
+    }
+
+    /// Whether a process event may be reported: always for runtime daemons, within
+    /// its container's [`ProcessEventLimit`] for processes watched only as part of a
+    /// container (counted when not).
+    fn within_budget(&mut self, record: &LifecycleRecord, why: u32) -> bool {
+        if why != watch::CGROUP {
+            return true;
+        }
+        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&record.cgroup_id) {
+            let by_id = &self.by_id;
+            self.buckets.retain(|id, _| by_id.contains_key(id));
+        }
+        let limit = self.process_limit;
+        let bucket = self.buckets.entry(record.cgroup_id).or_insert(Bucket {
+            tokens: f64::from(limit.burst),
+            last_ns: record.time_unix_ns,
+        });
+        if limit.take(bucket, record.time_unix_ns) {
+            return true;
+        }
+        self.stats.rate_limited += 1;
+        if self.stats.rate_limited == 1 {
+            tracing::info!(
+                cgroup = self
+                    .by_id
+                    .get(&record.cgroup_id)
+                    .map_or("", |w| w.path.as_str()),
+                "a container's process events exceed lifecycle.process_event_burst \
+                 ({}) at lifecycle.process_events_per_second ({}): the rest are counted \
+                 in iostall_runtime_events_rate_limited_total, not reported",
+                limit.burst,
+                limit.per_second
+            );
+        }
+        false
     }
 
     fn event(&self, record: &LifecycleRecord, kind: RuntimeEventKind) -> RuntimeEvent {
@@ -658,6 +768,125 @@ mod tests {
         assert_eq!(event.kind, RuntimeEventKind::CgroupRemoved);
         assert!(!stage.watched().contains(&4242), "no longer watched");
         assert_eq!(rx.try_recv().ok(), Some(CgroupUpdate::Removed { id: 4242 }));
+    }
+
+    /// An exec (`exit_code: None`) or exit of `pid` in cgroup `cgroup_id` at `start_ns`.
+    fn process_record(
+        cgroup_id: u64,
+        pid: u32,
+        start_ns: u64,
+        why: u32,
+        exit_code: Option<u32>,
+    ) -> Vec<u8> {
+        let mut header = header(event_kind::EXEC, pid, cgroup_id, "true");
+        header.start_ns = start_ns;
+        match exit_code {
+            None => bytes_of(&ExecEvent {
+                header,
+                why,
+                pad: 0,
+                filename: name::<EXEC_FILENAME_LEN>("/bin/true"),
+            }),
+            Some(exit_code) => {
+                header.kind = event_kind::EXIT;
+                bytes_of(&ExitEvent {
+                    header,
+                    exit_code,
+                    why,
+                })
+            }
+        }
+    }
+
+    #[test]
+    fn a_containers_process_events_are_held_to_its_budget_and_counted() {
+        let mut stage =
+            LifecycleStage::new(HashSet::new(), None).with_process_limit(ProcessEventLimit {
+                burst: 3,
+                per_second: 1.0,
+            });
+        stage
+            .handle(&mkdir(4242, &container_path()))
+            .expect("decodes");
+        let reported = |stage: &mut LifecycleStage<HashSet<u64>>, record: &[u8]| {
+            stage.handle(record).expect("decodes").is_some()
+        };
+        const T0: u64 = 5_000_000_000;
+        let execs: Vec<bool> = (0..5)
+            .map(|pid| {
+                reported(
+                    &mut stage,
+                    &process_record(4242, pid, T0, watch::CGROUP, None),
+                )
+            })
+            .collect();
+        assert_eq!(
+            execs,
+            [true, true, true, false, false],
+            "the burst, then nothing"
+        );
+        assert_eq!(stage.stats().rate_limited, 2);
+
+        // What needs attention is never held back.
+        assert!(
+            reported(
+                &mut stage,
+                &process_record(4242, 9, T0, watch::CGROUP, Some(9))
+            ),
+            "an exit by SIGKILL"
+        );
+        assert!(
+            reported(
+                &mut stage,
+                &process_record(4242, 10, T0, watch::CGROUP | watch::DAEMON, None)
+            ),
+            "a runtime daemon in a container"
+        );
+        assert!(
+            !reported(
+                &mut stage,
+                &process_record(4242, 11, T0, watch::CGROUP, Some(0))
+            ),
+            "a clean exit is a process event like an exec"
+        );
+        // Another container has its own budget.
+        assert!(reported(
+            &mut stage,
+            &process_record(777, 12, T0, watch::CGROUP, None)
+        ));
+        // 1.5 s later one token is back (time is the records', not the reader's).
+        let later = T0 + 1_500_000_000;
+        assert!(reported(
+            &mut stage,
+            &process_record(4242, 13, later, watch::CGROUP, None)
+        ));
+        assert!(!reported(
+            &mut stage,
+            &process_record(4242, 14, later, watch::CGROUP, None)
+        ));
+        // A record of another CPU, slightly older, does not refill anything.
+        assert!(!reported(
+            &mut stage,
+            &process_record(4242, 15, T0, watch::CGROUP, None)
+        ));
+        assert_eq!(stage.stats().rate_limited, 5);
+
+        let off = ProcessEventLimit {
+            burst: 0,
+            per_second: 100.0,
+        };
+        let mut stage = LifecycleStage::new(HashSet::new(), None).with_process_limit(off);
+        assert!(!reported(
+            &mut stage,
+            &process_record(4242, 1, T0, watch::CGROUP, None)
+        ));
+        assert!(
+            !reported(
+                &mut stage,
+                &process_record(4242, 1, T0 + 10_000_000_000, watch::CGROUP, None)
+            ),
+            "burst 0: no container process events at all"
+        );
     }
 
     #[test]

@@ -201,6 +201,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         runtime_events: Some(runtime_events_rx),
         correlator: Correlator::new(&host_name()),
         metrics: metrics.clone(),
+        process_event_limit: config.process_event_limit,
     };
     let metrics_server = match config.metrics_listen.map(MetricsServer::bind) {
         Some(Ok(server)) => Some(server),

@@ -18,6 +18,9 @@
 //!   `iostall_kernel_lifecycle_events_total`: to the lifecycle ring buffer.
 //! - `iostall_kernel_filtered_total{reason}`: slow operations the kernel side left out
 //!   on purpose (`not_ext4`, `not_regular` file, `file_unresolved`).
+//! - `iostall_runtime_events_rate_limited_total`: container process events (execs,
+//!   exits not by a signal) held back by the per-container budget
+//!   ([`crate::lifecycle::ProcessEventLimit`]): left out on purpose, not lost.
 //!
 //! The server is deliberately tiny (HTTP/1.1, one request per connection): it must add
 //! no dependency and no risk to the exporter.
@@ -104,6 +107,7 @@ pub struct Metrics {
     kernel_lifecycle_events: AtomicU64,
     /// `not_ext4`, `not_regular`, `file_unresolved`.
     kernel_filtered: [AtomicU64; 3],
+    runtime_events_rate_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -164,6 +168,18 @@ impl Metrics {
         ]) {
             slot.store(value, Ordering::Relaxed);
         }
+    }
+
+    /// Takes the lifecycle stage's count of rate-limited process events (a total).
+    pub fn set_runtime_events_rate_limited(&self, total: u64) {
+        self.runtime_events_rate_limited
+            .store(total, Ordering::Relaxed);
+    }
+
+    /// Container process events held back so far.
+    #[must_use]
+    pub fn runtime_events_rate_limited(&self) -> u64 {
+        self.runtime_events_rate_limited.load(Ordering::Relaxed)
     }
 
     /// Counts spans the collector accepted.
@@ -281,6 +297,14 @@ impl Metrics {
                 get(value)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP iostall_runtime_events_rate_limited_total Container process events \
+             (exec, exits not by a signal) held back by the per-container budget.\n\
+             # TYPE iostall_runtime_events_rate_limited_total counter\n\
+             iostall_runtime_events_rate_limited_total {}",
+            get(&self.runtime_events_rate_limited)
+        );
         out
     }
 }
@@ -409,7 +433,12 @@ mod tests {
         });
         m.add_exported_spans(1);
         m.add_dropped_events(DropReason::OtlpExportFailed, 4);
+        m.set_runtime_events_rate_limited(11);
         let text = m.render();
+        assert!(
+            text.contains("iostall_runtime_events_rate_limited_total 11\n"),
+            "{text}"
+        );
         assert!(text.contains("iostall_records_total 3\n"), "{text}");
         assert!(text.contains("iostall_dropped_records_total{reason=\"otlp_queue_full\"} 2\n"));
         assert!(text.contains("iostall_dropped_records_total{reason=\"ringbuf_full\"} 7\n"));

@@ -25,7 +25,7 @@ use crate::{
         pid_map::{CgroupFeed, find_unified_root},
     },
     event::{AttachMode, IoRecord},
-    lifecycle::LifecycleStage,
+    lifecycle::{LifecycleStage, ProcessEventLimit},
     metrics::{DropReason, Metrics},
     runtime::{EventSource, RuntimeEvent},
     sink::Sink,
@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub correlator: Correlator,
     /// Counters served on `/metrics` (records, drops by reason, kernel counters).
     pub metrics: Arc<Metrics>,
+    /// Each container's budget of process events (kernel lifecycle signals).
+    pub process_event_limit: ProcessEventLimit,
 }
 
 /// Counts of one run.
@@ -118,6 +120,7 @@ pub async fn run(
             .and_then(|e| e.cgroup_ids.as_mut()),
         tx.clone(),
         options.metrics.clone(),
+        options.process_event_limit,
     );
     // "attached" is said once everything that reports is attached (IO and lifecycle
     // signals, existing containers watched): tests and operators take it as "from here
@@ -284,6 +287,7 @@ fn forward_lifecycle<W: crate::lifecycle::WatchSet>(
             }
         }
     }
+    metrics.set_runtime_events_rate_limited(stage.stats().rate_limited);
 }
 
 /// Attaches the kernel lifecycle signals and starts the task that reads them: their
@@ -295,6 +299,7 @@ fn start_lifecycle(
     cgroup_ids: Option<&mut crate::enrich::pid_map::CgroupIdMap>,
     tx: mpsc::Sender<SinkItem>,
     metrics: Arc<Metrics>,
+    process_event_limit: ProcessEventLimit,
 ) -> Option<LifecycleTask> {
     let refused = tracer.attach_lifecycle();
     if !refused.is_empty() {
@@ -326,7 +331,7 @@ fn start_lifecycle(
         ids.set_feed(rx);
         feed
     });
-    let mut stage = LifecycleStage::new(watched, feed);
+    let mut stage = LifecycleStage::new(watched, feed).with_process_limit(process_event_limit);
     match find_unified_root().map(|root| stage.scan(&root)) {
         Ok(Ok(n)) => tracing::debug!(containers = n, "watching existing container cgroups"),
         Ok(Err(e)) => tracing::warn!(error = %e, "existing containers not watched"),

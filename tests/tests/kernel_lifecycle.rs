@@ -17,6 +17,7 @@ use std::{
 
 use iostall_tests::{
     iostall_proc::Iostall,
+    otlp_receiver::{metric, metrics_addr_from_log, scrape},
     slowfs::{ensure_kernel_mounts, require_root},
 };
 use serde_json::Value;
@@ -431,4 +432,122 @@ fn runtime_daemon_exit_is_reported_wherever_it_runs() {
         1,
         "only the killed shim's exit, no shim exec, no clean shim exit: {shim_lines:#?}"
     );
+}
+
+/// A container that execs in a tight loop (a build, a shell loop) gets its burst of
+/// process events, then the budget's rate, and every event held back is counted on
+/// `/metrics`: what was reported plus what was counted is exactly what the container did.
+/// Exits by a signal are never held back.
+#[test]
+fn a_containers_exec_storm_is_rate_limited_and_counted() {
+    const BURST: u64 = 10;
+    const RUNS: u64 = 100;
+    setup();
+    let mut config = tempfile::NamedTempFile::new().expect("config file");
+    std::io::Write::write_all(
+        &mut config,
+        format!("lifecycle:\n  process_event_burst: {BURST}\n  process_events_per_second: 1\n")
+            .as_bytes(),
+    )
+    .expect("write config");
+    let config_path = config.path().to_string_lossy().into_owned();
+    let mut iostall = Iostall::start(&[
+        "--config",
+        &config_path,
+        "--output",
+        "json",
+        "--attach",
+        "tracepoint",
+        "--threshold-ms",
+        "60000",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--containerd-socket",
+        "off",
+        "--docker-socket",
+        "off",
+    ])
+    .expect("iostall starts and attaches");
+    let metrics_addr = metrics_addr_from_log(&iostall.stderr_text()).expect("metrics address");
+    let mut seen = Vec::new();
+    let cg = ContainerCgroup::create(false);
+    wait_event(&mut iostall, &mut seen, "cgroup.created", |v| {
+        v["container_id"] == cg.id.as_str()
+    });
+
+    // dash runs `[` and `$((…))` itself: the container's processes are the shell (one
+    // exec, one exit) and RUNS × /bin/true (an exec and an exit each).
+    let started = std::time::Instant::now();
+    let (_, status) = run_sh(&format!(
+        "{}exec /bin/sh -c 'i=0; while [ $i -lt {RUNS} ]; do /bin/true; i=$((i+1)); done'",
+        cg.enter()
+    ));
+    let storm = started.elapsed();
+    assert!(status.success());
+    let done_by_container = 2 + 2 * RUNS;
+    // A killed process afterwards: over budget or not, it is reported.
+    let mut sleeper = Command::new("/bin/sh")
+        .args(["-c", &format!("{}exec /bin/sleep 60", cg.enter())])
+        .spawn()
+        .expect("spawn");
+    let sleeper_pid = sleeper.id();
+    std::thread::sleep(Duration::from_millis(200));
+    sleeper.kill().expect("SIGKILL");
+    sleeper.wait().expect("wait");
+    let killed = wait_event(&mut iostall, &mut seen, "process.exit", pid_is(sleeper_pid));
+    assert_eq!(killed["signal"], 9);
+
+    // The sleeper's exec is held back or not depending on the storm's pace; either way
+    // it is not the storm's.
+    let sleeper_exec_reported = |seen: &[String]| {
+        kernel_events(seen)
+            .iter()
+            .any(|v| v["event.name"] == "process.exec" && pid_is(sleeper_pid)(v))
+    };
+    let storm_events = |seen: &[String]| {
+        kernel_events(seen)
+            .into_iter()
+            .filter(|v| {
+                v["container_id"] == cg.id.as_str()
+                    && ["process.exec", "process.exit"]
+                        .contains(&v["event.name"].as_str().unwrap_or(""))
+                    && !pid_is(sleeper_pid)(v)
+            })
+            .count() as u64
+    };
+    // The counter is published after each read of the ring: wait until it holds all.
+    let deadline = std::time::Instant::now() + WAIT;
+    let (reported, limited) = loop {
+        iostall.wait_for_line(Duration::from_millis(200), |_| false, &mut seen);
+        let text = scrape(metrics_addr, "/metrics").expect("scrape /metrics");
+        let limited = metric(&text, "iostall_runtime_events_rate_limited_total")
+            .expect("the series")
+            .saturating_sub(u64::from(!sleeper_exec_reported(&seen)));
+        let reported = storm_events(&seen);
+        if reported + limited >= done_by_container || std::time::Instant::now() > deadline {
+            break (reported, limited);
+        }
+    };
+    assert_eq!(
+        reported + limited,
+        done_by_container,
+        "reported ({reported}) + rate-limited ({limited}) = the container's process events"
+    );
+    eprintln!(
+        "storm of {RUNS} execs in {storm:?}: {reported} events reported, {limited} rate-limited"
+    );
+    // One token a second comes back during the storm.
+    let allowed = BURST + 1 + storm.as_secs_f64().ceil() as u64;
+    assert!(
+        (BURST..=allowed).contains(&reported),
+        "the burst and at most its refill were reported: {reported} (storm took {storm:?})"
+    );
+    assert!(
+        iostall
+            .stderr_text()
+            .contains("iostall_runtime_events_rate_limited_total"),
+        "one line says events are held back and where they are counted"
+    );
+    drop(cg);
+    iostall.stop().expect("stop");
 }
