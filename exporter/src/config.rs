@@ -49,6 +49,8 @@
 //! runtime:
 //!   containerd_socket: /run/containerd/containerd.sock   # or off
 //!   docker_socket: /var/run/docker.sock                  # or off
+//!   unannounced_hold_ms: 10000  # IO of a container not announced yet waits this long
+//!                               # for its pod's names (0: sent at once, nameless)
 //! kube:
 //!   enabled: auto           # auto | on | off (auto: on in a pod or with a kubeconfig)
 //!   node_name: node-a       # default: NODE_NAME, else the host name
@@ -263,6 +265,8 @@ pub struct RuntimeFile {
     pub containerd_socket: Option<String>,
     /// dockerd's API socket, or `off` (default `/var/run/docker.sock`).
     pub docker_socket: Option<String>,
+    /// How long a record of a container not announced yet waits for its names (0: not).
+    pub unannounced_hold_ms: Option<u64>,
 }
 
 /// `kube.enabled`: whether the Kubernetes API is watched.
@@ -568,7 +572,14 @@ pub struct SourcesConfig {
     pub containerd_socket: Option<PathBuf>,
     /// dockerd's socket; `None` = not watched.
     pub docker_socket: Option<PathBuf>,
+    /// How long a record of a container no runtime has announced yet waits for its
+    /// names; `None` when no runtime is watched (nothing would announce it) or set to 0.
+    pub unannounced_hold: Option<Duration>,
 }
+
+/// Default `runtime.unannounced_hold_ms`: containerd announces a container well within
+/// it even when its metadata fsyncs take a second each.
+pub const DEFAULT_UNANNOUNCED_HOLD_MS: u64 = 10_000;
 
 /// Which signal a setting is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -904,9 +915,14 @@ fn resolve_sources(cli: &CliOverrides, file: &FileConfig) -> Result<SourcesConfi
             DEFAULT_DOCKER_SOCKET,
         )?,
     };
+    let hold_ms = runtime
+        .unannounced_hold_ms
+        .unwrap_or(DEFAULT_UNANNOUNCED_HOLD_MS);
+    let any_runtime = containerd_socket.is_some() || docker_socket.is_some();
     Ok(SourcesConfig {
         containerd_socket,
         docker_socket,
+        unannounced_hold: (any_runtime && hold_ms > 0).then(|| Duration::from_millis(hold_ms)),
     })
 }
 
@@ -1642,6 +1658,40 @@ mod tests {
         assert!(e.contains("process_event_burst"), "{e}");
         let e = err("lifecycle:\n  burst: 3\n");
         assert!(e.contains("unknown field `burst`"), "{e}");
+    }
+
+    #[test]
+    fn unannounced_hold_defaults_on_and_is_off_without_runtimes_or_at_zero() {
+        let none = CliOverrides::default();
+        let hold = |cli: &CliOverrides, yaml: &str| {
+            resolve(cli, yaml, &[])
+                .expect("valid")
+                .sources
+                .unannounced_hold
+        };
+        assert_eq!(
+            hold(&none, ""),
+            Some(Duration::from_millis(DEFAULT_UNANNOUNCED_HOLD_MS))
+        );
+        assert_eq!(
+            hold(&none, "runtime:\n  unannounced_hold_ms: 2500\n"),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(hold(&none, "runtime:\n  unannounced_hold_ms: 0\n"), None);
+        let no_runtimes = CliOverrides {
+            containerd_socket: Some("off".into()),
+            docker_socket: Some("off".into()),
+            ..CliOverrides::default()
+        };
+        assert_eq!(
+            hold(&no_runtimes, ""),
+            None,
+            "nothing would ever announce a container"
+        );
+        let e = resolve(&none, "runtime:\n  unannounced_hold_ms: soon\n", &[])
+            .expect_err("must fail")
+            .to_string();
+        assert!(e.contains("unannounced_hold_ms"), "{e}");
     }
 
     #[test]

@@ -202,6 +202,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         correlator: Correlator::new(&host_name()),
         metrics: metrics.clone(),
         process_event_limit: config.process_event_limit,
+        unannounced_hold: config.sources.unannounced_hold,
     };
     let metrics_server = match config.metrics_listen.map(MetricsServer::bind) {
         Some(Ok(server)) => Some(server),

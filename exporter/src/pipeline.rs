@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -22,6 +22,7 @@ use crate::{
     decode::Decoder,
     enrich::{
         Enricher, Enrichment,
+        awaiting::AwaitingNames,
         pid_map::{CgroupFeed, find_unified_root},
     },
     event::{AttachMode, IoRecord},
@@ -58,6 +59,9 @@ pub struct RunOptions {
     pub metrics: Arc<Metrics>,
     /// Each container's budget of process events (kernel lifecycle signals).
     pub process_event_limit: ProcessEventLimit,
+    /// How long a record of a container no runtime has announced yet waits for its
+    /// names ([`crate::enrich::awaiting`]); `None`: not at all.
+    pub unannounced_hold: Option<Duration>,
 }
 
 /// Counts of one run.
@@ -151,6 +155,7 @@ pub async fn run(
             enricher: options.enricher,
             correlator: options.correlator.clone(),
             metrics: options.metrics.clone(),
+            unannounced_hold: options.unannounced_hold,
         },
     );
     let metrics = options.metrics.clone();
@@ -177,6 +182,8 @@ pub async fn run(
                 if let Ok(stats) = tracer.stats() {
                     metrics.set_kernel(&stats);
                 }
+                // When full, the sink thread is busy anyway and looks again soon.
+                let _ = tx.try_send(SinkItem::Tick);
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(PipelineError::Poll)?;
@@ -370,6 +377,8 @@ pub enum SinkItem {
     /// A runtime lifecycle event, to enrich (its container and pod) and correlate (the
     /// trace of its container's IO).
     Runtime(RuntimeEvent),
+    /// A second went by: records that waited long enough for their names go on.
+    Tick,
 }
 
 /// The stages that run on the sink thread, between the queue and the sinks.
@@ -377,12 +386,21 @@ struct SinkStages {
     enricher: Option<Enricher>,
     correlator: Correlator,
     metrics: Arc<Metrics>,
+    /// How long a record of a container no runtime has announced yet waits for its
+    /// names; `None`: it does not wait (no runtime source is on).
+    unannounced_hold: Option<Duration>,
 }
+
+/// Records parked at most at once while their containers are unannounced.
+pub const AWAITING_CAPACITY: usize = 4096;
+
+/// What leaves the enrich stage: a record and who it belongs to.
+type Enriched = (IoRecord, Enrichment);
 
 /// Runs enrich → correlate → sinks on their own thread: a slow `/proc` read, terminal
 /// or disk never stalls the kernel reader.
 fn spawn_sinks(
-    mut sinks: Vec<Box<dyn Sink>>,
+    sinks: Vec<Box<dyn Sink>>,
     mut rx: mpsc::Receiver<SinkItem>,
     records: Arc<AtomicU64>,
     stages: SinkStages,
@@ -391,56 +409,124 @@ fn spawn_sinks(
         mut enricher,
         correlator,
         metrics,
+        unannounced_hold,
     } = stages;
+    let mut awaiting: Option<AwaitingNames<Enriched>> =
+        unannounced_hold.map(|hold| AwaitingNames::new(hold, AWAITING_CAPACITY));
     std::thread::spawn(move || {
+        let mut out = SinkOutput { sinks, correlator };
         while let Some(item) = rx.blocking_recv() {
-            let record = match item {
-                SinkItem::Io(record) => record,
+            match item {
+                SinkItem::Io(record) => {
+                    records.fetch_add(1, Ordering::Relaxed);
+                    metrics.add_records(1);
+                    match &mut enricher {
+                        Some(enricher) => {
+                            let enrichment = enricher.enrich(&record);
+                            let parked = match (
+                                &mut awaiting,
+                                enricher.unannounced_container(&enrichment),
+                            ) {
+                                (Some(awaiting), Some(id)) => {
+                                    let id = id.to_owned();
+                                    awaiting.park(&id, (record, enrichment), Instant::now())
+                                }
+                                _ => Err((record, enrichment)),
+                            };
+                            if let Err((record, enrichment)) = parked {
+                                out.record(record, enrichment);
+                            }
+                        }
+                        None => out.unenriched(record),
+                    }
+                }
                 SinkItem::Runtime(event) => {
                     let enrichment = enrich_event(enricher.as_ref(), &event);
-                    let event = correlator.correlate_event(event, enrichment);
-                    for sink in &mut sinks {
-                        if let Err(e) = sink.runtime_event(&event) {
-                            tracing::warn!(error = %e, "sink failed to take a runtime event");
-                        }
-                    }
-                    // Lifecycle lines show when they happen, not when the next IO comes.
-                    if rx.is_empty() {
-                        for sink in &mut sinks {
-                            let _ = sink.idle();
-                        }
-                    }
-                    continue;
+                    out.runtime_event(event, enrichment);
+                    // An announcement releases its container's records at once.
+                    release(&mut awaiting, enricher.as_ref(), &mut out);
                 }
-            };
-            records.fetch_add(1, Ordering::Relaxed);
-            metrics.add_records(1);
-            let record = match &mut enricher {
-                Some(enricher) => {
-                    let enrichment = enricher.enrich(&record);
-                    correlator.correlate_enriched(record, enrichment)
-                }
-                None => correlator.correlate(record),
-            };
-            for sink in &mut sinks {
-                if let Err(e) = sink.record(&record) {
-                    tracing::warn!(error = %e, "sink failed to take a record");
-                }
+                SinkItem::Tick => release(&mut awaiting, enricher.as_ref(), &mut out),
             }
+            // Lines show when they happen, not when the next record comes.
             if rx.is_empty() {
-                for sink in &mut sinks {
-                    if let Err(e) = sink.idle() {
-                        tracing::warn!(error = %e, "sink failed to flush");
-                    }
-                }
+                out.idle();
             }
         }
-        for sink in &mut sinks {
-            let _ = sink.idle();
+        if let (Some(awaiting), Some(enricher)) = (&mut awaiting, &enricher) {
+            for (record, mut enrichment) in awaiting.drain() {
+                enricher.refill(&mut enrichment);
+                out.record(record, enrichment);
+            }
         }
+        out.idle();
         // Dropping the sinks flushes them (the OTLP sink exports what it still holds).
-        drop(sinks);
+        drop(out);
     })
+}
+
+/// Sends the records of containers now known (or waited for long enough) on, with
+/// what the metadata cache knows of them now.
+fn release(
+    awaiting: &mut Option<AwaitingNames<Enriched>>,
+    enricher: Option<&Enricher>,
+    out: &mut SinkOutput,
+) {
+    let (Some(awaiting), Some(enricher)) = (awaiting, enricher) else {
+        return;
+    };
+    if awaiting.is_empty() {
+        return;
+    }
+    for (record, mut enrichment) in
+        awaiting.release(Instant::now(), |id| enricher.knows_container(id))
+    {
+        enricher.refill(&mut enrichment);
+        out.record(record, enrichment);
+    }
+}
+
+/// The end of the sink thread: correlate, then every sink.
+struct SinkOutput {
+    sinks: Vec<Box<dyn Sink>>,
+    correlator: Correlator,
+}
+
+impl SinkOutput {
+    fn record(&mut self, record: IoRecord, enrichment: Enrichment) {
+        let record = self.correlator.correlate_enriched(record, enrichment);
+        self.send(&record);
+    }
+
+    fn unenriched(&mut self, record: IoRecord) {
+        let record = self.correlator.correlate(record);
+        self.send(&record);
+    }
+
+    fn send(&mut self, record: &crate::correlate::CorrelatedRecord) {
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.record(record) {
+                tracing::warn!(error = %e, "sink failed to take a record");
+            }
+        }
+    }
+
+    fn runtime_event(&mut self, event: RuntimeEvent, enrichment: Enrichment) {
+        let event = self.correlator.correlate_event(event, enrichment);
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.runtime_event(&event) {
+                tracing::warn!(error = %e, "sink failed to take a runtime event");
+            }
+        }
+    }
+
+    fn idle(&mut self) {
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.idle() {
+                tracing::warn!(error = %e, "sink failed to flush");
+            }
+        }
+    }
 }
 
 /// Who a runtime event is about: its container (or its pod, by uid) from the metadata

@@ -14,7 +14,11 @@
 //! [`metadata::PodLookup`] adds, by pod uid, the pod's owners and allow-listed labels,
 //! and its name and namespace when no runtime said them (attribution by cgroup path
 //! alone then still names the pod).
+//!
+//! A record naming a container no runtime has announced yet waits for its names in
+//! [`awaiting`] (on the sink thread), for a few seconds at most.
 
+pub mod awaiting;
 pub mod cgroup_path;
 pub mod metadata;
 pub mod path_attribution;
@@ -241,6 +245,40 @@ impl Enricher {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         out.fill_from(&metadata);
         out
+    }
+
+    /// Whether the metadata cache knows container `id` (a runtime announced or listed it).
+    #[must_use]
+    pub fn knows_container(&self, id: &str) -> bool {
+        self.metadata
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .container(id)
+            .is_some()
+    }
+
+    /// The container a record should wait for before it is sent: one the record names
+    /// but the metadata cache does not know yet, while nothing (such as the Kubernetes
+    /// API, by pod uid) named its pod either (see [`awaiting`]).
+    #[must_use]
+    pub fn unannounced_container<'a>(&self, enrichment: &'a Enrichment) -> Option<&'a str> {
+        if enrichment.pod_name.is_some() {
+            return None;
+        }
+        enrichment
+            .container_id
+            .as_deref()
+            .filter(|id| !self.knows_container(id))
+    }
+
+    /// Fills what is still unknown of `enrichment` from the metadata cache as it is now
+    /// (for a record that waited for its container's announcement).
+    pub fn refill(&self, enrichment: &mut Enrichment) {
+        let metadata = self
+            .metadata
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        enrichment.fill_from(&metadata);
     }
 
     /// Who a runtime event's container (or, without one, its pod) is, from the metadata
