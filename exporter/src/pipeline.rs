@@ -429,7 +429,7 @@ fn spawn_sinks(
                             ) {
                                 (Some(awaiting), Some(id)) => {
                                     let id = id.to_owned();
-                                    awaiting.park(&id, (record, enrichment), Instant::now())
+                                    awaiting.park(id, (record, enrichment), Instant::now())
                                 }
                                 _ => Err((record, enrichment)),
                             };

@@ -39,12 +39,12 @@ impl<T> AwaitingNames<T> {
 
     /// Parks `item` until `container_id` is known; gives it back when full (it is then
     /// better sent nameless than late or lost).
-    pub fn park(&mut self, container_id: &str, item: T, now: Instant) -> Result<(), T> {
+    pub fn park(&mut self, container_id: String, item: T, now: Instant) -> Result<(), T> {
         if self.len >= self.capacity {
             return Err(item);
         }
         self.by_container
-            .entry(container_id.to_owned())
+            .entry(container_id)
             .or_insert_with(|| (now, Vec::new()))
             .1
             .push(item);
@@ -102,11 +102,17 @@ mod tests {
     fn records_wait_until_their_container_is_known_or_the_hold_ends() {
         let t0 = Instant::now();
         let mut awaiting = AwaitingNames::new(Duration::from_secs(10), 3);
-        assert_eq!(awaiting.park("a", 1, t0), Ok(()));
-        assert_eq!(awaiting.park("b", 2, t0 + Duration::from_secs(5)), Ok(()));
-        assert_eq!(awaiting.park("a", 3, t0 + Duration::from_secs(6)), Ok(()));
+        assert_eq!(awaiting.park("a".into(), 1, t0), Ok(()));
         assert_eq!(
-            awaiting.park("c", 4, t0),
+            awaiting.park("b".into(), 2, t0 + Duration::from_secs(5)),
+            Ok(())
+        );
+        assert_eq!(
+            awaiting.park("a".into(), 3, t0 + Duration::from_secs(6)),
+            Ok(())
+        );
+        assert_eq!(
+            awaiting.park("c".into(), 4, t0),
             Err(4),
             "full: handed back, not lost"
         );
@@ -136,8 +142,8 @@ mod tests {
         );
         assert!(awaiting.is_empty());
 
-        assert_eq!(awaiting.park("d", 5, t0), Ok(()));
-        assert_eq!(awaiting.park("e", 6, t0), Ok(()));
+        assert_eq!(awaiting.park("d".into(), 5, t0), Ok(()));
+        assert_eq!(awaiting.park("e".into(), 6, t0), Ok(()));
         let mut left = awaiting.drain();
         left.sort_unstable();
         assert_eq!(left, [5, 6]);
