@@ -446,7 +446,11 @@ fn spawn_sinks(
                     // An announcement releases its container's records at once.
                     release(&mut awaiting, enricher.as_ref(), &mut out);
                 }
-                SinkItem::Tick => release(&mut awaiting, enricher.as_ref(), &mut out),
+                SinkItem::Tick => {
+                    if release(&mut awaiting, enricher.as_ref(), &mut out) == 0 {
+                        continue;
+                    }
+                }
             }
             // Lines show when they happen, not when the next record comes.
             if rx.is_empty() {
@@ -466,24 +470,25 @@ fn spawn_sinks(
 }
 
 /// Sends the records of containers now known (or waited for long enough) on, with
-/// what the metadata cache knows of them now.
+/// what the metadata cache knows of them now; returns how many.
 fn release(
     awaiting: &mut Option<AwaitingNames<Enriched>>,
     enricher: Option<&Enricher>,
     out: &mut SinkOutput,
-) {
+) -> usize {
     let (Some(awaiting), Some(enricher)) = (awaiting, enricher) else {
-        return;
+        return 0;
     };
     if awaiting.is_empty() {
-        return;
+        return 0;
     }
-    for (record, mut enrichment) in
-        awaiting.release(Instant::now(), |id| enricher.knows_container(id))
-    {
+    let released = awaiting.release(Instant::now(), |id| enricher.knows_container(id));
+    let n = released.len();
+    for (record, mut enrichment) in released {
         enricher.refill(&mut enrichment);
         out.record(record, enrichment);
     }
+    n
 }
 
 /// The end of the sink thread: correlate, then every sink.
