@@ -238,23 +238,22 @@ impl Enricher {
                 None => return Enrichment::none(),
             },
         };
-        // A poisoned lock only means a writer panicked mid-insert; the map is still usable.
-        let metadata = self
-            .metadata
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        out.fill_from(&metadata);
+        self.refill(&mut out);
         out
+    }
+
+    /// The metadata cache as it is now.
+    fn metadata_now(&self) -> std::sync::RwLockReadGuard<'_, MetadataCache> {
+        // A poisoned lock only means a writer panicked mid-insert; the map is still usable.
+        self.metadata
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether the metadata cache knows container `id` (a runtime announced or listed it).
     #[must_use]
     pub fn knows_container(&self, id: &str) -> bool {
-        self.metadata
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .container(id)
-            .is_some()
+        self.metadata_now().container(id).is_some()
     }
 
     /// The container a record should wait for before it is sent: one the record names
@@ -272,13 +271,9 @@ impl Enricher {
     }
 
     /// Fills what is still unknown of `enrichment` from the metadata cache as it is now
-    /// (for a record that waited for its container's announcement).
+    /// (also for a record that waited for its container's announcement).
     pub fn refill(&self, enrichment: &mut Enrichment) {
-        let metadata = self
-            .metadata
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        enrichment.fill_from(&metadata);
+        enrichment.fill_from(&self.metadata_now());
     }
 
     /// Who a runtime event's container (or, without one, its pod) is, from the metadata
@@ -299,11 +294,7 @@ impl Enricher {
         if out.container_id.is_none() && out.pod_uid.is_none() {
             return out;
         }
-        let metadata = self
-            .metadata
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        out.fill_from(&metadata);
+        self.refill(&mut out);
         out
     }
 }
