@@ -158,9 +158,15 @@ impl Iostall {
         Ok(me)
     }
 
-    /// Waits up to `timeout` until stderr (iostall's log) contains `needle`, e.g. a
-    /// runtime source's "connected" line before a test makes the containers whose every
-    /// event it expects. Fails with the log if iostall exits or time runs out.
+    /// Waits until the runtime sources on `socket` have connected (their first
+    /// "… at <socket> connected" line): a test that expects every event of the
+    /// containers it makes next calls this first.
+    pub fn wait_for_source(&mut self, socket: &str) -> Result<()> {
+        self.wait_for_stderr(&format!("{socket} connected"), Duration::from_secs(30))
+    }
+
+    /// Waits up to `timeout` until stderr (iostall's log) contains `needle`. Fails with
+    /// the log if iostall exits or time runs out.
     pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {

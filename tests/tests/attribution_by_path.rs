@@ -58,7 +58,7 @@ fn runtime_io_for_a_pod_is_attributed_to_it_by_path() -> Result<()> {
         "off",
     ])?;
     // Every event of the containers made next is expected: wait for the source.
-    iostall.wait_for_stderr(&format!("{socket} connected"), Duration::from_secs(30))?;
+    iostall.wait_for_source(&socket)?;
     let rt = tokio::runtime::Runtime::new()?;
     let (uid, sandbox_id, id) = rt.block_on(async {
         let mut cri = ctd.cri().await?;

@@ -53,7 +53,7 @@ impl Stack {
         args.extend_from_slice(extra);
         let mut iostall = Iostall::start(&args)?;
         // Every event of the containers made next is expected: wait for the source.
-        iostall.wait_for_stderr(&format!("{socket} connected"), Duration::from_secs(30))?;
+        iostall.wait_for_source(&socket)?;
         Ok(iostall)
     }
 }

@@ -129,7 +129,12 @@ impl Drop for ContainerCgroup {
 }
 
 fn start_iostall() -> Iostall {
-    Iostall::start(&[
+    start_iostall_with("off", &[])
+}
+
+/// iostall with `/metrics` on `metrics_listen` and `extra` arguments.
+fn start_iostall_with(metrics_listen: &str, extra: &[&str]) -> Iostall {
+    let mut args = vec![
         "--output",
         "json",
         "--attach",
@@ -138,13 +143,14 @@ fn start_iostall() -> Iostall {
         "--threshold-ms",
         "60000",
         "--metrics-listen",
-        "off",
+        metrics_listen,
         "--containerd-socket",
         "off",
         "--docker-socket",
         "off",
-    ])
-    .expect("iostall starts and attaches")
+    ];
+    args.extend_from_slice(extra);
+    Iostall::start(&args).expect("iostall starts and attaches")
 }
 
 /// The kernel runtime events among JSON lines.
@@ -451,23 +457,7 @@ fn a_containers_exec_storm_is_rate_limited_and_counted() {
     )
     .expect("write config");
     let config_path = config.path().to_string_lossy().into_owned();
-    let mut iostall = Iostall::start(&[
-        "--config",
-        &config_path,
-        "--output",
-        "json",
-        "--attach",
-        "tracepoint",
-        "--threshold-ms",
-        "60000",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--containerd-socket",
-        "off",
-        "--docker-socket",
-        "off",
-    ])
-    .expect("iostall starts and attaches");
+    let mut iostall = start_iostall_with("127.0.0.1:0", &["--config", &config_path]);
     let metrics_addr = metrics_addr_from_log(&iostall.stderr_text()).expect("metrics address");
     let mut seen = Vec::new();
     let cg = ContainerCgroup::create(false);

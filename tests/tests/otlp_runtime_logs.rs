@@ -65,7 +65,7 @@ fn container_lifecycle_is_logged_under_its_pod_in_the_trace_of_its_io() -> Resul
         "off",
     ])?;
     // Every event of the containers made next is expected: wait for the source.
-    iostall.wait_for_stderr(&format!("{socket} connected"), Duration::from_secs(30))?;
+    iostall.wait_for_source(&socket)?;
 
     let rt = tokio::runtime::Runtime::new()?;
     let (uid, id) = rt.block_on(async {
