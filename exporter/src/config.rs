@@ -61,6 +61,12 @@
 //! lifecycle:
 //!   process_event_burst: 64         # a container's execs and clean exits at once (0: none)
 //!   process_events_per_second: 2    # then this many a second; the rest are counted
+//! startup:
+//!   enabled: true           # each pod's startup as one trace (the IO stalls inside)
+//!   settle_ms: 5000         # no API: the startup ends this long after its last known
+//!                           # container started, if nothing new came
+//!   timeout_s: 300          # a startup open this long ends as failed (timeout)
+//!   max_open: 1024          # startups followed at once; the oldest is evicted past it
 //! ```
 //!
 //! Unknown keys are errors that name the key.
@@ -73,7 +79,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{lifecycle::ProcessEventLimit, tracer::AttachRequest};
+use crate::{lifecycle::ProcessEventLimit, startup::StartupConfig, tracer::AttachRequest};
 
 /// Default metrics listen address: Prometheus' registered port for OpenTelemetry
 /// exporters, on loopback only (a DaemonSet sets `0.0.0.0:9464` to be scraped).
@@ -335,6 +341,20 @@ pub struct LifecycleFile {
     pub process_events_per_second: Option<f64>,
 }
 
+/// The `startup:` section: pod startup traces.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartupFile {
+    /// Follow pod startups (default true).
+    pub enabled: Option<bool>,
+    /// Settle time after the last known container started, ms.
+    pub settle_ms: Option<u64>,
+    /// Startup timeout, seconds.
+    pub timeout_s: Option<u64>,
+    /// Open startups at most.
+    pub max_open: Option<usize>,
+}
+
 /// The YAML config file, as written (every key optional).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -364,6 +384,8 @@ pub struct FileConfig {
     pub kube: Option<KubeFile>,
     /// Kernel lifecycle signals.
     pub lifecycle: Option<LifecycleFile>,
+    /// Pod startup traces.
+    pub startup: Option<StartupFile>,
 }
 
 impl FileConfig {
@@ -503,6 +525,8 @@ pub struct Config {
     pub kube: KubeSetting,
     /// Each container's budget of process events.
     pub process_event_limit: ProcessEventLimit,
+    /// Pod startup traces; `None` when `startup.enabled: false`.
+    pub startup: Option<StartupConfig>,
 }
 
 /// Default `kube.pod_labels`: the identity labels Kubernetes recommends
@@ -709,8 +733,43 @@ impl Config {
             sources: resolve_sources(cli, file)?,
             kube: resolve_kube(cli, file.kube.as_ref(), env)?,
             process_event_limit: resolve_process_event_limit(file.lifecycle.as_ref())?,
+            startup: resolve_startup(file.startup.as_ref())?,
         })
     }
+}
+
+fn resolve_startup(file: Option<&StartupFile>) -> Result<Option<StartupConfig>, ConfigError> {
+    let default = StartupConfig::default();
+    let Some(file) = file else {
+        return Ok(Some(default));
+    };
+    if file.enabled == Some(false) {
+        return Ok(None);
+    }
+    let settle_ms = file.settle_ms.unwrap_or(5000);
+    if !(100..=600_000).contains(&settle_ms) {
+        return Err(invalid(
+            "startup.settle_ms",
+            format!("must be between 100 and 600000, got {settle_ms}"),
+        ));
+    }
+    let timeout_s = file.timeout_s.unwrap_or(300);
+    if !(1..=86_400).contains(&timeout_s) {
+        return Err(invalid(
+            "startup.timeout_s",
+            format!("must be between 1 and 86400, got {timeout_s}"),
+        ));
+    }
+    let max_open = file.max_open.unwrap_or(default.max_open);
+    if max_open == 0 {
+        return Err(invalid("startup.max_open", "must be at least 1".to_owned()));
+    }
+    Ok(Some(StartupConfig {
+        settle: Duration::from_millis(settle_ms),
+        timeout: Duration::from_secs(timeout_s),
+        max_open,
+        ..default
+    }))
 }
 
 fn resolve_process_event_limit(

@@ -17,8 +17,9 @@
 //! - **runtime events** ([`Correlator::correlate_event`]): the trace of their container
 //!   (else pod) and window, as its IO; a span id of their own; the same Resource.
 //!
-//! Per-pod startup traces (trace id from pod uid and attempt, IO spans under phase
-//! spans) build on this later.
+//! During a pod's startup, [`crate::startup`] places records and events in the startup's
+//! own trace instead ([`Correlator::correlate_placed`]): trace id from the pod uid and
+//! attempt, IO spans under phase spans.
 use std::borrow::Cow;
 
 use serde::Serialize;
@@ -28,6 +29,18 @@ use crate::{
     event::IoRecord,
     runtime::RuntimeEvent,
 };
+
+/// Where a record or event goes in a pod's startup trace (decided by
+/// [`crate::startup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The startup's trace.
+    pub trace_id: TraceId,
+    /// The span it is a child of (an IO span), or belongs to (a log record).
+    pub parent: SpanId,
+    /// For a copy of a shared runtime operation: how many starting pods it overlapped.
+    pub shared_by: Option<u32>,
+}
 
 /// Width of the time window that groups a process's slow IO into one trace.
 pub const TRACE_WINDOW_NS: u64 = 10_000_000_000;
@@ -152,6 +165,17 @@ pub struct CorrelatedRecord {
     pub trace_id: TraceId,
     /// Its own span id (hex in JSON).
     pub span_id: SpanId,
+    /// The startup phase span it is a child of, when it happened during its pod's
+    /// startup (see [`crate::startup`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<SpanId>,
+    /// For a copy of a shared runtime operation in a starting pod's trace: how many
+    /// starting pods it overlapped (`iostall.overlap.pods`).
+    #[serde(
+        rename = "iostall.overlap.pods",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub shared_by: Option<u32>,
     /// Who it belongs to and how that was found (JSON: `container.id`, `k8s.pod.name`…).
     #[serde(flatten)]
     pub enrichment: Enrichment,
@@ -226,9 +250,55 @@ impl Correlator {
             record,
             trace_id,
             span_id: SpanId(span.to_be_bytes()),
+            parent_span_id: None,
+            shared_by: None,
             enrichment,
             resource,
         }
+    }
+
+    /// Wraps a record with its ids and Resource, in the startup trace and phase of
+    /// `placement` when it has one. A copy of a shared runtime operation
+    /// (`placement.shared_by`) gets a span id of its own in that trace.
+    #[must_use]
+    pub fn correlate_placed(
+        &self,
+        record: IoRecord,
+        enrichment: Enrichment,
+        placement: Option<Placement>,
+    ) -> CorrelatedRecord {
+        let mut c = self.correlate_enriched(record, enrichment);
+        if let Some(p) = placement {
+            if p.shared_by.is_some() {
+                // The copy's own id, so that each pod's copy is a distinct span.
+                let id = StableHasher::new(0x7368_6172_6564)
+                    .bytes(&p.trace_id.0)
+                    .bytes(&c.span_id.0)
+                    .finish();
+                c.span_id = SpanId(if id == 0 { 1 } else { id }.to_be_bytes());
+            }
+            c.trace_id = p.trace_id;
+            c.parent_span_id = Some(p.parent);
+            c.shared_by = p.shared_by;
+        }
+        c
+    }
+
+    /// Wraps a runtime event; in a startup, its log record carries the startup's trace
+    /// and the span it belongs to (`placement`).
+    #[must_use]
+    pub fn correlate_event_placed(
+        &self,
+        event: RuntimeEvent,
+        enrichment: Enrichment,
+        placement: Option<Placement>,
+    ) -> CorrelatedEvent {
+        let mut c = self.correlate_event(event, enrichment);
+        if let Some(p) = placement {
+            c.trace_id = p.trace_id;
+            c.span_id = p.parent;
+        }
+        c
     }
 
     /// Wraps a runtime lifecycle event with its ids and Resource. Its trace is the one
@@ -304,23 +374,23 @@ fn owner_of(enrichment: &Enrichment) -> Option<&str> {
 
 /// FNV-1a with a splitmix64 finish: stable across Rust releases and platforms (unlike
 /// `DefaultHasher`), which deterministic ids need.
-struct StableHasher(u64);
+pub(crate) struct StableHasher(u64);
 
 impl StableHasher {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(0xcbf2_9ce4_8422_2325 ^ seed)
     }
-    fn bytes(mut self, data: &[u8]) -> Self {
+    pub(crate) fn bytes(mut self, data: &[u8]) -> Self {
         for &b in data {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
         self
     }
-    fn u64(self, v: u64) -> Self {
+    pub(crate) fn u64(self, v: u64) -> Self {
         self.bytes(&v.to_le_bytes())
     }
-    fn finish(self) -> u64 {
+    pub(crate) fn finish(self) -> u64 {
         let mut z = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -2,7 +2,8 @@
 //!
 //! Stages, in the order data flows: [`tracer`] (load and attach the eBPF programs),
 //! [`decode`] (ring-buffer bytes to [`event::IoRecord`]), [`correlate`] (trace and span
-//! ids, Resource), [`sink`] (console, JSON, OTLP via [`otlp`]), wired by [`pipeline`];
+//! ids, Resource), [`startup`] (each pod's startup as one trace, the IO stalls inside),
+//! [`sink`] (console, JSON, OTLP via [`otlp`]), wired by [`pipeline`];
 //! [`lifecycle`] turns the kernel's cgroup, exec/exit and OOM signals into runtime events;
 //! [`config`] resolves and validates settings once at start, [`metrics`] counts.
 pub mod btf_offsets;
@@ -20,5 +21,6 @@ pub mod pipeline;
 pub mod preflight;
 pub mod runtime;
 pub mod sink;
+pub mod startup;
 pub mod tracefs_format;
 pub mod tracer;

@@ -108,6 +108,60 @@ pub struct Metrics {
     /// `not_ext4`, `not_regular`, `file_unresolved`.
     kernel_filtered: [AtomicU64; 3],
     runtime_events_rate_limited: AtomicU64,
+    dropped_startup_spans: AtomicU64,
+    startups: std::sync::Mutex<StartupHistograms>,
+    startups_evicted: AtomicU64,
+    startups_open: AtomicU64,
+}
+
+/// Upper bounds (seconds) of the startup histograms' buckets: the kubelet's own
+/// `kubelet_pod_start_sli_duration_seconds` spans 0.5 s to minutes.
+pub const STARTUP_BUCKETS: [f64; 11] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// One histogram series (cumulative buckets on render).
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    buckets: [u64; STARTUP_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        if let Some(i) = STARTUP_BUCKETS.iter().position(|b| v <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, result: &str) {
+        let mut cumulative = 0;
+        for (le, n) in STARTUP_BUCKETS.iter().zip(self.buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{result=\"{result}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{result=\"{result}\",le=\"+Inf\"}} {}\n\
+             {name}_sum{{result=\"{result}\"}} {}\n{name}_count{{result=\"{result}\"}} {}",
+            self.count, self.sum, self.count
+        );
+    }
+}
+
+/// Pod startup time and IO stall per startup, by result (`ok`, `failed`): labels of
+/// bounded cardinality, never pod names.
+#[derive(Debug, Default)]
+struct StartupHistograms {
+    /// [ok, failed].
+    duration: [Histogram; 2],
+    stall: [Histogram; 2],
 }
 
 impl Metrics {
@@ -180,6 +234,29 @@ impl Metrics {
     #[must_use]
     pub fn runtime_events_rate_limited(&self) -> u64 {
         self.runtime_events_rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Counts startup spans (roots, phases, shared copies) lost to a failed export.
+    pub fn add_dropped_startup_spans(&self, n: u64) {
+        self.dropped_startup_spans.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records one finished pod startup.
+    pub fn observe_startup(&self, duration_ns: u64, stall_ns: u64, failed: bool) {
+        let mut h = self
+            .startups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = usize::from(failed);
+        h.duration[i].observe(duration_ns as f64 / 1e9);
+        h.stall[i].observe(stall_ns as f64 / 1e9);
+    }
+
+    /// Takes the startup stage's evictions (a total) and open startups (a gauge).
+    pub fn set_startups(&self, evicted_total: u64, open: u64) {
+        self.startups_evicted
+            .store(evicted_total, Ordering::Relaxed);
+        self.startups_open.store(open, Ordering::Relaxed);
     }
 
     /// Counts spans the collector accepted.
@@ -305,7 +382,51 @@ impl Metrics {
              iostall_runtime_events_rate_limited_total {}",
             get(&self.runtime_events_rate_limited)
         );
+        self.render_startups(&mut out);
         out
+    }
+
+    fn render_startups(&self, out: &mut String) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let h = self
+            .startups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, help, series) in [
+            (
+                "iostall_pod_startup_duration_seconds",
+                "Pod startups on this node, from the first sign of the pod to all its \
+                 containers running (or its failure).",
+                &h.duration,
+            ),
+            (
+                "iostall_pod_startup_io_stall_seconds",
+                "Slow IO time inside each pod startup (own and shared runtime IO).",
+                &h.stall,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (result, hist) in ["ok", "failed"].into_iter().zip(series) {
+                hist.render(out, name, result);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP iostall_pod_startups_open Pod startups being followed now.\n\
+             # TYPE iostall_pod_startups_open gauge\n\
+             iostall_pod_startups_open {}\n\
+             # HELP iostall_pod_startups_evicted_total Pod startups ended early because too \
+             many were open (startup.max_open).\n\
+             # TYPE iostall_pod_startups_evicted_total counter\n\
+             iostall_pod_startups_evicted_total {}\n\
+             # HELP iostall_dropped_startup_spans_total Startup spans (roots, phases, shared \
+             copies) lost to failed OTLP exports or a full queue.\n\
+             # TYPE iostall_dropped_startup_spans_total counter\n\
+             iostall_dropped_startup_spans_total {}",
+            get(&self.startups_open),
+            get(&self.startups_evicted),
+            get(&self.dropped_startup_spans)
+        );
     }
 }
 

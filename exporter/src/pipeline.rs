@@ -28,8 +28,9 @@ use crate::{
     event::{AttachMode, IoRecord},
     lifecycle::{LifecycleStage, ProcessEventLimit},
     metrics::{DropReason, Metrics},
-    runtime::{EventSource, RuntimeEvent},
+    runtime::{EventSource, RuntimeEvent, now_unix_ns},
     sink::Sink,
+    startup::{StartupConfig, StartupOutput, StartupStage},
     tracer::{AttachRequest, KernelStats, Tracer, TracerError, TracerOptions},
 };
 
@@ -62,6 +63,8 @@ pub struct RunOptions {
     /// How long a record of a container no runtime has announced yet waits for its
     /// names ([`crate::enrich::awaiting`]); `None`: not at all.
     pub unannounced_hold: Option<Duration>,
+    /// Pod startup traces ([`crate::startup`]); `None`: off.
+    pub startup: Option<StartupConfig>,
 }
 
 /// Counts of one run.
@@ -156,6 +159,7 @@ pub async fn run(
             correlator: options.correlator.clone(),
             metrics: options.metrics.clone(),
             unannounced_hold: options.unannounced_hold,
+            startup: options.startup.take(),
         },
     );
     let metrics = options.metrics.clone();
@@ -389,6 +393,8 @@ struct SinkStages {
     /// How long a record of a container no runtime has announced yet waits for its
     /// names; `None`: it does not wait (no runtime source is on).
     unannounced_hold: Option<Duration>,
+    /// Pod startup traces; `None`: off.
+    startup: Option<StartupConfig>,
 }
 
 /// Records parked at most at once while their containers are unannounced.
@@ -410,11 +416,18 @@ fn spawn_sinks(
         correlator,
         metrics,
         unannounced_hold,
+        startup,
     } = stages;
     let mut awaiting: Option<AwaitingNames<Enriched>> =
         unannounced_hold.map(|hold| AwaitingNames::new(hold, AWAITING_CAPACITY));
     std::thread::spawn(move || {
-        let mut out = SinkOutput { sinks, correlator };
+        let mut out = SinkOutput {
+            sinks,
+            correlator,
+            startup: startup.map(StartupStage::new),
+            staged: Vec::new(),
+            metrics: metrics.clone(),
+        };
         while let Some(item) = rx.blocking_recv() {
             match item {
                 SinkItem::Io(record) => {
@@ -447,7 +460,8 @@ fn spawn_sinks(
                     release(&mut awaiting, enricher.as_ref(), &mut out);
                 }
                 SinkItem::Tick => {
-                    if release(&mut awaiting, enricher.as_ref(), &mut out) == 0 {
+                    let released = release(&mut awaiting, enricher.as_ref(), &mut out);
+                    if released == 0 && !out.tick() {
                         continue;
                     }
                 }
@@ -463,6 +477,7 @@ fn spawn_sinks(
                 out.record(record, enrichment);
             }
         }
+        out.finish();
         out.idle();
         // Dropping the sinks flushes them (the OTLP sink exports what it still holds).
         drop(out);
@@ -491,21 +506,125 @@ fn release(
     n
 }
 
-/// The end of the sink thread: correlate, then every sink.
+/// The end of the sink thread: the startup stage, correlate, then every sink.
 struct SinkOutput {
     sinks: Vec<Box<dyn Sink>>,
     correlator: Correlator,
+    startup: Option<StartupStage>,
+    /// What the startup stage handed out, reused between calls.
+    staged: Vec<StartupOutput>,
+    metrics: Arc<Metrics>,
 }
 
 impl SinkOutput {
     fn record(&mut self, record: IoRecord, enrichment: Enrichment) {
-        let record = self.correlator.correlate_enriched(record, enrichment);
-        self.send(&record);
+        match &mut self.startup {
+            Some(stage) => {
+                stage.io(record, enrichment, now_unix_ns(), &mut self.staged);
+                self.emit();
+            }
+            None => {
+                let record = self.correlator.correlate_enriched(record, enrichment);
+                self.send(&record);
+            }
+        }
     }
 
     fn unenriched(&mut self, record: IoRecord) {
         let record = self.correlator.correlate(record);
         self.send(&record);
+    }
+
+    fn runtime_event(&mut self, event: RuntimeEvent, enrichment: Enrichment) {
+        match &mut self.startup {
+            Some(stage) => {
+                stage.event(event, enrichment, now_unix_ns(), &mut self.staged);
+                self.emit();
+            }
+            None => self.event(event, enrichment, None),
+        }
+    }
+
+    /// A second went by: startups that settled or timed out end, finished spans go
+    /// out. Whether anything did.
+    fn tick(&mut self) -> bool {
+        let Some(stage) = &mut self.startup else {
+            return false;
+        };
+        stage.tick(now_unix_ns(), &mut self.staged);
+        let stats = stage.stats();
+        let open = stage.open_count() as u64;
+        self.metrics.set_startups(stats.evicted, open);
+        let any = !self.staged.is_empty();
+        self.emit();
+        any
+    }
+
+    /// The pipeline stops: finished startups go out.
+    fn finish(&mut self) {
+        if let Some(stage) = &mut self.startup {
+            stage.finish(now_unix_ns(), &mut self.staged);
+            self.emit();
+        }
+    }
+
+    /// Correlates and sends what the startup stage handed out, in order.
+    fn emit(&mut self) {
+        let mut staged = std::mem::take(&mut self.staged);
+        for item in staged.drain(..) {
+            match item {
+                StartupOutput::Io {
+                    record,
+                    enrichment,
+                    placement,
+                } => {
+                    let record = self
+                        .correlator
+                        .correlate_placed(record, enrichment, placement);
+                    self.send(&record);
+                }
+                StartupOutput::SharedIo {
+                    record,
+                    enrichment,
+                    placement,
+                } => {
+                    let record =
+                        self.correlator
+                            .correlate_placed(record, enrichment, Some(placement));
+                    for sink in &mut self.sinks {
+                        if let Err(e) = sink.shared_io(&record) {
+                            tracing::warn!(error = %e, "sink failed to take a span");
+                        }
+                    }
+                }
+                StartupOutput::Event {
+                    event,
+                    enrichment,
+                    placement,
+                } => self.event(event, enrichment, placement),
+                StartupOutput::Span(span) => {
+                    for sink in &mut self.sinks {
+                        if let Err(e) = sink.startup_span(&span) {
+                            tracing::warn!(error = %e, "sink failed to take a span");
+                        }
+                    }
+                }
+                StartupOutput::Summary(summary) => {
+                    self.metrics.observe_startup(
+                        summary.duration_ns(),
+                        summary.io.total_ns(),
+                        summary.error.is_some(),
+                    );
+                    for sink in &mut self.sinks {
+                        if let Err(e) = sink.startup_summary(&summary) {
+                            tracing::warn!(error = %e, "sink failed to take a startup summary");
+                        }
+                    }
+                }
+            }
+        }
+        // Keeps the buffer's capacity for the next call.
+        self.staged = staged;
     }
 
     fn send(&mut self, record: &crate::correlate::CorrelatedRecord) {
@@ -516,8 +635,15 @@ impl SinkOutput {
         }
     }
 
-    fn runtime_event(&mut self, event: RuntimeEvent, enrichment: Enrichment) {
-        let event = self.correlator.correlate_event(event, enrichment);
+    fn event(
+        &mut self,
+        event: RuntimeEvent,
+        enrichment: Enrichment,
+        placement: Option<crate::correlate::Placement>,
+    ) {
+        let event = self
+            .correlator
+            .correlate_event_placed(event, enrichment, placement);
         for sink in &mut self.sinks {
             if let Err(e) = sink.runtime_event(&event) {
                 tracing::warn!(error = %e, "sink failed to take a runtime event");

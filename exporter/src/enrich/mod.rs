@@ -6,7 +6,7 @@
 //!    ([`cgroup_path`]).
 //! 2. **path**: the file's path names a container or pod ([`path_attribution`]): IO a
 //!    runtime or the kubelet does on a container's behalf.
-//! 3. **time-overlap** (a later stage): shared runtime files by overlap with a
+//! 3. **time_overlap** ([`crate::startup`]): shared runtime files by overlap with a
 //!    container's startup phases.
 //!
 //! Names, image and pod come from [`metadata::MetadataCache`], filled from runtime
@@ -48,13 +48,13 @@ pub enum AttributionMethod {
 }
 
 impl AttributionMethod {
-    /// The attribute value: `cgroup`, `path`, `time-overlap` or `none`.
+    /// The attribute value: `cgroup`, `path`, `time_overlap` or `none`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Cgroup => "cgroup",
             Self::Path(_) => "path",
-            Self::TimeOverlap => "time-overlap",
+            Self::TimeOverlap => "time_overlap",
             Self::None => "none",
         }
     }

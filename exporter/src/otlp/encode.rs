@@ -56,7 +56,11 @@ use opentelemetry_proto::tonic::{
     collector::{logs::v1::ExportLogsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
-    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
+    trace::v1::{
+        ResourceSpans, ScopeSpans, Span, Status,
+        span::{self, SpanKind},
+        status::StatusCode,
+    },
 };
 
 use super::{ExportItem, resource::Resources};
@@ -66,6 +70,7 @@ use crate::{
     event::IoOp,
     runtime::{RuntimeEvent, RuntimeEventKind},
     sink::console::{format_row, format_runtime_event},
+    startup::report::{SpanValue, StartupSpan},
 };
 
 /// The log record's event name (the LogRecord `event_name` field).
@@ -227,8 +232,59 @@ pub fn for_each_attribute(c: &CorrelatedRecord, mut f: impl FnMut(&'static str, 
         "iostall.attribution",
         AttrValue::Str(c.enrichment.method.as_str()),
     );
+    if let Some(n) = c.shared_by {
+        f("iostall.overlap.pods", AttrValue::Int(i64::from(n)));
+        f("iostall.overlap.note", AttrValue::Str(OVERLAP_NOTE));
+    }
     if let Some(errno) = r.errno() {
         f("error.type", AttrValue::Str(&errno_name(errno)));
+    }
+}
+
+/// What a time-overlap copy says of itself.
+pub const OVERLAP_NOTE: &str = "a runtime daemon's shared file; this operation overlapped \
+     the phase in time and is not proven to be this pod's IO";
+
+/// Calls `f` with each attribute of a startup root or phase span.
+pub fn for_each_startup_attribute(s: &StartupSpan, mut f: impl FnMut(&str, AttrValue<'_>)) {
+    for (key, value) in &s.attributes {
+        let v = match value {
+            SpanValue::Str(v) => AttrValue::Str(v),
+            SpanValue::Int(v) => AttrValue::Int(*v),
+            SpanValue::Bool(v) => AttrValue::Bool(*v),
+        };
+        f(key, v);
+    }
+}
+
+/// The span of a startup's root or phase.
+#[must_use]
+pub fn startup_span(s: &StartupSpan) -> Span {
+    let mut attributes = Vec::with_capacity(s.attributes.len());
+    for_each_startup_attribute(s, |k, v| attributes.push(kv(k, owned(v))));
+    Span {
+        trace_id: s.trace_id.0.to_vec(),
+        span_id: s.span_id.0.to_vec(),
+        parent_span_id: s.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
+        name: s.name.to_owned(),
+        kind: SpanKind::Internal as i32,
+        start_time_unix_nano: s.start_unix_ns,
+        end_time_unix_nano: s.end_unix_ns.max(s.start_unix_ns),
+        attributes,
+        links: s
+            .links
+            .iter()
+            .map(|(t, sp)| span::Link {
+                trace_id: t.0.to_vec(),
+                span_id: sp.0.to_vec(),
+                ..span::Link::default()
+            })
+            .collect(),
+        status: s.error.as_ref().map(|message| Status {
+            code: StatusCode::Error as i32,
+            message: message.clone(),
+        }),
+        ..Span::default()
     }
 }
 
@@ -270,6 +326,7 @@ pub fn span(c: &CorrelatedRecord, attributes: Vec<KeyValue>) -> Span {
     Span {
         trace_id: c.trace_id.0.to_vec(),
         span_id: c.span_id.0.to_vec(),
+        parent_span_id: c.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
         name: span_name(r.op).to_owned(),
         kind: SpanKind::Internal as i32,
         start_time_unix_nano: r.start_unix_ns,
@@ -553,6 +610,8 @@ pub fn build_requests_at(
                     .2
                     .push(event_log_record(c, event_attributes(c), observed));
             }
+            ExportItem::SharedIo(c) => group.1.push(span(c, attributes(c))),
+            ExportItem::Startup(s) => group.1.push(startup_span(s)),
         }
     }
     let mut traces = ExportTraceServiceRequest::default();
@@ -569,6 +628,9 @@ pub fn build_requests_at(
                 }],
                 ..ResourceSpans::default()
             });
+        }
+        if records.is_empty() {
+            continue;
         }
         logs.resource_logs.push(ResourceLogs {
             resource: Some(resource),

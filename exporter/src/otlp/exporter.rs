@@ -107,23 +107,20 @@ impl ExportTask {
     /// Exports one batch (traces and logs concurrently) and counts the outcome: spans
     /// for the slow operations, log records for everything.
     async fn export(&self, encoder: &mut WireEncoder, batch: &[ExportItem]) {
+        let count = BatchCount::of(batch);
         if self
             .deadline()
             .is_some_and(|d| tokio::time::Instant::now() >= d)
         {
-            let spans = batch.iter().filter(|i| i.io().is_some()).count() as u64;
-            self.metrics
-                .add_dropped(DropReason::OtlpExportFailed, spans);
-            self.metrics
-                .add_dropped_events(DropReason::OtlpExportFailed, batch.len() as u64 - spans);
+            count.lost(&self.metrics, true, true);
             tracing::warn!(
                 records = batch.len(),
                 "OTLP: shutting down, records dropped"
             );
             return;
         }
-        let n = batch.len() as u64;
-        let spans = batch.iter().filter(|i| i.io().is_some()).count() as u64;
+        let spans = count.io + count.span_only;
+        let logs_n = count.io + count.events;
         let logs = Bytes::from(encoder.logs(
             batch,
             &self.resources,
@@ -137,23 +134,20 @@ impl ExportTask {
             let traces = Bytes::from(encoder.traces(batch, &self.resources));
             self.with_retry(false, &self.traces, traces, spans).await
         };
-        let (traces_ok, logs_ok) =
-            tokio::join!(send_traces, self.with_retry(true, &self.logs, logs, n));
+        let send_logs = async {
+            if logs_n == 0 {
+                return true;
+            }
+            self.with_retry(true, &self.logs, logs, logs_n).await
+        };
+        let (traces_ok, logs_ok) = tokio::join!(send_traces, send_logs);
         if traces_ok {
             self.metrics.add_exported_spans(spans);
         }
         if logs_ok {
-            self.metrics.add_exported_logs(n);
+            self.metrics.add_exported_logs(logs_n);
         }
-        // A record is lost when either of its signals is; a runtime event with the logs.
-        if !(traces_ok && logs_ok) {
-            self.metrics
-                .add_dropped(DropReason::OtlpExportFailed, spans);
-        }
-        if !logs_ok {
-            self.metrics
-                .add_dropped_events(DropReason::OtlpExportFailed, n - spans);
-        }
+        count.lost(&self.metrics, !traces_ok, !logs_ok);
     }
 
     /// Sends `body`, retrying retryable failures with exponential backoff (or the
@@ -229,4 +223,47 @@ fn jitter(d: Duration) -> Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.subsec_nanos());
     d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+/// What a batch holds, by what each item becomes.
+#[derive(Debug, Clone, Copy)]
+struct BatchCount {
+    /// Slow operations: a span and a log record each.
+    io: u64,
+    /// Runtime events: a log record each.
+    events: u64,
+    /// Startup spans and shared copies: a span each.
+    span_only: u64,
+}
+
+impl BatchCount {
+    fn of(batch: &[ExportItem]) -> Self {
+        let mut c = Self {
+            io: 0,
+            events: 0,
+            span_only: 0,
+        };
+        for item in batch {
+            match item {
+                ExportItem::Io(_) => c.io += 1,
+                ExportItem::Runtime(_) => c.events += 1,
+                ExportItem::SharedIo(_) | ExportItem::Startup(_) => c.span_only += 1,
+            }
+        }
+        c
+    }
+
+    /// Counts what was lost: a slow operation when either of its signals was, a runtime
+    /// event with the logs, a startup span with the traces.
+    fn lost(self, metrics: &Metrics, traces_lost: bool, logs_lost: bool) {
+        if traces_lost || logs_lost {
+            metrics.add_dropped(DropReason::OtlpExportFailed, self.io);
+        }
+        if logs_lost {
+            metrics.add_dropped_events(DropReason::OtlpExportFailed, self.events);
+        }
+        if traces_lost {
+            metrics.add_dropped_startup_spans(self.span_only);
+        }
+    }
 }

@@ -33,16 +33,25 @@ pub mod resource;
 pub mod transport;
 pub mod wire;
 
-use crate::correlate::{CorrelatedEvent, CorrelatedRecord, ResourceKey};
+use crate::{
+    correlate::{CorrelatedEvent, CorrelatedRecord, ResourceKey},
+    startup::report::StartupSpan,
+};
 
-/// What the export queue holds: a slow operation (a span and a log record) or a
-/// runtime event (a log record only).
+/// What the export queue holds: a slow operation (a span and a log record), a runtime
+/// event (a log record only), a shared operation's copy in a starting pod's trace or a
+/// startup's root or phase (spans only).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExportItem {
     /// A slow operation.
     Io(CorrelatedRecord),
     /// A runtime lifecycle event.
     Runtime(CorrelatedEvent),
+    /// A shared runtime operation's copy in a starting pod's trace (its log record went
+    /// out once, with the original).
+    SharedIo(CorrelatedRecord),
+    /// A pod startup's root or phase span.
+    Startup(StartupSpan),
 }
 
 impl ExportItem {
@@ -50,18 +59,31 @@ impl ExportItem {
     #[must_use]
     pub fn resource(&self) -> &ResourceKey {
         match self {
-            Self::Io(c) => &c.resource,
+            Self::Io(c) | Self::SharedIo(c) => &c.resource,
             Self::Runtime(c) => &c.resource,
+            Self::Startup(s) => &s.resource,
         }
     }
 
-    /// The slow operation, if it is one (only those become spans).
+    /// The slow operation, if it is one.
     #[must_use]
     pub fn io(&self) -> Option<&CorrelatedRecord> {
         match self {
             Self::Io(c) => Some(c),
-            Self::Runtime(_) => None,
+            _ => None,
         }
+    }
+
+    /// Whether it becomes a span.
+    #[must_use]
+    pub fn has_span(&self) -> bool {
+        !matches!(self, Self::Runtime(_))
+    }
+
+    /// Whether it becomes a log record.
+    #[must_use]
+    pub fn has_log(&self) -> bool {
+        matches!(self, Self::Io(_) | Self::Runtime(_))
     }
 }
 

@@ -12,13 +12,15 @@ use super::{
     ExportItem,
     encode::{
         AttrValue, EVENT_NAME, RUNTIME_EVENT_PREFIX, error_message, for_each_attribute,
-        for_each_event_attribute, runtime_event_warns, scope, span_name,
+        for_each_event_attribute, for_each_startup_attribute, runtime_event_warns, scope,
+        span_name,
     },
     resource::Resources,
 };
 use crate::{
     correlate::{CorrelatedEvent, CorrelatedRecord, ResourceKey},
     sink::console::{format_row, format_runtime_event},
+    startup::report::StartupSpan,
 };
 
 const LEN: u32 = 2;
@@ -143,14 +145,17 @@ impl WireEncoder {
         out.extend_from_slice(&self.items);
     }
 
-    /// An `ExportTraceServiceRequest` for `batch`'s slow operations (runtime events
-    /// have no spans).
+    /// An `ExportTraceServiceRequest` for `batch`'s spans (runtime events have none).
     pub fn traces(&mut self, batch: &[ExportItem], resources: &Resources) -> Vec<u8> {
         let mut out = Vec::with_capacity(batch.len() * 700 + 512);
-        for (key, items) in Self::groups(batch.iter().filter(|i| i.io().is_some())) {
+        for (key, items) in Self::groups(batch.iter().filter(|i| i.has_span())) {
             self.items.clear();
-            for c in items.into_iter().filter_map(ExportItem::io) {
-                self.span(c);
+            for item in items {
+                match item {
+                    ExportItem::Io(c) | ExportItem::SharedIo(c) => self.span(c),
+                    ExportItem::Startup(s) => self.startup_span(s),
+                    ExportItem::Runtime(_) => continue,
+                }
                 bytes_field(&mut self.items, 2, &self.item);
             }
             self.resource_group(&mut out, &resources.encoded(key));
@@ -167,12 +172,13 @@ impl WireEncoder {
         observed_unix_ns: u64,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(batch.len() * 800 + 512);
-        for (key, items) in Self::groups(batch.iter()) {
+        for (key, items) in Self::groups(batch.iter().filter(|i| i.has_log())) {
             self.items.clear();
             for item in items {
                 match item {
                     ExportItem::Io(c) => self.log_record(c, warn_threshold_ns, observed_unix_ns),
                     ExportItem::Runtime(c) => self.event_log_record(c, observed_unix_ns),
+                    ExportItem::SharedIo(_) | ExportItem::Startup(_) => continue,
                 }
                 bytes_field(&mut self.items, 2, &self.item);
             }
@@ -188,6 +194,9 @@ impl WireEncoder {
         b.clear();
         bytes_field(b, 1, &c.trace_id.0);
         bytes_field(b, 2, &c.span_id.0);
+        if let Some(parent) = &c.parent_span_id {
+            bytes_field(b, 4, &parent.0);
+        }
         bytes_field(b, 5, span_name(r.op).as_bytes());
         varint_field(b, 6, 1); // SPAN_KIND_INTERNAL
         fixed64_field(b, 7, r.start_unix_ns);
@@ -195,6 +204,35 @@ impl WireEncoder {
         for_each_attribute(c, |key, v| key_value(b, 9, key, &v));
         if let Some(errno) = r.errno() {
             let message = error_message(errno);
+            let len = 1 + varint_len(message.len() as u64) + message.len() + 2;
+            tag(b, 15, LEN);
+            varint(b, len as u64);
+            bytes_field(b, 2, message.as_bytes());
+            varint_field(b, 3, 2); // STATUS_CODE_ERROR
+        }
+    }
+
+    /// One startup root or phase `Span`, into `self.item`.
+    fn startup_span(&mut self, s: &StartupSpan) {
+        let b = &mut self.item;
+        b.clear();
+        bytes_field(b, 1, &s.trace_id.0);
+        bytes_field(b, 2, &s.span_id.0);
+        if let Some(parent) = &s.parent {
+            bytes_field(b, 4, &parent.0);
+        }
+        bytes_field(b, 5, s.name.as_bytes());
+        varint_field(b, 6, 1); // SPAN_KIND_INTERNAL
+        fixed64_field(b, 7, s.start_unix_ns);
+        fixed64_field(b, 8, s.end_unix_ns.max(s.start_unix_ns));
+        for_each_startup_attribute(s, |key, v| key_value(b, 9, key, &v));
+        for (trace, span) in &s.links {
+            tag(b, 13, LEN);
+            varint(b, 28); // trace_id (2 + 16 bytes), span_id (2 + 8)
+            bytes_field(b, 1, &trace.0);
+            bytes_field(b, 2, &span.0);
+        }
+        if let Some(message) = &s.error {
             let len = 1 + varint_len(message.len() as u64) + message.len() + 2;
             tag(b, 15, LEN);
             varint(b, len as u64);
@@ -371,6 +409,90 @@ mod tests {
             batch.push(corr.correlate(r).into());
         }
         assert_same_messages(&batch);
+    }
+
+    /// A startup's root (failed, linked) and phase, a placed IO span and a shared copy:
+    /// the wire bytes decode to the reference messages, and span-only items make no log
+    /// record.
+    #[test]
+    fn startup_spans_same_messages_as_opentelemetry_proto() {
+        use crate::{
+            correlate::{Placement, SpanId, TraceId},
+            enrich::{AttributionMethod, Enrichment},
+            startup::report::{SpanValue, StartupSpan},
+        };
+        let corr = Correlator::new("n");
+        let t0 = 1_700_000_000_000_000_000;
+        let io = container_io(&corr, t0);
+        let resource = io.resource.clone();
+        let trace = TraceId([7; 16]);
+        let root = StartupSpan {
+            trace_id: trace,
+            span_id: SpanId([1; 8]),
+            parent: None,
+            name: "pod startup",
+            start_unix_ns: t0,
+            end_unix_ns: t0 + 5,
+            resource: resource.clone(),
+            attributes: vec![
+                (
+                    "iostall.startup.end_reason",
+                    SpanValue::Str("container_failed".into()),
+                ),
+                ("iostall.stall.ns", SpanValue::Int(12)),
+                ("iostall.x", SpanValue::Bool(true)),
+            ],
+            error: Some("container app exited with code 1".into()),
+            links: vec![(TraceId([8; 16]), SpanId([9; 8]))],
+        };
+        let phase = StartupSpan {
+            span_id: SpanId([2; 8]),
+            parent: Some(SpanId([1; 8])),
+            name: "pod sandbox",
+            error: None,
+            links: Vec::new(),
+            ..root.clone()
+        };
+        let placement = Placement {
+            trace_id: trace,
+            parent: SpanId([2; 8]),
+            shared_by: None,
+        };
+        let placed = corr.correlate_placed(record(10, t0), Enrichment::none(), Some(placement));
+        let copy = corr.correlate_placed(
+            record(11, t0),
+            Enrichment {
+                method: AttributionMethod::TimeOverlap,
+                pod_uid: Some("uid".into()),
+                ..Enrichment::none()
+            },
+            Some(Placement {
+                shared_by: Some(3),
+                ..placement
+            }),
+        );
+        assert_ne!(copy.span_id, corr.correlate(record(11, t0)).span_id);
+        let batch = vec![
+            ExportItem::Startup(root),
+            ExportItem::Startup(phase),
+            ExportItem::Io(placed),
+            ExportItem::SharedIo(copy),
+        ];
+        let (traces, logs) = assert_same_messages(&batch);
+        let spans: Vec<_> = traces
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans[0].spans)
+            .collect();
+        assert_eq!(spans.len(), 4);
+        assert_eq!(spans[0].links.len(), 1);
+        assert_eq!(spans[1].parent_span_id, vec![1; 8]);
+        let records: usize = logs
+            .resource_logs
+            .iter()
+            .map(|rl| rl.scope_logs[0].log_records.len())
+            .sum();
+        assert_eq!(records, 1, "only the placed IO has a log record");
     }
 
     #[test]

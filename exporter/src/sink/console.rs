@@ -109,6 +109,18 @@ impl<W: Write + Send> Sink for ConsoleSink<W> {
         writeln!(self.out, "{}", format_runtime_event(&event.event))
     }
 
+    fn startup_summary(
+        &mut self,
+        summary: &crate::startup::report::StartupSummary,
+    ) -> std::io::Result<()> {
+        writeln!(
+            self.out,
+            "{} {}",
+            local_hms(summary.end_unix_ns),
+            summary.line()
+        )
+    }
+
     fn idle(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }

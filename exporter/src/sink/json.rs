@@ -1,7 +1,8 @@
 //! One JSON object per record, one per line, every field, plus `trace_id` and `span_id`
 //! (hex, as in OTLP/JSON) to join with the exported spans. Runtime lifecycle events are
 //! lines too, told apart by `"type": "runtime"` (and `"event.name"`), with the trace id
-//! of their container's IO of the same window.
+//! of their container's IO of the same window (or of their pod's startup). A finished pod
+//! startup is a line of `"type": "startup"` (its phases, durations and IO stall).
 use std::io::Write;
 
 use super::Sink;
@@ -69,6 +70,14 @@ impl<W: Write + Send> Sink for JsonSink<W> {
             span_id: correlated.span_id,
         };
         serde_json::to_writer(&mut self.out, &line)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn startup_summary(
+        &mut self,
+        summary: &crate::startup::report::StartupSummary,
+    ) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, summary)?;
         self.out.write_all(b"\n")
     }
 

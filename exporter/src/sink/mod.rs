@@ -6,7 +6,10 @@ pub mod console;
 pub mod json;
 pub mod otlp;
 
-use crate::correlate::{CorrelatedEvent, CorrelatedRecord};
+use crate::{
+    correlate::{CorrelatedEvent, CorrelatedRecord},
+    startup::report::{StartupSpan, StartupSummary},
+};
 
 /// A destination for records.
 pub trait Sink: Send {
@@ -16,6 +19,22 @@ pub trait Sink: Send {
     /// pod); sinks that do not show them ignore it.
     fn runtime_event(&mut self, event: &CorrelatedEvent) -> std::io::Result<()> {
         let _ = event;
+        Ok(())
+    }
+    /// Takes a shared runtime operation's copy in a starting pod's trace (the original
+    /// went to [`Sink::record`] already); only trace sinks use it.
+    fn shared_io(&mut self, record: &CorrelatedRecord) -> std::io::Result<()> {
+        let _ = record;
+        Ok(())
+    }
+    /// Takes a finished pod startup root or phase span; only trace sinks use it.
+    fn startup_span(&mut self, span: &StartupSpan) -> std::io::Result<()> {
+        let _ = span;
+        Ok(())
+    }
+    /// Takes a finished pod startup's summary (the console line, the JSON record).
+    fn startup_summary(&mut self, summary: &StartupSummary) -> std::io::Result<()> {
+        let _ = summary;
         Ok(())
     }
     /// Called when no record is waiting: a chance to flush buffered output.

@@ -95,7 +95,7 @@ impl OtlpSink {
                 Ok(()) => None,
                 Err(TrySendError::Full(item) | TrySendError::Closed(item)) => match item {
                     ExportItem::Io(r) => Some(r),
-                    ExportItem::Runtime(_) => None,
+                    _ => None,
                 },
             },
             None => Some(record),
@@ -124,6 +124,9 @@ impl OtlpSink {
                 ExportItem::Runtime(_) => {
                     self.metrics
                         .add_dropped_events(DropReason::OtlpQueueFull, 1);
+                }
+                ExportItem::SharedIo(_) | ExportItem::Startup(_) => {
+                    self.metrics.add_dropped_startup_spans(1);
                 }
             }
             self.unreported_drops += 1;
@@ -169,6 +172,16 @@ impl Sink for OtlpSink {
 
     fn runtime_event(&mut self, event: &CorrelatedEvent) -> std::io::Result<()> {
         self.push(ExportItem::Runtime(event.clone()));
+        Ok(())
+    }
+
+    fn shared_io(&mut self, record: &CorrelatedRecord) -> std::io::Result<()> {
+        self.push(ExportItem::SharedIo(record.clone()));
+        Ok(())
+    }
+
+    fn startup_span(&mut self, span: &crate::startup::report::StartupSpan) -> std::io::Result<()> {
+        self.push(ExportItem::Startup(span.clone()));
         Ok(())
     }
 
