@@ -212,8 +212,8 @@ fn the_storm_gives_one_trace_per_pod_with_the_stalls_inside() -> Result<()> {
     let iostall = start_iostall(&ctd, &receiver, "5")?;
     let rt = tokio::runtime::Runtime::new()?;
     const PODS: usize = 5;
-    // uid → (name, wall time StartContainer was called).
-    let pods: BTreeMap<String, (String, u64)> = rt.block_on(async {
+    // uid → (name, wall time StartContainer was called, when each CRI call returned).
+    let pods: BTreeMap<String, (String, u64, [u64; 3])> = rt.block_on(async {
         let cri = ctd.cri().await?;
         let mut tasks = Vec::new();
         for i in 0..PODS {
@@ -222,11 +222,13 @@ fn the_storm_gives_one_trace_per_pod_with_the_stalls_inside() -> Result<()> {
                 let name = format!("web-{i}");
                 let uid = new_pod_uid()?;
                 let sandbox = cri.run_pod_sandbox(&name, "storm", &uid, 0).await?;
+                let sandbox_done = now_ns();
                 let spec = ContainerSpec::busybox("app", &["sh", "-c", "sleep 3600"]);
                 let id = cri.create_container(&sandbox, &spec).await?;
                 let started_at = now_ns();
                 cri.start_container(&id).await?;
-                anyhow::Ok((uid, (name, started_at)))
+                let cri_done = [sandbox_done, started_at, now_ns()];
+                anyhow::Ok((uid, (name, started_at, cri_done)))
             }));
         }
         let mut pods = BTreeMap::new();
@@ -272,7 +274,7 @@ fn the_storm_gives_one_trace_per_pod_with_the_stalls_inside() -> Result<()> {
     for t in &traces {
         let (res, root) = &t.root;
         let uid = res_attr(res, "k8s.pod.uid").context("root Resource without k8s.pod.uid")?;
-        let (name, started_at) = pods.get(&uid).context("a root of an unknown pod")?;
+        let (name, started_at, cri_done) = pods.get(&uid).context("a root of an unknown pod")?;
         assert_eq!(res_attr(res, "k8s.pod.name").as_ref(), Some(name));
         assert_eq!(
             res_attr(res, "k8s.namespace.name").as_deref(),
@@ -321,8 +323,10 @@ fn the_storm_gives_one_trace_per_pod_with_the_stalls_inside() -> Result<()> {
                 }
             }
         }
+        let since_root = |t: u64| (t as f64 - root.start_time_unix_nano as f64) / 1e9;
         let summary = format!(
-            "{name}: {:.1}s ({}) own {:.2}s shared {:.2}s in {} ops",
+            "{name}: {:.1}s ({}) own {:.2}s shared {:.2}s in {} ops; CRI returned at +{:.1}s \
+             (RunPodSandbox), +{:.1}s (CreateContainer), +{:.1}s (StartContainer)",
             dur(root) as f64 / 1e9,
             t.phases
                 .iter()
@@ -331,9 +335,38 @@ fn the_storm_gives_one_trace_per_pod_with_the_stalls_inside() -> Result<()> {
                 .join(", "),
             int_attr(&root.attributes, "iostall.stall.own_ns").unwrap_or(0) as f64 / 1e9,
             int_attr(&root.attributes, "iostall.stall.shared_ns").unwrap_or(0) as f64 / 1e9,
-            t.io.len()
+            t.io.len(),
+            since_root(cri_done[0]),
+            since_root(cri_done[1]),
+            since_root(cri_done[2]),
         );
         eprintln!("{summary}");
+        // The runtime's events during the startup are log records in its trace.
+        let started = all
+            .logs_named("iostall.container.started")
+            .into_iter()
+            .filter(|(r, _)| res_attr(r, "k8s.pod.uid").as_ref() == Some(&uid))
+            .map(|(_, l)| l)
+            .collect::<Vec<_>>();
+        assert_eq!(started.len(), 1, "{name}: one container.started log");
+        assert_eq!(started[0].trace_id, root.trace_id, "in the startup's trace");
+        assert!(
+            t.phases
+                .iter()
+                .any(|p| p.name == "container start" && p.span_id == started[0].span_id),
+            "{name}: container.started belongs to the container start phase"
+        );
+        // The slow IO's log records carry the IO span's ids.
+        for (_, io) in t.io.iter().filter(|(_, s)| {
+            str_attr(&s.attributes, "iostall.attribution").as_deref() != Some("time_overlap")
+        }) {
+            assert!(
+                all.logs
+                    .iter()
+                    .any(|(_, l)| l.span_id == io.span_id && l.trace_id == io.trace_id),
+                "{name}: an IO span without its log record"
+            );
+        }
     }
     // containerd's meta.db fsyncs are the stall: shared, and in the pods' traces.
     let meta_db = traces
@@ -463,5 +496,102 @@ fn failed_startups_are_error_roots_and_a_recreated_sandbox_is_linked() -> Result
         int_attr(&second.attributes, "iostall.startup.attempt"),
         Some(1)
     );
+    Ok(())
+}
+
+/// iostall killed (SIGKILL, as an OOM kill or a node agent crash would) in the middle
+/// of a startup, and started again: the spans the first run exported (the sandbox
+/// phase) and those the second exports (the root, the later phases) are one trace, the
+/// phases under the same root span id.
+#[test]
+fn a_restarted_iostall_continues_the_same_trace() -> Result<()> {
+    require_root();
+    ensure_kernel_mounts()?;
+    let ctd = Containerd::start()?;
+    ctd.import_test_images()?;
+    let mut receiver = OtlpReceiver::grpc()?;
+    let first = start_iostall(&ctd, &receiver, "10")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let uid = new_pod_uid()?;
+    let mut cri = rt.block_on(ctd.cri())?;
+    let sandbox = rt.block_on(cri.run_pod_sandbox("resumed", "restart", &uid, 0))?;
+    let of_pod =
+        |(r, _): &&(Resource, Span)| res_attr(r, "k8s.pod.uid").as_deref() == Some(uid.as_str());
+    let before = receiver.collect_until(Duration::from_secs(20), |c| {
+        c.spans
+            .iter()
+            .filter(of_pod)
+            .any(|(_, s)| s.name == "pod sandbox")
+    });
+    let sandbox_phase = before
+        .spans
+        .iter()
+        .filter(of_pod)
+        .find(|(_, s)| s.name == "pod sandbox")
+        .map(|(_, s)| s.clone())
+        .context("the first run exported no sandbox phase")?;
+    // The crash: SIGKILL, nothing flushed.
+    drop(first);
+    let second = start_iostall(&ctd, &receiver, "10")?;
+    rt.block_on(async {
+        let spec = ContainerSpec::busybox("app", &["sh", "-c", "sleep 3600"]);
+        let id = cri.create_container(&sandbox, &spec).await?;
+        cri.start_container(&id).await
+    })?;
+    receiver.collect_until(Duration::from_secs(30), |c| {
+        c.spans
+            .iter()
+            .filter(of_pod)
+            .any(|(_, s)| s.name == "pod startup")
+    });
+    let finished = second.stop()?;
+    let all = receiver.collected();
+    rt.block_on(async {
+        let _ = cri.remove_all_pods().await;
+    });
+    let roots: Vec<&Span> = all
+        .spans
+        .iter()
+        .filter(of_pod)
+        .filter(|(_, s)| s.name == "pod startup")
+        .map(|(_, s)| s)
+        .collect();
+    ensure!(
+        roots.len() == 1,
+        "{} roots\n{}",
+        roots.len(),
+        finished.stderr
+    );
+    let root = roots[0];
+    assert_eq!(
+        root.trace_id, sandbox_phase.trace_id,
+        "one trace across the restart"
+    );
+    assert_eq!(
+        sandbox_phase.parent_span_id, root.span_id,
+        "the first run's phase is under the second run's root"
+    );
+    assert_eq!(
+        root.attributes
+            .iter()
+            .find(|kv| kv.key == "iostall.startup.resumed")
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref()),
+        Some(&opentelemetry_proto::tonic::common::v1::any_value::Value::BoolValue(true))
+    );
+    assert!(
+        root.start_time_unix_nano <= sandbox_phase.end_time_unix_nano,
+        "the root begins when the sandbox was made"
+    );
+    let later: Vec<&str> = all
+        .spans
+        .iter()
+        .filter(|(_, s)| s.trace_id == root.trace_id && s.parent_span_id == root.span_id)
+        .map(|(_, s)| s.name.as_str())
+        .collect();
+    for phase in ["pod sandbox", "container create", "container start"] {
+        assert!(later.contains(&phase), "{phase} under the root: {later:?}");
+    }
+    assert_eq!(error_message(root), None);
     Ok(())
 }

@@ -238,6 +238,10 @@ impl RuntimeEvent {
     }
 }
 
+/// The attribute of a listed container ([`RuntimeEventKind::ContainerListed`]) holding
+/// when it was made, Unix nanoseconds.
+pub const CREATED_ATTRIBUTE: &str = "created_unix_ns";
+
 /// Now, in nanoseconds since the Unix epoch (0 if the clock is before it).
 #[must_use]
 pub fn now_unix_ns() -> u64 {

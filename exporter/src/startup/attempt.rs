@@ -166,6 +166,8 @@ pub struct Attempt {
     pub link: Option<(TraceId, SpanId)>,
     /// IO placed after its phase went out (not in any summary).
     pub late_io: u32,
+    /// Resumed after an iostall restart (what came before is not in this run's spans).
+    pub resumed: bool,
 }
 
 impl Attempt {
@@ -191,6 +193,7 @@ impl Attempt {
             held_shared: 0,
             link: ids.link,
             late_io: 0,
+            resumed: false,
         }
     }
 
@@ -406,6 +409,9 @@ impl Attempt {
         attributes.extend(self.io().attributes());
         if self.late_io > 0 {
             attributes.push(("iostall.stall.late_ops", self.late_io.into()));
+        }
+        if self.resumed {
+            attributes.push(("iostall.startup.resumed", true.into()));
         }
         Some(StartupSpan {
             trace_id: self.trace_id,

@@ -162,6 +162,8 @@ pub struct StartupStage {
     shared: VecDeque<SharedHeld>,
     history: HashMap<String, PodHistory>,
     history_order: VecDeque<String>,
+    /// Pods with a running container when the runtime was listed: no startup.
+    started_pods: std::collections::HashSet<String>,
     stats: StartupStats,
     /// Attempts not ended yet (kept, not counted, on every open).
     open: usize,
@@ -405,6 +407,10 @@ impl StartupStage {
                 let error = format!("container {} deleted during startup", short(id));
                 return self.fail(uid, t, now, "deleted", error, out);
             }
+            K::ContainerListed { running } => {
+                self.listed(event, identity, running, now);
+                return self.open_attempt(uid).map(|a| root_placement(a));
+            }
             K::PodDeleted => {
                 self.open_attempt(uid)?;
                 let error = "pod deleted during startup".to_owned();
@@ -413,6 +419,86 @@ impl StartupStage {
             _ => {}
         }
         self.open_attempt(uid).map(|a| root_placement(a))
+    }
+
+    /// A container that existed when the runtime source (re)connected. A running
+    /// sandbox made less than the startup timeout ago, whose pod has no running
+    /// container, is a startup iostall was restarted in the middle of: it resumes with
+    /// the same ids (the root begins when the sandbox was made). A running container
+    /// means the pod started already: no startup.
+    fn listed(&mut self, event: &RuntimeEvent, identity: &Enrichment, running: bool, now: u64) {
+        use crate::enrich::metadata::ContainerKind;
+        let Some(uid) = identity.pod_uid.as_deref() else {
+            return;
+        };
+        let Some(meta) = event.container_meta() else {
+            return;
+        };
+        let t = event.time_unix_ns;
+        match meta.kind {
+            Some(ContainerKind::Sandbox) if running => {
+                let created = event
+                    .attributes
+                    .get(crate::runtime::CREATED_ATTRIBUTE)
+                    .and_then(|v| v.parse::<u64>().ok());
+                let Some(created) = created else {
+                    return;
+                };
+                let fresh = now.saturating_sub(created) < as_ns(self.config.timeout);
+                let known = self.pods.contains_key(uid)
+                    || self.history.contains_key(uid)
+                    || self.started_pods.contains(uid);
+                if !fresh || known {
+                    return;
+                }
+                self.open(
+                    uid,
+                    &meta.id,
+                    0,
+                    identity,
+                    created,
+                    now,
+                    PhaseKind::ContainerCreate,
+                );
+                if let Some(attempt) = self.open_attempt(uid) {
+                    attempt.resumed = true;
+                    // What happened while iostall was away is not known: the phase that
+                    // goes on now starts now.
+                    if let Some(open) = attempt.phases.last_mut() {
+                        open.start_ns = t.max(created);
+                    }
+                }
+            }
+            Some(ContainerKind::Container) if running => {
+                if self.started_pods.len() >= MAX_HISTORY {
+                    self.started_pods.clear();
+                }
+                self.started_pods.insert(uid.to_owned());
+                // Its sandbox was listed first: that was no startup after all.
+                if let Some(v) = self.pods.get_mut(uid)
+                    && v.last().is_some_and(|a| a.resumed && a.is_open())
+                {
+                    v.pop();
+                    self.open -= 1;
+                    if v.is_empty() {
+                        self.pods.remove(uid);
+                    }
+                }
+            }
+            Some(ContainerKind::Container) => {
+                let Some(attempt) = self.open_attempt(uid).filter(|a| a.resumed) else {
+                    return;
+                };
+                // Created, not started yet: the start phase is the one going on.
+                attempt.containers.entry(meta.id.clone()).or_default().name =
+                    meta.container_name.clone();
+                if let Some(open) = attempt.phases.last_mut() {
+                    open.kind = PhaseKind::ContainerStart;
+                    open.container = phase_container(event, identity);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The open attempt of pod `uid`.

@@ -545,3 +545,77 @@ fn a_churn_of_100k_startups_stays_bounded() {
     assert!(stage.open_count() <= 256);
     eprintln!("peak tracked {peak:?}, stats {:?}", stage.stats());
 }
+
+fn listed(id: &str, kind: &str, running: bool, created: u64, at: u64) -> RuntimeEvent {
+    let mut e = ev(K::ContainerListed { running }, at, id);
+    e.labels.insert(
+        crate::enrich::metadata::CRI_CONTAINERD_KIND.into(),
+        kind.into(),
+    );
+    e.attributes.insert(
+        crate::runtime::CREATED_ATTRIBUTE.into(),
+        created.to_string(),
+    );
+    e
+}
+
+/// iostall restarted in the middle of a startup: the running sandbox, made 4 s before,
+/// with no running container, resumes its startup under the same ids; a pod whose
+/// container runs, or whose sandbox is older than the timeout, gets none.
+#[test]
+fn a_restarted_iostall_resumes_a_startup_under_the_same_ids() {
+    let mut run = Run::new();
+    let now = T0 + 4 * S;
+    for (uid, created) in [("new", T0), ("old", T0 - 400 * S), ("up", T0)] {
+        let sb = format!("sb-{uid}");
+        run.stage.event(
+            listed(&sb, "sandbox", true, created, now),
+            pod(uid),
+            now,
+            &mut run.out,
+        );
+    }
+    let up = container("up", "c-up", "app");
+    run.stage.event(
+        listed("c-up", "container", true, T0, now),
+        up,
+        now,
+        &mut run.out,
+    );
+    assert_eq!(
+        run.stage.open_count(),
+        1,
+        "only the new pod's startup goes on"
+    );
+    let c = container("new", "c-new", "app");
+    run.event(K::ContainerCreated, now + S, "c-new", c.clone());
+    run.event(K::ContainerStarted, now + 2 * S, "c-new", c);
+    run.settle(now + 10 * S);
+    let spans = run.spans();
+    let root = spans
+        .iter()
+        .find(|s| s.name == "pod startup")
+        .expect("root");
+    let trace = ids::trace_id("new", "sb-new", 0);
+    assert_eq!(root.trace_id, trace);
+    assert_eq!(
+        root.span_id,
+        ids::root_span_id(trace),
+        "the id before the restart"
+    );
+    assert_eq!(root.start_unix_ns, T0, "begins when the sandbox was made");
+    assert_eq!(
+        root.attribute("iostall.startup.resumed"),
+        Some(&SpanValue::Bool(true))
+    );
+    let create = spans
+        .iter()
+        .find(|s| s.name == "container create")
+        .expect("create");
+    assert_eq!(
+        create.start_unix_ns, now,
+        "what came before the restart is not claimed"
+    );
+    assert_eq!(create.parent, Some(root.span_id));
+    assert_eq!(run.summaries().len(), 1);
+}

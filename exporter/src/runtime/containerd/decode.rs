@@ -138,7 +138,8 @@ pub struct ContainerdMessage {
 }
 
 /// `(seconds, nanos)` since the Unix epoch as nanoseconds (0 when before it).
-fn timestamp_ns(seconds: i64, nanos: i32) -> u64 {
+#[must_use]
+pub fn timestamp_ns(seconds: i64, nanos: i32) -> u64 {
     let (Ok(secs), Ok(nanos)) = (u64::try_from(seconds), u64::try_from(nanos)) else {
         return 0;
     };

@@ -52,8 +52,8 @@ pub use decode::{
 };
 
 use super::{
-    Connection, ConnectionSettings, EventSender, EventSource, Reconnect, RuntimeEvent,
-    RuntimeEventKind, SendOutcome, forget_after,
+    CREATED_ATTRIBUTE, Connection, ConnectionSettings, EventSender, EventSource, Reconnect,
+    RuntimeEvent, RuntimeEventKind, SendOutcome, forget_after,
 };
 use crate::enrich::metadata::ContainerMeta;
 
@@ -325,6 +325,12 @@ impl ContainerdSource {
                 ev.labels = meta.labels.clone();
                 if let Some((pid, _)) = task.filter(|(pid, _)| *pid > 0) {
                     ev.attributes.insert("pid".to_owned(), pid.to_string());
+                }
+                // When it was made: a restarted iostall resumes the startups still going.
+                if let Some(t) = &c.created_at {
+                    let created = decode::timestamp_ns(t.seconds, t.nanos);
+                    ev.attributes
+                        .insert(CREATED_ATTRIBUTE.to_owned(), created.to_string());
                 }
                 merge_metadata(&self.metadata, meta);
                 if self.sender.send(ev) == SendOutcome::Closed {
