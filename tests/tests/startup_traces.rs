@@ -18,6 +18,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use iostall_tests::{
     containerd::{ContainerSpec, Containerd, new_pod_uid},
+    fake_kube::FakeKube,
     iostall_proc::Iostall,
     otlp_receiver::{Collected, OtlpReceiver, int_attr, str_attr},
     slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
@@ -39,12 +40,19 @@ fn now_ns() -> u64 {
 
 /// iostall on `ctd`, OTLP to `receiver`, startups settling after 2 s.
 fn start_iostall(ctd: &Containerd, receiver: &OtlpReceiver, threshold_ms: &str) -> Result<Iostall> {
+    start_iostall_with(ctd, receiver, threshold_ms, "startup:\n  settle_ms: 2000\n")
+}
+
+/// iostall on `ctd`, OTLP to `receiver`, with `yaml` in its config file.
+fn start_iostall_with(
+    ctd: &Containerd,
+    receiver: &OtlpReceiver,
+    threshold_ms: &str,
+    yaml: &str,
+) -> Result<Iostall> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("iostall.yaml");
-    std::fs::write(
-        &config,
-        "startup:\n  settle_ms: 2000\notlp:\n  batch_timeout_ms: 200\n",
-    )?;
+    std::fs::write(&config, format!("{yaml}otlp:\n  batch_timeout_ms: 200\n"))?;
     let socket = ctd.socket().to_string_lossy().into_owned();
     let mut iostall = Iostall::start(&[
         "--config",
@@ -593,5 +601,148 @@ fn a_restarted_iostall_continues_the_same_trace() -> Result<()> {
         assert!(later.contains(&phase), "{phase} under the root: {later:?}");
     }
     assert_eq!(error_message(root), None);
+    Ok(())
+}
+
+/// `unix_ns` as RFC 3339 with nanoseconds, as the API server writes times.
+fn rfc3339(unix_ns: u64) -> String {
+    let secs = (unix_ns / 1_000_000_000) as libc::time_t;
+    // SAFETY: zeroed tm is a valid out value; gmtime_r is thread safe.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to initialised values.
+    unsafe { libc::gmtime_r(&secs, &mut tm) };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        unix_ns % 1_000_000_000
+    )
+}
+
+/// A pod bound to `node` at `bound_ns`, one container `app`; running from
+/// `started_ns` when given.
+fn api_pod(uid: &str, node: &str, bound_ns: u64, started_ns: Option<u64>) -> serde_json::Value {
+    let mut status = serde_json::json!({
+        "phase": "Pending",
+        "qosClass": "BestEffort",
+        "conditions": [{ "type": "PodScheduled", "status": "True",
+                         "lastTransitionTime": rfc3339(bound_ns) }],
+    });
+    if let Some(started) = started_ns {
+        status["phase"] = "Running".into();
+        status["containerStatuses"] = serde_json::json!([{
+            "name": "app", "ready": true, "restartCount": 0, "started": true,
+            "image": "iostall-test/busybox:latest", "imageID": "",
+            "state": { "running": { "startedAt": rfc3339(started) } },
+        }]);
+    }
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "api-web", "namespace": "api", "uid": uid,
+                      "creationTimestamp": rfc3339(bound_ns) },
+        "spec": { "nodeName": node,
+                  "containers": [{ "name": "app", "image": "iostall-test/busybox:latest" }] },
+        "status": status,
+    })
+}
+
+/// With the Kubernetes API (the fake server, with a kubelet-realistic pod): the root
+/// begins at the pod's binding (its `PodScheduled` time, before any runtime work), and
+/// the startup ends as soon as the spec's one container started — a 60 s settle time
+/// shows that the container count, not the wait, ended it.
+#[test]
+fn with_the_api_the_root_begins_at_binding_and_ends_by_the_spec() -> Result<()> {
+    require_root();
+    ensure_kernel_mounts()?;
+    let node = "startup-node";
+    let ctd = Containerd::start()?;
+    ctd.import_test_images()?;
+    let mut receiver = OtlpReceiver::grpc()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let fake = rt.block_on(FakeKube::start(node))?;
+    let uid = new_pod_uid()?;
+    let bound = now_ns() - 3_000_000_000;
+    fake.add_pod(api_pod(&uid, node, bound, None));
+    let yaml = format!(
+        "startup:\n  settle_ms: 60000\nkube:\n  enabled: on\n  node_name: {node}\n  \
+         api_server: {}\n",
+        fake.url()
+    );
+    let iostall = start_iostall_with(&ctd, &receiver, "10", &yaml)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fake.watchers() == 0 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "iostall never watched the API"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let asked = std::time::Instant::now();
+    let started = rt.block_on(async {
+        let mut cri = ctd.cri().await?;
+        let sandbox = cri.run_pod_sandbox("api-web", "api", &uid, 0).await?;
+        let spec = ContainerSpec::busybox("app", &["sh", "-c", "sleep 3600"]);
+        let id = cri.create_container(&sandbox, &spec).await?;
+        cri.start_container(&id).await?;
+        anyhow::Ok(now_ns())
+    })?;
+    fake.modify_pod(api_pod(&uid, node, bound, Some(started)));
+    let of_pod = |(r, s): &&(Resource, Span)| {
+        s.name == "pod startup" && res_attr(r, "k8s.pod.uid").as_deref() == Some(uid.as_str())
+    };
+    receiver.collect_until(Duration::from_secs(20), |c| {
+        c.spans.iter().any(|x| of_pod(&x))
+    });
+    let waited = asked.elapsed();
+    let finished = iostall.stop()?;
+    let all = receiver.collected();
+    rt.block_on(async {
+        if let Ok(mut cri) = ctd.cri().await {
+            let _ = cri.remove_all_pods().await;
+        }
+        fake.stop().await;
+    });
+    let root = all
+        .spans
+        .iter()
+        .find(|x| of_pod(x))
+        .map(|(_, s)| s.clone())
+        .with_context(|| format!("no startup root\n{}", finished.stderr))?;
+    assert_eq!(
+        root.start_time_unix_nano, bound,
+        "the root begins at the binding"
+    );
+    assert_eq!(
+        str_attr(&root.attributes, "iostall.startup.end_reason").as_deref(),
+        Some("all_containers_running")
+    );
+    assert_eq!(
+        int_attr(&root.attributes, "iostall.startup.expected_containers"),
+        Some(1)
+    );
+    assert!(
+        root.end_time_unix_nano <= started,
+        "ended at the container's start"
+    );
+    assert!(
+        waited < Duration::from_secs(30),
+        "not the 60 s settle: {waited:?}"
+    );
+    let traces = startup_traces(&all);
+    let t = traces
+        .iter()
+        .find(|t| t.root.1.span_id == root.span_id)
+        .context("trace")?;
+    check_trace_shape(t)?;
+    assert_eq!(t.phases[0].name, "pod sandbox");
+    assert_eq!(
+        t.phases[0].start_time_unix_nano, bound,
+        "the sandbox phase from the binding"
+    );
     Ok(())
 }

@@ -212,6 +212,98 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     /// Pod IP (`status.podIP`).
     pub pod_ip: Option<String>,
+    /// What the pod's spec and status say of its startup.
+    pub startup: PodStartupStatus,
+}
+
+/// A pod's startup as its spec and status tell it: what the startup stage needs to
+/// begin a startup at the pod's binding and end it when its containers all run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodStartupStatus {
+    /// When the pod was bound to the node (the `PodScheduled` condition), Unix ns.
+    pub scheduled_unix_ns: Option<u64>,
+    /// App containers in the spec.
+    pub containers: u32,
+    /// Init containers in the spec.
+    pub init_containers: u32,
+    /// App containers running now.
+    pub containers_running: u32,
+    /// The latest `startedAt` of a running container, Unix ns.
+    pub last_started_unix_ns: Option<u64>,
+}
+
+impl PodStartupStatus {
+    fn of(pod: &Pod) -> Self {
+        let ns = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+            u64::try_from(t.0.as_nanosecond()).ok()
+        };
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let scheduled = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.type_ == "PodScheduled" && c.status == "True")
+            })
+            .and_then(|c| c.last_transition_time.as_ref())
+            .and_then(ns);
+        let running: Vec<Option<u64>> = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|v| {
+                v.iter()
+                    .filter_map(|c| c.state.as_ref()?.running.as_ref())
+                    .map(|r| r.started_at.as_ref().and_then(ns))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Self {
+            scheduled_unix_ns: scheduled,
+            containers: count(spec.map_or(0, |s| s.containers.len())),
+            init_containers: count(
+                spec.and_then(|s| s.init_containers.as_ref())
+                    .map_or(0, Vec::len),
+            ),
+            containers_running: count(running.len()),
+            last_started_unix_ns: running.into_iter().flatten().max(),
+        }
+    }
+
+    /// As runtime event attributes (`scheduled_unix_ns`, `containers`…).
+    fn attributes(&self) -> impl Iterator<Item = (&'static str, String)> {
+        [
+            (
+                "scheduled_unix_ns",
+                self.scheduled_unix_ns.map(|v| v.to_string()),
+            ),
+            ("containers", Some(self.containers.to_string())),
+            ("init_containers", Some(self.init_containers.to_string())),
+            (
+                "containers_running",
+                Some(self.containers_running.to_string()),
+            ),
+            (
+                "last_started_unix_ns",
+                self.last_started_unix_ns.map(|v| v.to_string()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+    }
+
+    /// Reads them back from a pod event's attributes.
+    #[must_use]
+    pub fn from_attributes(attributes: &BTreeMap<String, String>) -> Option<Self> {
+        let get = |k: &str| attributes.get(k).and_then(|v| v.parse::<u64>().ok());
+        let small = |k: &str| get(k).and_then(|v| u32::try_from(v).ok());
+        Some(Self {
+            scheduled_unix_ns: get("scheduled_unix_ns"),
+            containers: small("containers")?,
+            init_containers: small("init_containers").unwrap_or(0),
+            containers_running: small("containers_running").unwrap_or(0),
+            last_started_unix_ns: get("last_started_unix_ns"),
+        })
+    }
 }
 
 /// `(namespace, kind, name)` of an intermediate owner.
@@ -343,6 +435,7 @@ impl KubePodIndex {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+            startup: PodStartupStatus::of(pod),
         }
     }
 
@@ -362,6 +455,9 @@ impl KubePodIndex {
             if let Some(v) = v {
                 ev.attributes.insert(k.to_owned(), v.clone());
             }
+        }
+        for (k, v) in info.startup.attributes() {
+            ev.attributes.insert(k.to_owned(), v);
         }
         ev
     }

@@ -168,6 +168,8 @@ pub struct Attempt {
     pub late_io: u32,
     /// Resumed after an iostall restart (what came before is not in this run's spans).
     pub resumed: bool,
+    /// Containers the pod's spec has (Kubernetes API), init containers included.
+    pub expected: Option<u32>,
 }
 
 impl Attempt {
@@ -194,6 +196,7 @@ impl Attempt {
             link: ids.link,
             late_io: 0,
             resumed: false,
+            expected: None,
         }
     }
 
@@ -405,6 +408,9 @@ impl Attempt {
         }
         if let Some(ns) = &self.namespace {
             attributes.push(("k8s.namespace.name", ns.as_str().into()));
+        }
+        if let Some(n) = self.expected {
+            attributes.push(("iostall.startup.expected_containers", n.into()));
         }
         attributes.extend(self.io().attributes());
         if self.late_io > 0 {

@@ -46,7 +46,7 @@ use crate::{
     correlate::{SpanId, TraceId},
     enrich::Enrichment,
     event::IoRecord,
-    runtime::{RuntimeEvent, RuntimeEventKind},
+    runtime::{EventSource, RuntimeEvent, RuntimeEventKind, kube::PodStartupStatus},
 };
 
 /// IO held per attempt while its phase is open; past it, records go out unplaced.
@@ -162,6 +162,8 @@ pub struct StartupStage {
     shared: VecDeque<SharedHeld>,
     history: HashMap<String, PodHistory>,
     history_order: VecDeque<String>,
+    /// What the Kubernetes API said last of each pod's startup.
+    kube: HashMap<String, PodStartupStatus>,
     /// Pods with a running container when the runtime was listed: no startup.
     started_pods: std::collections::HashSet<String>,
     stats: StartupStats,
@@ -358,8 +360,16 @@ impl StartupStage {
                     Some(container),
                     Some(PhaseKind::ContainerCreate),
                 );
+                let placement = phase_placement(attempt, PhaseKind::ContainerStart, &id);
+                let done = all_expected_started(attempt);
+                if done {
+                    attempt.finish(t, now, "all_containers_running", None);
+                }
                 settle_held(attempt, out);
-                return phase_placement(attempt, PhaseKind::ContainerStart, &id);
+                if done {
+                    self.open -= 1;
+                }
+                return placement;
             }
             K::ContainerExited { exit_code } => {
                 let container = phase_container(event, identity)?;
@@ -407,6 +417,11 @@ impl StartupStage {
                 let error = format!("container {} deleted during startup", short(id));
                 return self.fail(uid, t, now, "deleted", error, out);
             }
+            K::PodAdded | K::PodUpdated if event.runtime == EventSource::Kube => {
+                let status = PodStartupStatus::from_attributes(&event.attributes)?;
+                self.kube_status(uid, status, now, out);
+                return self.open_attempt(uid).map(|a| root_placement(a));
+            }
             K::ContainerListed { running } => {
                 self.listed(event, identity, running, now);
                 return self.open_attempt(uid).map(|a| root_placement(a));
@@ -419,6 +434,30 @@ impl StartupStage {
             _ => {}
         }
         self.open_attempt(uid).map(|a| root_placement(a))
+    }
+
+    /// What the Kubernetes API says of pod `uid`: how many containers it will have (so
+    /// its startup ends when they all started, without waiting to settle) and when it
+    /// was bound to the node (its startup begins then).
+    fn kube_status(
+        &mut self,
+        uid: &str,
+        status: PodStartupStatus,
+        now: u64,
+        out: &mut Vec<StartupOutput>,
+    ) {
+        if let Some(attempt) = self.open_attempt(uid) {
+            apply_kube(attempt, &status);
+            if all_expected_started(attempt) {
+                attempt.finish(now, now, "all_containers_running", None);
+                settle_held(attempt, out);
+                self.open -= 1;
+            }
+        }
+        if self.kube.len() >= MAX_HISTORY && !self.kube.contains_key(uid) {
+            self.kube.clear();
+        }
+        self.kube.insert(uid.to_owned(), status);
     }
 
     /// A container that existed when the runtime source (re)connected. A running
@@ -627,6 +666,10 @@ impl StartupStage {
             begin_ns,
             first,
         );
+        let mut attempt = attempt;
+        if let Some(status) = self.kube.get(uid) {
+            apply_kube(&mut attempt, status);
+        }
         self.stats.opened += 1;
         self.open += 1;
         self.pods.entry(uid.to_owned()).or_default().push(attempt);
@@ -885,13 +928,47 @@ fn place(attempt: &mut Attempt, i: usize, held: HeldIo, out: &mut Vec<StartupOut
     });
 }
 
+/// Takes the API's word: the containers to expect, and the binding time as the begin.
+fn apply_kube(attempt: &mut Attempt, status: &PodStartupStatus) {
+    if status.containers > 0 {
+        attempt.expected = Some(status.containers + status.init_containers);
+    }
+    if let Some(bound) = status.scheduled_unix_ns
+        && attempt
+            .phases
+            .first()
+            .is_some_and(|p| p.kind == PhaseKind::Sandbox)
+        && !attempt.resumed
+    {
+        attempt.reach_back(bound);
+    }
+}
+
+/// With the API: whether as many containers started as the pod's spec has (init
+/// containers included).
+fn all_expected_started(attempt: &Attempt) -> bool {
+    let started = attempt
+        .containers
+        .values()
+        .filter(|c| c.started || c.completed)
+        .count();
+    attempt
+        .expected
+        .is_some_and(|n| u32::try_from(started).unwrap_or(u32::MAX) >= n)
+        && attempt
+            .open_phase()
+            .is_some_and(|p| p.kind == PhaseKind::ContainerCreate)
+}
+
 /// Whether the attempt's containers all run and its open (waiting) phase began at
 /// least `settle` ago.
 fn settled(attempt: &Attempt, now: u64, settle: u64) -> bool {
     let Some(open) = attempt.open_phase() else {
         return false;
     };
-    open.kind == PhaseKind::ContainerCreate
+    // With the API, the spec's container count ends it (or the timeout does).
+    attempt.expected.is_none()
+        && open.kind == PhaseKind::ContainerCreate
         && attempt.containers.values().any(|c| c.started)
         && attempt
             .containers

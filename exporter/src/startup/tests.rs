@@ -619,3 +619,52 @@ fn a_restarted_iostall_resumes_a_startup_under_the_same_ids() {
     assert_eq!(create.parent, Some(root.span_id));
     assert_eq!(run.summaries().len(), 1);
 }
+
+fn kube_pod(uid: &str, scheduled: u64, containers: u32, running: u32) -> RuntimeEvent {
+    let mut e = RuntimeEvent::new(scheduled, EventSource::Kube, K::PodAdded);
+    for (k, v) in [
+        ("uid", uid.to_owned()),
+        ("scheduled_unix_ns", scheduled.to_string()),
+        ("containers", containers.to_string()),
+        ("containers_running", running.to_string()),
+    ] {
+        e.attributes.insert(k.into(), v);
+    }
+    e
+}
+
+/// With the Kubernetes API: the root begins at the pod's binding and ends when as many
+/// containers started as its spec has, without waiting to settle.
+#[test]
+fn with_the_api_the_startup_runs_from_binding_to_all_containers_started() {
+    let mut run = Run::new();
+    let bound = T0 - 2 * S;
+    run.stage
+        .event(kube_pod("u1", bound, 2, 0), pod("u1"), T0, &mut run.out);
+    run.event(K::SandboxCreated, T0, "sb-u1", pod("u1"));
+    run.event(K::SandboxStarted, T0 + S, "sb-u1", pod("u1"));
+    for (i, c) in ["a", "b"].into_iter().enumerate() {
+        let at = T0 + (2 + 2 * i as u64) * S;
+        run.event(K::ContainerCreated, at, c, container("u1", c, c));
+        run.event(K::ContainerStarted, at + S, c, container("u1", c, c));
+        if i == 0 {
+            // One of two started: a long wait is no end with the API.
+            run.stage.tick(at + 30 * S, &mut run.out);
+            assert!(run.spans().iter().all(|s| s.name != "pod startup"));
+        }
+    }
+    run.settle(T0 + 40 * S);
+    let root = run
+        .spans()
+        .into_iter()
+        .find(|s| s.name == "pod startup")
+        .cloned();
+    let root = root.expect("root");
+    assert_eq!(root.start_unix_ns, bound);
+    assert_eq!(root.end_unix_ns, T0 + 5 * S, "the second container's start");
+    assert_eq!(
+        string(&root, "iostall.startup.end_reason"),
+        "all_containers_running"
+    );
+    assert_eq!(int(&root, "iostall.startup.expected_containers"), 2);
+}
