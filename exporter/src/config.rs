@@ -1720,6 +1720,36 @@ mod tests {
     }
 
     #[test]
+    fn startup_defaults_reads_turns_off_and_names_bad_fields() {
+        let none = CliOverrides::default();
+        let got = |yaml: &str| resolve(&none, yaml, &[]).expect("valid").startup;
+        assert_eq!(got(""), Some(StartupConfig::default()));
+        assert_eq!(got("startup:\n  enabled: false\n"), None);
+        let custom =
+            got("startup:\n  settle_ms: 2000\n  timeout_s: 60\n  max_open: 8\n").expect("on");
+        assert_eq!(custom.settle, Duration::from_millis(2000));
+        assert_eq!(custom.timeout, Duration::from_secs(60));
+        assert_eq!(custom.max_open, 8);
+        let err = |yaml: &str| {
+            resolve(&none, yaml, &[])
+                .expect_err("must fail")
+                .to_string()
+        };
+        for (yaml, field) in [
+            ("startup:\n  settle_ms: 5\n", "startup.settle_ms: "),
+            ("startup:\n  timeout_s: 0\n", "startup.timeout_s: "),
+            ("startup:\n  max_open: 0\n", "startup.max_open: "),
+        ] {
+            let e = err(yaml);
+            assert!(e.starts_with(field), "{e}");
+        }
+        let e = err("startup:\n  settle: 3\n");
+        assert!(e.contains("unknown field `settle`"), "{e}");
+        let e = err("startup:\n  settle_ms: soon\n");
+        assert!(e.contains("settle_ms"), "{e}");
+    }
+
+    #[test]
     fn unannounced_hold_defaults_on_and_is_off_without_runtimes_or_at_zero() {
         let none = CliOverrides::default();
         let hold = |cli: &CliOverrides, yaml: &str| {

@@ -16,6 +16,9 @@ fn shipped_iostall_yaml_is_valid() {
         "http://otel-collector.observability.svc:4317"
     );
     assert_eq!(config.metrics_listen.map(|a| a.port()), Some(9464));
+    let startup = config.startup.as_ref().expect("startup traces on");
+    assert_eq!(startup.settle, std::time::Duration::from_millis(5000));
+    assert_eq!(startup.max_open, 1024);
     // `kube.enabled: auto`: off without a cluster, on in a pod with the file's labels.
     assert!(matches!(
         config.kube,

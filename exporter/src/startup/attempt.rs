@@ -68,7 +68,7 @@ pub struct Phase {
     pub span_id: Option<SpanId>,
     /// The slow IO placed in it.
     pub io: IoTally,
-    /// Whether its span went out (later IO is placed under it but not counted).
+    /// Whether its span went out (later IO goes to a phase not out yet, or is late).
     pub exported: bool,
 }
 
@@ -164,7 +164,8 @@ pub struct Attempt {
     pub held_shared: usize,
     /// The previous attempt's root.
     pub link: Option<(TraceId, SpanId)>,
-    /// IO placed after its phase went out (not in any summary).
+    /// IO that came after every phase it overlapped went out: own IO sent unplaced,
+    /// shared copies dropped (in no summary).
     pub late_io: u32,
     /// Resumed after an iostall restart (what came before is not in this run's spans).
     pub resumed: bool,

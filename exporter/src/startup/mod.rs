@@ -800,13 +800,16 @@ impl StartupStage {
         for attempt in self.pods.values_mut().flatten() {
             for i in 0..attempt.phases.len() {
                 let p = &attempt.phases[i];
+                // Not while a record that may still land in it waits: a shared
+                // operation not decided yet, or IO held in the open phase that overlaps
+                // this one too (its best phase is known when the open one closes).
+                let overlaps = |r: &IoRecord| p.overlap(r.start_unix_ns, r.end_unix_ns) > 0;
                 let ready = p.end_ns.is_some()
                     && !p.exported
                     && (force
                         || (now >= p.closed_wall_ns.saturating_add(grace)
-                            && !shared.iter().any(|s| {
-                                p.overlap(s.record.start_unix_ns, s.record.end_unix_ns) > 0
-                            })));
+                            && !shared.iter().any(|s| overlaps(&s.record))
+                            && !attempt.held.iter().any(|h| overlaps(&h.record))));
                 if ready && let Some(span) = attempt.phase_span(i) {
                     out.push(StartupOutput::Span(span));
                     attempt.phases[i].exported = true;
@@ -888,27 +891,47 @@ fn settle_held(attempt: &mut Attempt, out: &mut Vec<StartupOutput>) {
     }
 }
 
-/// Puts a record under closed phase `i` and counts it there (if the phase is not out):
-/// the pod's own IO as itself, a shared operation as a copy in this pod's trace.
+/// Puts a record under closed phase `i` (or, if that one went out already, the phase
+/// not out yet it overlaps most) and counts it there, so that every phase's sums equal
+/// its children's: the pod's own IO as itself, a shared operation as a copy in this
+/// pod's trace. With no such phase, own IO goes out unplaced and a copy is dropped;
+/// both are counted as late.
 fn place(attempt: &mut Attempt, i: usize, held: HeldIo, out: &mut Vec<StartupOutput>) {
-    let phase = &mut attempt.phases[i];
-    let Some(parent) = phase.span_id else {
-        return;
+    let (start, end) = (held.record.start_unix_ns, held.record.end_unix_ns);
+    let i = if attempt.phases[i].exported {
+        attempt
+            .phases
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.exported && p.end_ns.is_some())
+            .map(|(j, p)| (p.overlap(start, end), j))
+            .filter(|(o, _)| *o > 0)
+            .max()
+            .map(|(_, j)| j)
+    } else {
+        Some(i)
     };
     let HeldIo {
         record,
         enrichment,
         shared_by,
     } = held;
-    if phase.exported {
+    let Some((i, parent)) = i.and_then(|i| Some((i, attempt.phases[i].span_id?))) else {
         attempt.late_io += 1;
-    } else {
-        phase
-            .io
-            .add(span_duration(&record), shared_by.is_some(), || {
-                worst_of(&record, shared_by)
+        if shared_by.is_none() {
+            out.push(StartupOutput::Io {
+                record,
+                enrichment,
+                placement: None,
             });
-    }
+        }
+        return;
+    };
+    attempt.phases[i]
+        .io
+        .add(span_duration(&record), shared_by.is_some(), || {
+            worst_of(&record, shared_by)
+        });
     let placement = Placement {
         trace_id: attempt.trace_id,
         parent,

@@ -12,9 +12,11 @@
 //! ```text
 //! sudo cargo run -p iostall-tests --bin seed-storm -- [--pods 5] [--iops 10] [-- <iostall args>]
 //! ```
-//! At the end it prints how long each CRI call took: on the development machine, 5 pods
+//! At the end it prints how long each CRI call took (on the development machine, 5 pods
 //! at 10 IOPS took 16–20 s in RunPodSandbox against 0.07 s unthrottled, and the iostall
-//! table showed containerd's `meta.db` fsyncs at 100–200 ms each.
+//! table showed containerd's `meta.db` fsyncs at 100–200 ms each), and iostall's
+//! startup summary of each pod: its startup time, phases and the IO stall inside
+//! (`-- -o otlp --otlp-endpoint …` sends the same as one trace per pod).
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Child, Command, Stdio},
@@ -75,12 +77,25 @@ fn main() -> Result<()> {
     slow.add_pid(ctd_pid)?;
     eprintln!("containerd {ctd_pid} in the throttled cgroup, root on the slow disk");
 
-    let mut iostall = start_iostall(&ctd, &args.iostall_args)?;
+    let (mut iostall, summaries) = start_iostall(&ctd, &args.iostall_args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let result = runtime.block_on(storm(&ctd, args.pods));
-    // Let the last records reach the table before stopping it.
+    // Each pod's startup ends once its container ran and nothing new came for the
+    // settle time (5 s): wait for their summaries, then stop.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < args.pods as usize {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        match summaries.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    // Let the last records reach the outputs before stopping.
     std::thread::sleep(Duration::from_secs(1));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(iostall.id() as libc::pid_t, libc::SIGINT) };
@@ -100,6 +115,11 @@ fn main() -> Result<()> {
             t.start.as_secs_f64()
         );
     }
+    println!();
+    println!("iostall's pod startups ({} of {}):", seen.len(), args.pods);
+    for line in &seen {
+        println!("  {line}");
+    }
     runtime.block_on(async {
         if let Ok(mut cri) = ctd.cri().await {
             let _ = cri.remove_all_pods().await;
@@ -108,8 +128,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Starts iostall on the test containerd; its stdout (the table) goes to ours.
-fn start_iostall(ctd: &Containerd, extra: &[String]) -> Result<Child> {
+/// Starts iostall on the test containerd; its stdout (the table) goes to ours, and its
+/// pod startup summaries (table lines or JSON records) also to the receiver returned.
+fn start_iostall(ctd: &Containerd, extra: &[String]) -> Result<(Child, mpsc::Receiver<String>)> {
     let socket = ctd.socket();
     let mut args: Vec<String> = vec![
         "--containerd-socket".into(),
@@ -127,10 +148,20 @@ fn start_iostall(ctd: &Containerd, extra: &[String]) -> Result<Child> {
     let mut child = Command::new(iostall_binary()?)
         .args(&args)
         .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("starting iostall")?;
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let (summary_tx, summaries) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = writeln!(std::io::stdout(), "{line}");
+            if let Some(summary) = startup_summary(&line) {
+                let _ = summary_tx.send(summary);
+            }
+        }
+    });
     let stderr = child.stderr.take().context("no stderr pipe")?;
     let (ready_tx, ready) = mpsc::channel();
     std::thread::spawn(move || {
@@ -148,7 +179,44 @@ fn start_iostall(ctd: &Containerd, extra: &[String]) -> Result<Child> {
         let _ = child.kill();
         bail!("iostall did not attach within 60 s");
     }
-    Ok(child)
+    Ok((child, summaries))
+}
+
+/// A pod startup summary in iostall's output: the table's `pod startup …` line, or a
+/// JSON record of type `startup` (shown as its pod, time and stall).
+fn startup_summary(line: &str) -> Option<String> {
+    if let Some(at) = line.find("pod startup ") {
+        return Some(line[at..].to_owned());
+    }
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["type"] != "startup" {
+        return None;
+    }
+    let secs = |ns: &serde_json::Value| ns.as_u64().unwrap_or(0) as f64 / 1e9;
+    let phases: Vec<String> = v["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{} {:.1}s",
+                p["name"].as_str().unwrap_or("?"),
+                secs(&p["duration_ns"])
+            )
+        })
+        .collect();
+    Some(format!(
+        "{}/{} {:.1}s ({}) own stall {:.1}s, shared {:.1}s [{}]",
+        v["k8s.namespace.name"].as_str().unwrap_or("?"),
+        v["k8s.pod.name"].as_str().unwrap_or("?"),
+        (v["end_unix_ns"].as_u64().unwrap_or(0) as f64
+            - v["start_unix_ns"].as_u64().unwrap_or(0) as f64)
+            / 1e9,
+        phases.join(", "),
+        secs(&v["io"]["own_ns"]),
+        secs(&v["io"]["shared_ns"]),
+        v["end_reason"].as_str().unwrap_or("?"),
+    ))
 }
 
 /// Creates `pods` pods at once, a busybox container in each, as the kubelet would.
