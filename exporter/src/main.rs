@@ -101,6 +101,9 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(log_filter())
         .with_writer(io::stderr)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        // A closed stderr (`iostall 2>&1 | head`) loses log lines; reporting that with
+        // `eprintln!` would panic on the same closed stderr.
+        .log_internal_errors(false)
         .init();
     match cli.command {
         Some(Command::Probe { json }) => probe(json),

@@ -119,6 +119,9 @@ pub async fn run(
         .map_err(|e| PipelineError::Poll(e.into()))?;
 
     let (tx, rx) = mpsc::channel::<SinkItem>(SINK_QUEUE);
+    // Completes when every output is gone (their reader closed the pipe): iostall then
+    // stops, as `ext4slower | head` does.
+    let (outputs_gone, mut outputs_gone_rx) = oneshot::channel::<()>();
     let lifecycle = start_lifecycle(
         &mut tracer,
         options
@@ -160,6 +163,7 @@ pub async fn run(
             metrics: options.metrics.clone(),
             unannounced_hold: options.unannounced_hold,
             startup: options.startup.take(),
+            outputs_gone,
         },
     );
     let metrics = options.metrics.clone();
@@ -179,6 +183,10 @@ pub async fn run(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            Ok(()) = &mut outputs_gone_rx => {
+                tracing::info!("every output is closed: stopping");
+                break;
+            }
             _ = stats_tick.tick() => {
                 report_drops(&tracer, &mut last_kernel, io.sink_queue_drops);
             }
@@ -395,6 +403,8 @@ struct SinkStages {
     unannounced_hold: Option<Duration>,
     /// Pod startup traces; `None`: off.
     startup: Option<StartupConfig>,
+    /// Told when every sink is gone.
+    outputs_gone: oneshot::Sender<()>,
 }
 
 /// Records parked at most at once while their containers are unannounced.
@@ -417,6 +427,7 @@ fn spawn_sinks(
         metrics,
         unannounced_hold,
         startup,
+        outputs_gone,
     } = stages;
     let mut awaiting: Option<AwaitingNames<Enriched>> =
         unannounced_hold.map(|hold| AwaitingNames::new(hold, AWAITING_CAPACITY));
@@ -427,6 +438,7 @@ fn spawn_sinks(
             startup: startup.map(StartupStage::new),
             staged: Vec::new(),
             metrics: metrics.clone(),
+            outputs_gone: Some(outputs_gone),
         };
         while let Some(item) = rx.blocking_recv() {
             match item {
@@ -514,6 +526,7 @@ struct SinkOutput {
     /// What the startup stage handed out, reused between calls.
     staged: Vec<StartupOutput>,
     metrics: Arc<Metrics>,
+    outputs_gone: Option<oneshot::Sender<()>>,
 }
 
 impl SinkOutput {
@@ -591,35 +604,21 @@ impl SinkOutput {
                     let record =
                         self.correlator
                             .correlate_placed(record, enrichment, Some(placement));
-                    for sink in &mut self.sinks {
-                        if let Err(e) = sink.shared_io(&record) {
-                            tracing::warn!(error = %e, "sink failed to take a span");
-                        }
-                    }
+                    self.each("a span", |sink| sink.shared_io(&record));
                 }
                 StartupOutput::Event {
                     event,
                     enrichment,
                     placement,
                 } => self.event(event, enrichment, placement),
-                StartupOutput::Span(span) => {
-                    for sink in &mut self.sinks {
-                        if let Err(e) = sink.startup_span(&span) {
-                            tracing::warn!(error = %e, "sink failed to take a span");
-                        }
-                    }
-                }
+                StartupOutput::Span(span) => self.each("a span", |sink| sink.startup_span(&span)),
                 StartupOutput::Summary(summary) => {
                     self.metrics.observe_startup(
                         summary.duration_ns(),
                         summary.io.total_ns(),
                         summary.error.is_some(),
                     );
-                    for sink in &mut self.sinks {
-                        if let Err(e) = sink.startup_summary(&summary) {
-                            tracing::warn!(error = %e, "sink failed to take a startup summary");
-                        }
-                    }
+                    self.each("a startup summary", |sink| sink.startup_summary(&summary));
                 }
             }
         }
@@ -628,10 +627,29 @@ impl SinkOutput {
     }
 
     fn send(&mut self, record: &crate::correlate::CorrelatedRecord) {
-        for sink in &mut self.sinks {
-            if let Err(e) = sink.record(record) {
-                tracing::warn!(error = %e, "sink failed to take a record");
+        self.each("a record", |sink| sink.record(record));
+    }
+
+    /// Calls `f` on every sink. A sink whose reader is gone (broken pipe: `iostall |
+    /// head`) is dropped with one line; when none is left, the pipeline is told to stop.
+    fn each(&mut self, what: &str, mut f: impl FnMut(&mut dyn Sink) -> std::io::Result<()>) {
+        let before = self.sinks.len();
+        self.sinks.retain_mut(|sink| match f(sink.as_mut()) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                tracing::info!("an output's reader is gone (broken pipe): it stops");
+                false
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "sink failed to take {what}");
+                true
+            }
+        });
+        if before > 0
+            && self.sinks.is_empty()
+            && let Some(tx) = self.outputs_gone.take()
+        {
+            let _ = tx.send(());
         }
     }
 
@@ -644,19 +662,11 @@ impl SinkOutput {
         let event = self
             .correlator
             .correlate_event_placed(event, enrichment, placement);
-        for sink in &mut self.sinks {
-            if let Err(e) = sink.runtime_event(&event) {
-                tracing::warn!(error = %e, "sink failed to take a runtime event");
-            }
-        }
+        self.each("a runtime event", |sink| sink.runtime_event(&event));
     }
 
     fn idle(&mut self) {
-        for sink in &mut self.sinks {
-            if let Err(e) = sink.idle() {
-                tracing::warn!(error = %e, "sink failed to flush");
-            }
-        }
+        self.each("a flush", |sink| sink.idle());
     }
 }
 
