@@ -79,7 +79,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{lifecycle::ProcessEventLimit, startup::StartupConfig, tracer::AttachRequest};
+use crate::{lifecycle::ProcessEventLimit, tracer::AttachRequest};
 
 /// Default metrics listen address: Prometheus' registered port for OpenTelemetry
 /// exporters, on loopback only (a DaemonSet sets `0.0.0.0:9464` to be scraped).
@@ -353,6 +353,31 @@ pub struct StartupFile {
     pub timeout_s: Option<u64>,
     /// Open startups at most.
     pub max_open: Option<usize>,
+}
+
+/// Settings of the startup stage (`startup:` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupConfig {
+    /// Without the Kubernetes API: how long nothing new must come after the last
+    /// container started for the startup to end. Default 5 s.
+    pub settle: Duration,
+    /// A startup still open after this long ends as failed (`timeout`). Default 5 min.
+    pub timeout: Duration,
+    /// How long a finished span waits for late records before it goes out. Default 1 s.
+    pub grace: Duration,
+    /// Open startups at most; the oldest is evicted past it. Default 1024.
+    pub max_open: usize,
+}
+
+impl Default for StartupConfig {
+    fn default() -> Self {
+        Self {
+            settle: Duration::from_secs(5),
+            timeout: Duration::from_secs(300),
+            grace: Duration::from_secs(1),
+            max_open: 1024,
+        }
+    }
 }
 
 /// The YAML config file, as written (every key optional).
@@ -925,7 +950,7 @@ fn resolve_kube(
         (n.trim().to_owned(), "NODE_NAME")
     } else {
         (
-            crate::otlp::resource::host_name().to_ascii_lowercase(),
+            crate::host::host_name().to_ascii_lowercase(),
             NODE_NAME_FROM_HOST,
         )
     };

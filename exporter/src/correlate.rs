@@ -207,7 +207,7 @@ pub struct Correlator {
 
 impl Default for Correlator {
     fn default() -> Self {
-        Self::new(&crate::otlp::resource::host_name())
+        Self::new(&crate::host::host_name())
     }
 }
 

@@ -13,6 +13,7 @@ pub mod correlate;
 pub mod decode;
 pub mod enrich;
 pub mod event;
+pub mod host;
 pub mod lifecycle;
 pub mod metrics;
 pub mod mounts;

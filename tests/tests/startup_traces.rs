@@ -38,6 +38,15 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// A private containerd with the test images, and an OTLP receiver (as root).
+fn containerd_and_receiver() -> Result<(Containerd, OtlpReceiver)> {
+    require_root();
+    ensure_kernel_mounts()?;
+    let ctd = Containerd::start()?;
+    ctd.import_test_images()?;
+    Ok((ctd, OtlpReceiver::grpc()?))
+}
+
 /// iostall on `ctd`, OTLP to `receiver`, startups settling after 2 s.
 fn start_iostall(ctd: &Containerd, receiver: &OtlpReceiver, threshold_ms: &str) -> Result<Iostall> {
     start_iostall_with(ctd, receiver, threshold_ms, "startup:\n  settle_ms: 2000\n")
@@ -396,11 +405,7 @@ fn the_storm_gives_one_trace_per_pod_with_the_stalls_inside() -> Result<()> {
 /// linked to the first.
 #[test]
 fn failed_startups_are_error_roots_and_a_recreated_sandbox_is_linked() -> Result<()> {
-    require_root();
-    ensure_kernel_mounts()?;
-    let ctd = Containerd::start()?;
-    ctd.import_test_images()?;
-    let mut receiver = OtlpReceiver::grpc()?;
+    let (ctd, mut receiver) = containerd_and_receiver()?;
     let iostall = start_iostall(&ctd, &receiver, "10")?;
     let rt = tokio::runtime::Runtime::new()?;
     let (exits, ooms, again) = rt.block_on(async {
@@ -513,11 +518,7 @@ fn failed_startups_are_error_roots_and_a_recreated_sandbox_is_linked() -> Result
 /// phases under the same root span id.
 #[test]
 fn a_restarted_iostall_continues_the_same_trace() -> Result<()> {
-    require_root();
-    ensure_kernel_mounts()?;
-    let ctd = Containerd::start()?;
-    ctd.import_test_images()?;
-    let mut receiver = OtlpReceiver::grpc()?;
+    let (ctd, mut receiver) = containerd_and_receiver()?;
     let first = start_iostall(&ctd, &receiver, "10")?;
     let rt = tokio::runtime::Runtime::new()?;
     let uid = new_pod_uid()?;
@@ -657,12 +658,8 @@ fn api_pod(uid: &str, node: &str, bound_ns: u64, started_ns: Option<u64>) -> ser
 /// shows that the container count, not the wait, ended it.
 #[test]
 fn with_the_api_the_root_begins_at_binding_and_ends_by_the_spec() -> Result<()> {
-    require_root();
-    ensure_kernel_mounts()?;
     let node = "startup-node";
-    let ctd = Containerd::start()?;
-    ctd.import_test_images()?;
-    let mut receiver = OtlpReceiver::grpc()?;
+    let (ctd, mut receiver) = containerd_and_receiver()?;
     let rt = tokio::runtime::Runtime::new()?;
     let fake = rt.block_on(FakeKube::start(node))?;
     let uid = new_pod_uid()?;

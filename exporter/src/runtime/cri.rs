@@ -155,7 +155,7 @@ pub struct CriConfig {
     /// Time between polls. Default 10 s.
     pub interval: Duration,
     /// How long a container the runtime stopped listing stays in the metadata cache.
-    /// Default [`super::start::DELETED_GRACE`].
+    /// Default [`super::DELETED_GRACE`].
     pub deleted_grace: Duration,
 }
 
@@ -164,7 +164,7 @@ impl Default for CriConfig {
         Self {
             connection: Connection::new(DEFAULT_SOCKET),
             interval: Duration::from_secs(10),
-            deleted_grace: super::start::DELETED_GRACE,
+            deleted_grace: super::DELETED_GRACE,
         }
     }
 }

@@ -238,6 +238,10 @@ impl RuntimeEvent {
     }
 }
 
+/// How long a deleted container's metadata is kept: its last IO may still be on its way
+/// through the pipeline when the runtime says it is gone.
+pub const DELETED_GRACE: Duration = Duration::from_secs(60);
+
 /// The attribute of a listed container ([`RuntimeEventKind::ContainerListed`]) holding
 /// when it was made, Unix nanoseconds.
 pub const CREATED_ATTRIBUTE: &str = "created_unix_ns";

@@ -1,6 +1,5 @@
 //! Starts the configured runtime sources and keeps the metadata cache current from
 //! their events, so the enrich stage can name the containers and pods it attributes.
-use std::time::Duration;
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
@@ -15,9 +14,7 @@ use crate::{
 
 /// Runtime events buffered between the sources and the metadata updater.
 pub const EVENT_QUEUE: usize = 4096;
-/// How long a deleted container's metadata is kept: its last IO may still be on its way
-/// through the pipeline when the runtime says it is gone.
-pub const DELETED_GRACE: Duration = Duration::from_secs(60);
+pub use super::DELETED_GRACE;
 
 /// The running sources.
 pub struct RuntimeSources {

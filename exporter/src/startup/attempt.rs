@@ -254,7 +254,7 @@ impl Attempt {
         phase.closed_wall_ns = wall_ns;
         phase.span_id = Some(super::ids::phase_span_id(
             self.trace_id,
-            kind,
+            kind.span_name(),
             phase.container.as_ref().map_or("", |c| c.id.as_str()),
         ));
         let end = phase.end_ns.unwrap_or(at_ns);

@@ -41,7 +41,7 @@ use self::{
     attempt::{Attempt, AttemptIds, HeldIo, PhaseContainer, PhaseKind, span_duration, worst_of},
     report::{StartupSpan, StartupSummary},
 };
-pub use crate::correlate::Placement;
+pub use crate::{config::StartupConfig, correlate::Placement};
 use crate::{
     correlate::{SpanId, TraceId},
     enrich::Enrichment,
@@ -58,31 +58,6 @@ pub const MAX_SHARED_HELD_PER_ATTEMPT: usize = 256;
 pub const MAX_SHARED_HELD: usize = 4096;
 /// Pods whose last attempt is remembered (for links and restarts).
 pub const MAX_HISTORY: usize = 4096;
-
-/// Settings of the startup stage (`startup:` in the config file).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartupConfig {
-    /// Without the Kubernetes API: how long nothing new must come after the last
-    /// container started for the startup to end. Default 5 s.
-    pub settle: Duration,
-    /// A startup still open after this long ends as failed (`timeout`). Default 5 min.
-    pub timeout: Duration,
-    /// How long a finished span waits for late records before it goes out. Default 1 s.
-    pub grace: Duration,
-    /// Open startups at most; the oldest is evicted past it. Default 1024.
-    pub max_open: usize,
-}
-
-impl Default for StartupConfig {
-    fn default() -> Self {
-        Self {
-            settle: Duration::from_secs(5),
-            timeout: Duration::from_secs(300),
-            grace: Duration::from_secs(1),
-            max_open: 1024,
-        }
-    }
-}
 
 /// What leaves the stage, in order.
 #[derive(Debug)]
@@ -324,7 +299,8 @@ impl StartupStage {
             K::ContainerCreated => {
                 let container = phase_container(event, identity)?;
                 if self.open_attempt(uid).is_none() {
-                    self.open_for_restart(uid, identity, &container, t, now);
+                    let restart_count = event.container_meta().and_then(|m| m.attempt);
+                    self.open_for_restart(uid, identity, restart_count, t, now);
                 }
                 let attempt = self.open_attempt(uid)?;
                 attempt.learn_names(identity);
@@ -582,27 +558,18 @@ impl StartupStage {
     }
 
     /// A container created again in a sandbox whose last attempt failed (the kubelet
-    /// restarting it): a new attempt from the failure, linked to it.
+    /// restarting it): a new attempt from the failure, linked to it. Its generation is
+    /// the kubelet's restart count (`io.kubernetes.container.restartCount`), so that a
+    /// restarted iostall derives the same ids; else the attempts seen.
     fn open_for_restart(
         &mut self,
         uid: &str,
         identity: &Enrichment,
-        container: &PhaseContainer,
+        restart_count: Option<u32>,
         t: u64,
         now: u64,
     ) {
-        let Some(h) = self.history.get(uid).cloned().or_else(|| {
-            self.pods
-                .get(uid)
-                .and_then(|v| v.last())
-                .map(|a| PodHistory {
-                    root: (a.trace_id, a.root_span_id),
-                    sandbox_id: a.sandbox_id.clone(),
-                    attempts: a.attempt + 1,
-                    end_ns: a.end.as_ref().map_or(t, |e| e.at_ns),
-                    failed: a.end.as_ref().is_some_and(|e| e.error.is_some()),
-                })
-        }) else {
+        let Some(h) = self.last_attempt(uid) else {
             return;
         };
         let same_sandbox = identity
@@ -612,8 +579,7 @@ impl StartupStage {
         if !h.failed || !same_sandbox || t < h.end_ns {
             return;
         }
-        let generation = h.attempts;
-        let _ = container;
+        let generation = restart_count.filter(|n| *n > 0).unwrap_or(h.attempts);
         self.open(
             uid,
             &h.sandbox_id,
@@ -623,6 +589,20 @@ impl StartupStage {
             now,
             PhaseKind::ContainerCreate,
         );
+    }
+
+    /// What is known of pod `uid`'s last attempt: remembered, or still flushing.
+    fn last_attempt(&self, uid: &str) -> Option<PodHistory> {
+        self.history.get(uid).cloned().or_else(|| {
+            let a = self.pods.get(uid)?.last()?;
+            Some(PodHistory {
+                root: (a.trace_id, a.root_span_id),
+                sandbox_id: a.sandbox_id.clone(),
+                attempts: a.attempt + 1,
+                end_ns: a.end.as_ref().map_or(0, |e| e.at_ns),
+                failed: a.end.as_ref().is_some_and(|e| e.error.is_some()),
+            })
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -639,18 +619,7 @@ impl StartupStage {
         if self.open_count() >= self.config.max_open {
             self.evict_oldest(now);
         }
-        let previous = self.history.get(uid).cloned().or_else(|| {
-            self.pods
-                .get(uid)
-                .and_then(|v| v.last())
-                .map(|a| PodHistory {
-                    root: (a.trace_id, a.root_span_id),
-                    sandbox_id: a.sandbox_id.clone(),
-                    attempts: a.attempt + 1,
-                    end_ns: 0,
-                    failed: true,
-                })
-        });
+        let previous = self.last_attempt(uid);
         let trace_id = ids::trace_id(uid, sandbox, generation);
         let attempt = Attempt::new(
             AttemptIds {
@@ -1028,7 +997,7 @@ fn root_placement(attempt: &Attempt) -> Placement {
 fn phase_placement(attempt: &Attempt, kind: PhaseKind, container_id: &str) -> Option<Placement> {
     Some(Placement {
         trace_id: attempt.trace_id,
-        parent: ids::phase_span_id(attempt.trace_id, kind, container_id),
+        parent: ids::phase_span_id(attempt.trace_id, kind.span_name(), container_id),
         shared_by: None,
     })
 }

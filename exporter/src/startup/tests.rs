@@ -99,6 +99,14 @@ impl Run {
             })
             .collect()
     }
+    /// The (first) root span that went out.
+    fn root(&self) -> StartupSpan {
+        self.spans()
+            .into_iter()
+            .find(|s| s.name == "pod startup")
+            .cloned()
+            .expect("a root went out")
+    }
     fn summaries(&self) -> Vec<&StartupSummary> {
         self.out
             .iter()
@@ -239,7 +247,7 @@ fn io_is_held_until_its_phase_closes_and_ids_are_deterministic() {
     assert_eq!(placed[0].1.trace_id, trace);
     assert_eq!(
         placed[0].1.parent,
-        ids::phase_span_id(trace, PhaseKind::Sandbox, "")
+        ids::phase_span_id(trace, PhaseKind::Sandbox.span_name(), "")
     );
 }
 
@@ -273,7 +281,10 @@ fn shared_runtime_io_is_copied_into_every_pod_whose_phase_it_overlapped() {
         let uid = who.pod_uid.as_deref().expect("a pod");
         let trace = ids::trace_id(uid, &format!("sb-{uid}"), 0);
         assert_eq!(p.trace_id, trace);
-        assert_eq!(p.parent, ids::phase_span_id(trace, PhaseKind::Sandbox, ""));
+        assert_eq!(
+            p.parent,
+            ids::phase_span_id(trace, PhaseKind::Sandbox.span_name(), "")
+        );
     }
     // The original went out once, unplaced; the host process's too.
     let unplaced = run
@@ -347,12 +358,7 @@ fn an_oom_kill_fails_the_startup() {
         container("u1", "c-u1", "app"),
     );
     run.stage.tick(T0 + 6 * S, &mut run.out);
-    let root = run
-        .spans()
-        .into_iter()
-        .find(|s| s.name == "pod startup")
-        .cloned();
-    let root = root.expect("root");
+    let root = run.root();
     assert_eq!(string(&root, "iostall.startup.end_reason"), "oom_killed");
     assert_eq!(root.error.as_deref(), Some("container app was OOM-killed"));
 }
@@ -430,12 +436,7 @@ fn a_startup_that_never_finishes_times_out_as_an_error() {
     assert!(run.spans().is_empty());
     run.stage.tick(T0 + 300 * S, &mut run.out);
     run.stage.tick(T0 + 302 * S, &mut run.out);
-    let root = run
-        .spans()
-        .into_iter()
-        .find(|s| s.name == "pod startup")
-        .cloned();
-    let root = root.expect("root");
+    let root = run.root();
     assert_eq!(string(&root, "iostall.startup.end_reason"), "timeout");
     assert!(root.error.is_some());
 }
@@ -483,7 +484,11 @@ fn events_of_a_startup_carry_its_trace_and_phase() {
     );
     assert_eq!(
         placements[3].map(|p| p.parent),
-        Some(ids::phase_span_id(trace, PhaseKind::ContainerStart, "c-u1"))
+        Some(ids::phase_span_id(
+            trace,
+            PhaseKind::ContainerStart.span_name(),
+            "c-u1"
+        ))
     );
 }
 
@@ -654,12 +659,7 @@ fn with_the_api_the_startup_runs_from_binding_to_all_containers_started() {
         }
     }
     run.settle(T0 + 40 * S);
-    let root = run
-        .spans()
-        .into_iter()
-        .find(|s| s.name == "pod startup")
-        .cloned();
-    let root = root.expect("root");
+    let root = run.root();
     assert_eq!(root.start_unix_ns, bound);
     assert_eq!(root.end_unix_ns, T0 + 5 * S, "the second container's start");
     assert_eq!(

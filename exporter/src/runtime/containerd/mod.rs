@@ -133,7 +133,7 @@ pub struct ContainerdConfig {
     /// Namespaces to follow; empty (the default) follows all.
     pub namespaces: Vec<String>,
     /// How long a deleted container stays in the metadata cache. Default
-    /// [`super::start::DELETED_GRACE`].
+    /// [`super::DELETED_GRACE`].
     pub deleted_grace: Duration,
 }
 
@@ -142,7 +142,7 @@ impl Default for ContainerdConfig {
         Self {
             connection: Connection::new(DEFAULT_SOCKET),
             namespaces: Vec::new(),
-            deleted_grace: super::start::DELETED_GRACE,
+            deleted_grace: super::DELETED_GRACE,
         }
     }
 }
