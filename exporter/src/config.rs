@@ -485,6 +485,12 @@ pub struct SignalConfig {
     pub compression: Compression,
     /// PEM bytes of extra CA certificates to trust.
     pub ca_pem: Option<Vec<u8>>,
+    /// Exported at all: `OTEL_TRACES_EXPORTER` / `OTEL_LOGS_EXPORTER` (`otlp`, the
+    /// default, or `none`).
+    pub enabled: bool,
+    /// Where the endpoint was set (`--otlp-endpoint`, `otlp.endpoint`,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`…); `None` for the default.
+    pub endpoint_source: Option<String>,
 }
 
 /// Resolved OTLP exporter settings.
@@ -552,6 +558,9 @@ pub struct Config {
     pub process_event_limit: ProcessEventLimit,
     /// Pod startup traces; `None` when `startup.enabled: false`.
     pub startup: Option<StartupConfig>,
+    /// What resolving decided that a user may not expect (an endpoint turning OTLP on,
+    /// or left unused): said once at start.
+    pub notes: Vec<String>,
 }
 
 /// Default `kube.pod_labels`: the identity labels Kubernetes recommends
@@ -686,22 +695,6 @@ impl Config {
             Some(d) => Some(Duration::from_secs_f64(d)),
             None => None,
         };
-        let mut outputs = if !cli.outputs.is_empty() {
-            cli.outputs.clone()
-        } else {
-            file.outputs
-                .clone()
-                .unwrap_or_else(|| vec![OutputKind::Table])
-        };
-        let mut seen = Vec::new();
-        outputs.retain(|o| {
-            let new = !seen.contains(o);
-            seen.push(*o);
-            new
-        });
-        if outputs.is_empty() {
-            return Err(invalid("outputs", "must name at least one output"));
-        }
         if let Some(comm) = cli.comm.as_ref().or(file.comm.as_ref())
             && (comm.is_empty() || comm.len() > 15)
         {
@@ -741,6 +734,58 @@ impl Config {
                 5000,
             )?),
         };
+        // An OTLP endpoint set anywhere (flag, file, `OTEL_EXPORTER_OTLP_*`) turns OTLP
+        // on when no output was chosen, as every OpenTelemetry component reads it; the
+        // table, the default, stays.
+        let endpoint_source = [&otlp.traces, &otlp.logs]
+            .iter()
+            .find_map(|s| s.endpoint_source.clone());
+        let chosen = !cli.outputs.is_empty() || file.outputs.is_some();
+        let mut notes = Vec::new();
+        let mut outputs = if !cli.outputs.is_empty() {
+            cli.outputs.clone()
+        } else if let Some(outputs) = &file.outputs {
+            outputs.clone()
+        } else if endpoint_source.is_some() {
+            vec![OutputKind::Table, OutputKind::Otlp]
+        } else {
+            vec![OutputKind::Table]
+        };
+        let mut seen = Vec::new();
+        outputs.retain(|o| {
+            let new = !seen.contains(o);
+            seen.push(*o);
+            new
+        });
+        if outputs.is_empty() {
+            return Err(invalid("outputs", "must name at least one output"));
+        }
+        if let Some(source) = &endpoint_source {
+            if !chosen {
+                notes.push(format!("{source} is set: OTLP output on"));
+            } else if !outputs.contains(&OutputKind::Otlp) {
+                notes.push(format!(
+                    "{source} is set, but the outputs chosen leave OTLP out: nothing is sent \
+                     (add -o otlp)"
+                ));
+            }
+        }
+        if outputs.contains(&OutputKind::Otlp) {
+            match (otlp.traces.enabled, otlp.logs.enabled) {
+                (false, false) => {
+                    return Err(invalid(
+                        "OTEL_TRACES_EXPORTER",
+                        "and OTEL_LOGS_EXPORTER turn both signals off, but the outputs \
+                         include otlp",
+                    ));
+                }
+                (false, true) => notes.push("OTEL_TRACES_EXPORTER: no spans are sent".into()),
+                (true, false) => {
+                    notes.push("OTEL_LOGS_EXPORTER: no log records are sent".into());
+                }
+                (true, true) => {}
+            }
+        }
         let resource = resolve_resource(file.resource.as_ref(), env)?;
         let metrics_listen = resolve_metrics(cli, file)?;
         Ok(Self {
@@ -759,6 +804,7 @@ impl Config {
             kube: resolve_kube(cli, file.kube.as_ref(), env)?,
             process_event_limit: resolve_process_event_limit(file.lifecycle.as_ref())?,
             startup: resolve_startup(file.startup.as_ref())?,
+            notes,
         })
     }
 }
@@ -1096,25 +1142,27 @@ fn resolve_signal(
         Protocol::Grpc
     };
 
-    // Endpoint: (value, field, is it a per-signal endpoint used as is).
-    let endpoint = if let Some(e) = &cli.otlp_endpoint {
-        (sourced(e.clone(), "--otlp-endpoint"), false)
+    // Endpoint: (value, field, is it a per-signal endpoint used as is); `None` from the
+    // default.
+    let chosen = if let Some(e) = &cli.otlp_endpoint {
+        Some((sourced(e.clone(), "--otlp-endpoint"), false))
     } else if let Some(e) = per_file.and_then(|s| s.endpoint.clone()) {
-        (sourced(e, format!("otlp.{sig}.endpoint")), true)
+        Some((sourced(e, format!("otlp.{sig}.endpoint")), true))
     } else if let Some(e) = file.endpoint.clone() {
-        (sourced(e, "otlp.endpoint"), false)
+        Some((sourced(e, "otlp.endpoint"), false))
     } else if let Some(e) = env_sig("ENDPOINT") {
-        (e, true)
-    } else if let Some(e) = env_all("ENDPOINT") {
-        (e, false)
+        Some((e, true))
     } else {
+        env_all("ENDPOINT").map(|e| (e, false))
+    };
+    let endpoint_source = chosen.as_ref().map(|(e, _)| e.field.clone());
+    let (endpoint, as_is) = chosen.unwrap_or_else(|| {
         let default = match protocol {
             Protocol::Grpc => DEFAULT_GRPC_ENDPOINT,
             Protocol::HttpProtobuf => DEFAULT_HTTP_ENDPOINT,
         };
         (sourced(default.to_owned(), "otlp.endpoint"), false)
-    };
-    let (endpoint, as_is) = endpoint;
+    });
     let url = validate_url(&endpoint.field, &endpoint.value)?;
     let endpoint = match protocol {
         Protocol::HttpProtobuf if !as_is => {
@@ -1203,7 +1251,24 @@ fn resolve_signal(
         timeout: Duration::from_millis(timeout_ms.value),
         compression,
         ca_pem,
+        enabled: signal_exporter(signal, env),
+        endpoint_source,
     })
+}
+
+/// `OTEL_TRACES_EXPORTER` / `OTEL_LOGS_EXPORTER`, as the specification defines them: a
+/// comma-separated list, `otlp` by default; `none` (or a list without `otlp`: iostall
+/// has no other exporter) turns the signal off.
+fn signal_exporter(signal: Signal, env: &dyn Fn(&str) -> Option<String>) -> bool {
+    let Some(value) = env(&format!("OTEL_{}_EXPORTER", signal.upper())) else {
+        return true;
+    };
+    let names: Vec<String> = value
+        .split(',')
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+        .collect();
+    names.is_empty() || names.iter().any(|n| n == "otlp")
 }
 
 /// Checks that `value` is an absolute `http` or `https` URL with a host.
@@ -1742,6 +1807,75 @@ mod tests {
         assert!(e.contains("process_event_burst"), "{e}");
         let e = err("lifecycle:\n  burst: 3\n");
         assert!(e.contains("unknown field `burst`"), "{e}");
+    }
+
+    #[test]
+    fn an_endpoint_set_anywhere_turns_otlp_on_unless_outputs_were_chosen() {
+        let none = CliOverrides::default();
+        let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")];
+        let c = resolve(&none, "", &env).expect("valid");
+        assert_eq!(c.outputs, vec![OutputKind::Table, OutputKind::Otlp]);
+        assert_eq!(
+            c.notes,
+            vec!["OTEL_EXPORTER_OTLP_ENDPOINT is set: OTLP output on"]
+        );
+        let c = resolve(&none, "otlp:\n  endpoint: http://c:4317\n", &[]).expect("valid");
+        assert_eq!(c.outputs, vec![OutputKind::Table, OutputKind::Otlp]);
+        let flag = CliOverrides {
+            otlp_endpoint: Some("http://c:4317".into()),
+            ..CliOverrides::default()
+        };
+        assert!(
+            resolve(&flag, "", &[])
+                .expect("valid")
+                .outputs
+                .contains(&OutputKind::Otlp)
+        );
+        // Nothing set: the table alone, no note.
+        let c = resolve(&none, "", &[]).expect("valid");
+        assert_eq!(c.outputs, vec![OutputKind::Table]);
+        assert!(c.notes.is_empty());
+        // Outputs chosen without otlp: kept, and said.
+        let c = resolve(&none, "outputs: [json]\n", &env).expect("valid");
+        assert_eq!(c.outputs, vec![OutputKind::Json]);
+        assert!(c.notes[0].contains("leave OTLP out"), "{:?}", c.notes);
+    }
+
+    #[test]
+    fn otel_signal_exporters_none_turn_a_signal_off() {
+        let none = CliOverrides::default();
+        let yaml = "outputs: [otlp]\n";
+        let c = resolve(&none, yaml, &[("OTEL_LOGS_EXPORTER", "none")]).expect("valid");
+        assert!(c.otlp.traces.enabled && !c.otlp.logs.enabled);
+        assert_eq!(c.notes, vec!["OTEL_LOGS_EXPORTER: no log records are sent"]);
+        let c = resolve(&none, yaml, &[("OTEL_TRACES_EXPORTER", "otlp, console")]).expect("valid");
+        assert!(c.otlp.traces.enabled, "a list with otlp keeps it");
+        let c = resolve(&none, yaml, &[("OTEL_TRACES_EXPORTER", "console")]).expect("valid");
+        assert!(
+            !c.otlp.traces.enabled,
+            "iostall has no console span exporter"
+        );
+        let e = resolve(
+            &none,
+            yaml,
+            &[
+                ("OTEL_TRACES_EXPORTER", "none"),
+                ("OTEL_LOGS_EXPORTER", "none"),
+            ],
+        )
+        .expect_err("both off with otlp chosen")
+        .to_string();
+        assert!(e.starts_with("OTEL_TRACES_EXPORTER: "), "{e}");
+        // Without otlp among the outputs, both off is no contradiction.
+        let c = resolve(
+            &none,
+            "",
+            &[
+                ("OTEL_TRACES_EXPORTER", "none"),
+                ("OTEL_LOGS_EXPORTER", "none"),
+            ],
+        );
+        assert!(c.is_ok());
     }
 
     #[test]

@@ -182,6 +182,9 @@ fn load_config(args: RunArgs) -> anyhow::Result<Config> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
+    for note in &config.notes {
+        tracing::info!("{note}");
+    }
     preflight::check()?;
     let metrics = Metrics::new();
     let enricher = Enricher::for_host();

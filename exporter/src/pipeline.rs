@@ -176,7 +176,7 @@ pub async fn run(
         sink_queue_drops: 0,
         decode_errors: 0,
     };
-    let mut last_kernel = KernelStats::default();
+    let mut last_reported = ReportedDrops::default();
     let mut stats_tick = tokio::time::interval(STATS_EVERY);
     stats_tick.tick().await;
     tokio::pin!(shutdown);
@@ -188,7 +188,7 @@ pub async fn run(
                 break;
             }
             _ = stats_tick.tick() => {
-                report_drops(&tracer, &mut last_kernel, io.sink_queue_drops);
+                report_drops(&tracer, &mut last_reported, io.sink_queue_drops);
             }
             _ = metrics_tick.tick() => {
                 if let Ok(stats) = tracer.stats() {
@@ -226,7 +226,7 @@ pub async fn run(
     }
     let kernel = tracer.stats().unwrap_or_default();
     metrics.set_kernel(&kernel);
-    report_drops(&tracer, &mut last_kernel, sink_queue_drops);
+    report_drops(&tracer, &mut last_reported, sink_queue_drops);
     Ok(RunSummary {
         mode: Some(mode),
         records: records.load(Ordering::Relaxed),
@@ -704,25 +704,38 @@ fn enrich_event(enricher: Option<&Enricher>, event: &RuntimeEvent) -> Enrichment
     enrichment
 }
 
-/// Logs what was lost since the last report.
-fn report_drops(tracer: &Tracer, last: &mut KernelStats, sink_queue_drops: u64) {
+/// What was lost, as of the last report.
+#[derive(Debug, Default)]
+struct ReportedDrops {
+    kernel: KernelStats,
+    sink_queue: u64,
+}
+
+/// Logs what was lost since the last report: in the kernel, and at the sinks' queue
+/// (the sinks behind the kernel reader).
+fn report_drops(tracer: &Tracer, last: &mut ReportedDrops, sink_queue_drops: u64) {
     let Ok(now) = tracer.stats() else {
         return;
     };
-    let ring = now.ringbuf_drops - last.ringbuf_drops;
-    let inflight = now.inflight_full - last.inflight_full;
-    let lifecycle = now.lifecycle_drops - last.lifecycle_drops;
-    if ring > 0 || inflight > 0 || lifecycle > 0 {
+    let ring = now.ringbuf_drops - last.kernel.ringbuf_drops;
+    let inflight = now.inflight_full - last.kernel.inflight_full;
+    let lifecycle = now.lifecycle_drops - last.kernel.lifecycle_drops;
+    let sink_queue = sink_queue_drops - last.sink_queue;
+    if ring > 0 || inflight > 0 || lifecycle > 0 || sink_queue > 0 {
         tracing::warn!(
             ringbuf_drops = ring,
             inflight_full = inflight,
             lifecycle_drops = lifecycle,
+            sink_queue_drops = sink_queue,
             ringbuf_drops_total = now.ringbuf_drops,
             sink_queue_drops_total = sink_queue_drops,
-            "events lost in the kernel"
+            "events lost (kernel ring buffer, in-flight map, or the sinks' queue)"
         );
     }
-    *last = now;
+    *last = ReportedDrops {
+        kernel: now,
+        sink_queue: sink_queue_drops,
+    };
 }
 
 #[cfg(test)]

@@ -230,3 +230,32 @@ fn grpc_tls_with_custom_ca() {
     assert_eq!(metrics.exported_spans(), 0);
     assert_eq!(metrics.dropped(DropReason::OtlpExportFailed), 10);
 }
+
+/// `OTEL_LOGS_EXPORTER=none` (a backend that takes traces only) and
+/// `OTEL_TRACES_EXPORTER=none`, as the specification defines them: that signal is not
+/// sent at all, and nothing is counted as lost; the other one arrives whole.
+#[test]
+fn a_signal_turned_off_is_not_sent_and_not_counted_lost() {
+    for (off, spans_want, logs_want) in [
+        ("OTEL_LOGS_EXPORTER", 30, 0),
+        ("OTEL_TRACES_EXPORTER", 0, 30),
+    ] {
+        let mut rx = OtlpReceiver::grpc().expect("receiver");
+        let endpoint = rx.endpoint();
+        let c = config(
+            "",
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), (off, "none")],
+        );
+        let metrics = send(&c.otlp, 30);
+        let got = rx.collect_until(Duration::from_secs(3), |_| false);
+        assert_eq!(got.spans.len(), spans_want, "{off}=none");
+        assert_eq!(got.logs.len(), logs_want, "{off}=none");
+        assert_eq!(metrics.exported_spans(), spans_want as u64);
+        assert_eq!(metrics.exported_logs(), logs_want as u64);
+        assert_eq!(
+            metrics.dropped(DropReason::OtlpExportFailed),
+            0,
+            "{off}=none is no loss"
+        );
+    }
+}

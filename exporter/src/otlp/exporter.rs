@@ -128,23 +128,24 @@ impl ExportTask {
             now_unix_ns(),
         ));
         let send_traces = async {
-            if spans == 0 {
+            // Off (`OTEL_TRACES_EXPORTER=none`) is not a loss: nothing is counted.
+            if spans == 0 || !self.config.traces.enabled {
                 return true;
             }
             let traces = Bytes::from(encoder.traces(batch, &self.resources));
             self.with_retry(false, &self.traces, traces, spans).await
         };
         let send_logs = async {
-            if logs_n == 0 {
+            if logs_n == 0 || !self.config.logs.enabled {
                 return true;
             }
             self.with_retry(true, &self.logs, logs, logs_n).await
         };
         let (traces_ok, logs_ok) = tokio::join!(send_traces, send_logs);
-        if traces_ok {
+        if traces_ok && self.config.traces.enabled {
             self.metrics.add_exported_spans(spans);
         }
-        if logs_ok {
+        if logs_ok && self.config.logs.enabled {
             self.metrics.add_exported_logs(logs_n);
         }
         count.lost(&self.metrics, !traces_ok, !logs_ok);
