@@ -304,7 +304,19 @@ impl OtlpReceiver {
     pub fn grpc_tls(cert_pem: &str, key_pem: &str) -> Result<Self> {
         let tls = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
-        Self::start_with(([127, 0, 0, 1], 0).into(), "grpc", Some(tls))
+        Self::start_with(([127, 0, 0, 1], 0).into(), "grpc", Some(tls), false)
+    }
+
+    /// A gRPC receiver with the trace service only, as backends that store traces but
+    /// not logs are (Arize Phoenix): logs get gRPC `Unimplemented`.
+    pub fn grpc_traces_only() -> Result<Self> {
+        Self::start_with(([127, 0, 0, 1], 0).into(), "grpc", None, true)
+    }
+
+    /// An HTTP/protobuf receiver taking traces only: `POST /v1/logs` gets `405`, as
+    /// Phoenix answers.
+    pub fn http_traces_only() -> Result<Self> {
+        Self::start_with(([127, 0, 0, 1], 0).into(), "http/protobuf", None, true)
     }
 
     /// An HTTP/protobuf receiver on `127.0.0.1:0`.
@@ -318,13 +330,14 @@ impl OtlpReceiver {
     }
 
     fn start(addr: SocketAddr, protocol: &'static str) -> Result<Self> {
-        Self::start_with(addr, protocol, None)
+        Self::start_with(addr, protocol, None, false)
     }
 
     fn start_with(
         addr: SocketAddr,
         protocol: &'static str,
         tls: Option<tonic::transport::ServerTlsConfig>,
+        traces_only: bool,
     ) -> Result<Self> {
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = tls {
@@ -348,21 +361,22 @@ impl OtlpReceiver {
                         let _ = stop_rx.await;
                     };
                     if protocol == "grpc" {
+                        let logs = (!traces_only).then(|| {
+                            LogsServiceServer::new(Grpc(tx.clone()))
+                                .accept_compressed(CompressionEncoding::Gzip)
+                                .max_decoding_message_size(64 << 20)
+                        });
                         let _ = builder
                             // Large HTTP/2 windows, as real collectors (BDP probing) have:
                             // without them each big export waits on window updates.
                             .initial_stream_window_size(Some(8 << 20))
                             .initial_connection_window_size(Some(16 << 20))
                             .add_service(
-                                TraceServiceServer::new(Grpc(tx.clone()))
+                                TraceServiceServer::new(Grpc(tx))
                                     .accept_compressed(CompressionEncoding::Gzip)
                                     .max_decoding_message_size(64 << 20),
                             )
-                            .add_service(
-                                LogsServiceServer::new(Grpc(tx))
-                                    .accept_compressed(CompressionEncoding::Gzip)
-                                    .max_decoding_message_size(64 << 20),
-                            )
+                            .add_optional_service(logs)
                             .serve_with_incoming_shutdown(
                                 tonic::transport::server::TcpIncoming::from(listener)
                                     .with_nodelay(Some(true)),
@@ -370,9 +384,14 @@ impl OtlpReceiver {
                             )
                             .await;
                     } else {
+                        let logs = if traces_only {
+                            axum::routing::get(|| async { "" })
+                        } else {
+                            post(http_logs)
+                        };
                         let app = Router::new()
                             .route("/v1/traces", post(http_traces))
-                            .route("/v1/logs", post(http_logs))
+                            .route("/v1/logs", logs)
                             .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
                             .with_state(tx);
                         let _ = axum::serve(listener, app)

@@ -259,3 +259,48 @@ fn a_signal_turned_off_is_not_sent_and_not_counted_lost() {
         );
     }
 }
+
+/// A backend that takes traces but not logs (Arize Phoenix answers gRPC `Unimplemented`
+/// and HTTP 405): one warning, then logs are no longer sent, spans keep arriving, and only
+/// the first batch's log records are counted as lost.
+#[test]
+fn a_backend_without_logs_is_said_once_and_logs_stop() {
+    iostall_tests::log_capture::capture_logs(tracing::Level::WARN);
+    for (traces_only, answer) in [
+        (
+            OtlpReceiver::grpc_traces_only as fn() -> anyhow::Result<OtlpReceiver>,
+            "gRPC Unimplemented",
+        ),
+        (OtlpReceiver::http_traces_only, "HTTP 405"),
+    ] {
+        let mut rx = traces_only().expect("receiver");
+        let endpoint = rx.endpoint();
+        let yaml = format!(
+            "otlp:\n  endpoint: {endpoint}\n  protocol: {}\n  batch_size: 10\n",
+            rx.protocol()
+        );
+        let c = config(&yaml, &[]);
+        let metrics = send(&c.otlp, 50);
+        let got = rx.collect_until(Duration::from_secs(5), |c| c.spans.len() >= 50);
+        assert_eq!(
+            got.spans.len(),
+            50,
+            "{}: spans keep arriving",
+            rx.protocol()
+        );
+        assert_eq!(metrics.exported_spans(), 50);
+        let refused = metrics.render();
+        let failed_log_requests = iostall_tests::otlp_receiver::metric(
+            &refused,
+            "iostall_otlp_export_requests_total{signal=\"logs\",result=\"failed\"}",
+        );
+        assert_eq!(failed_log_requests, Some(1), "one logs request, then none");
+        let warnings = iostall_tests::log_capture::log_lines(&["does not take logs", answer]);
+        assert_eq!(warnings.len(), 1, "said once: {warnings:#?}");
+        assert_eq!(
+            metrics.dropped(DropReason::OtlpExportFailed),
+            10,
+            "the first batch's records only"
+        );
+    }
+}

@@ -40,6 +40,9 @@ pub struct ExportTask {
     metrics: Arc<Metrics>,
     closing: watch::Receiver<bool>,
     shutdown_deadline: std::sync::OnceLock<tokio::time::Instant>,
+    /// [traces, logs]: the endpoint said it does not take that signal (logs only, so
+    /// far); it is no longer sent (said once).
+    refused: [std::sync::atomic::AtomicBool; 2],
 }
 
 impl ExportTask {
@@ -59,7 +62,19 @@ impl ExportTask {
             metrics,
             closing,
             shutdown_deadline: std::sync::OnceLock::new(),
+            refused: Default::default(),
         })
+    }
+
+    /// Whether the logs (or traces) signal is sent: on in the settings, and not
+    /// refused by the endpoint.
+    fn sends(&self, logs: bool) -> bool {
+        let on = if logs {
+            self.config.logs.enabled
+        } else {
+            self.config.traces.enabled
+        };
+        on && !self.refused[usize::from(logs)].load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// When closing: the instant by which everything must be done.
@@ -127,25 +142,27 @@ impl ExportTask {
             self.config.warn_threshold_ns,
             now_unix_ns(),
         ));
+        let (traces_on, logs_on) = (self.sends(false), self.sends(true));
         let send_traces = async {
-            // Off (`OTEL_TRACES_EXPORTER=none`) is not a loss: nothing is counted.
-            if spans == 0 || !self.config.traces.enabled {
+            // Off (`OTEL_TRACES_EXPORTER=none`, or refused by the endpoint) is not a
+            // loss: nothing is counted.
+            if spans == 0 || !traces_on {
                 return true;
             }
             let traces = Bytes::from(encoder.traces(batch, &self.resources));
             self.with_retry(false, &self.traces, traces, spans).await
         };
         let send_logs = async {
-            if logs_n == 0 || !self.config.logs.enabled {
+            if logs_n == 0 || !logs_on {
                 return true;
             }
             self.with_retry(true, &self.logs, logs, logs_n).await
         };
         let (traces_ok, logs_ok) = tokio::join!(send_traces, send_logs);
-        if traces_ok && self.config.traces.enabled {
+        if traces_ok && traces_on {
             self.metrics.add_exported_spans(spans);
         }
-        if logs_ok && self.config.logs.enabled {
+        if logs_ok && logs_on {
             self.metrics.add_exported_logs(logs_n);
         }
         count.lost(&self.metrics, !traces_ok, !logs_ok);
@@ -177,6 +194,7 @@ impl ExportTask {
             let sent = tokio::select! {
                 sent = client.export(body.clone()) => sent,
                 () = grace_over => Err(ExportError {
+                    unsupported: false,
                     retryable: false,
                     retry_after: None,
                     message: "shutting down: export did not finish in time".into(),
@@ -201,6 +219,20 @@ impl ExportTask {
                     tokio::time::sleep(jitter(delay)).await;
                     backoff = (backoff * 2).min(self.config.max_backoff);
                     attempt += 1;
+                }
+                // A backend that stores traces but not logs is common; one that takes no
+                // traces is a wrong URL, which keeps failing loudly.
+                Err(e) if e.unsupported && logs => {
+                    self.metrics.add_request(logs, ExportOutcome::Failed);
+                    if !self.refused[1].swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the OTLP endpoint does not take logs ({e}): log records are not \
+                             sent from now on (this batch's {records} counted as lost); spans \
+                             still are. If the backend stores no logs, set \
+                             OTEL_LOGS_EXPORTER=none"
+                        );
+                    }
+                    return false;
                 }
                 Err(e) => {
                     self.metrics.add_request(logs, ExportOutcome::Failed);

@@ -91,6 +91,9 @@ pub struct ExportError {
     pub retry_after: Option<Duration>,
     /// What went wrong.
     pub message: String,
+    /// The endpoint does not take this signal at all (gRPC `Unimplemented`, HTTP 404 or
+    /// 405): a backend that stores traces but not logs.
+    pub unsupported: bool,
 }
 
 impl std::fmt::Display for ExportError {
@@ -259,6 +262,7 @@ impl SignalClient {
                     grpc = grpc.send_compressed(CompressionEncoding::Gzip);
                 }
                 grpc.ready().await.map_err(|e| ExportError {
+                    unsupported: false,
                     retryable: true,
                     retry_after: None,
                     message: format!("gRPC channel not ready: {}", error_chain(&e)),
@@ -307,6 +311,7 @@ impl SignalClient {
             .send()
             .await
             .map_err(|e| ExportError {
+                unsupported: false,
                 retryable: true,
                 retry_after: None,
                 message: format!("POST {url}: {}", error_chain(&e)),
@@ -322,6 +327,7 @@ impl SignalClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         Err(ExportError {
+            unsupported: matches!(status.as_u16(), 404 | 405),
             retryable: http_retryable(status.as_u16()),
             retry_after,
             message: format!("POST {url}: HTTP {status}"),
@@ -338,6 +344,7 @@ fn grpc_request<T>(msg: T, metadata: &MetadataMap, timeout: Duration) -> tonic::
 
 fn grpc_error(status: Status) -> ExportError {
     ExportError {
+        unsupported: status.code() == Code::Unimplemented,
         retryable: grpc_retryable(status.code()),
         retry_after: None,
         message: format!("gRPC {:?}: {}", status.code(), status.message()),
