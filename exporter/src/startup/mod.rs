@@ -424,7 +424,14 @@ impl StartupStage {
     ) {
         if let Some(attempt) = self.open_attempt(uid) {
             apply_kube(attempt, &status);
-            if all_expected_started(attempt) {
+            // The pod's container statuses say they all run: the startup is over, even if
+            // the runtime's start event has not come (or never will: no runtime socket).
+            let api_done = status.containers > 0 && status.containers_running >= status.containers;
+            let done = all_expected_started(attempt) || api_done;
+            if done && !all_expected_started(attempt) {
+                close_at_api_start(attempt, &status, now);
+            }
+            if done {
                 attempt.finish(now, now, "all_containers_running", None);
                 settle_held(attempt, out);
                 self.open -= 1;
@@ -934,6 +941,31 @@ fn apply_kube(attempt: &mut Attempt, status: &PodStartupStatus) {
     {
         attempt.reach_back(bound);
     }
+}
+
+/// The API reports every container running before the runtime's start event: the phase
+/// going on (a container's start, or its create) ends at the latest `startedAt` the API
+/// gives, so that it is not dropped as the wait after the last start.
+fn close_at_api_start(attempt: &mut Attempt, status: &PodStartupStatus, now: u64) {
+    let Some(open) = attempt.open_phase() else {
+        return;
+    };
+    // The wait after a start (a create with no container yet) is not startup.
+    if open.kind == PhaseKind::ContainerCreate && open.container.is_none() {
+        return;
+    }
+    let (kind, container) = (open.kind, open.container.clone());
+    let at = status
+        .last_started_unix_ns
+        .unwrap_or(now)
+        .max(open.start_ns);
+    let kind = if kind == PhaseKind::ContainerCreate {
+        // Created and started with no event between: the start is what ended.
+        PhaseKind::ContainerStart
+    } else {
+        kind
+    };
+    attempt.close_phase(at, now, kind, container, Some(PhaseKind::ContainerCreate));
 }
 
 /// With the API: whether as many containers started as the pod's spec has (init

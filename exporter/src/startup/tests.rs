@@ -710,3 +710,43 @@ fn a_copy_never_goes_under_a_phase_already_out() {
         None
     );
 }
+
+/// With the API, the pod's container statuses end the startup too: here the API reports
+/// the container running before containerd's start event came. The start phase ends at
+/// the `startedAt` the API gives, and is not lost.
+#[test]
+fn with_the_api_container_statuses_end_the_startup() {
+    let mut run = Run::new();
+    let bound = T0 - S;
+    run.stage
+        .event(kube_pod("u1", bound, 1, 0), pod("u1"), T0, &mut run.out);
+    run.event(K::SandboxCreated, T0, "sb-u1", pod("u1"));
+    run.event(K::SandboxStarted, T0 + S, "sb-u1", pod("u1"));
+    run.event(
+        K::ContainerCreated,
+        T0 + 2 * S,
+        "c",
+        container("u1", "c", "app"),
+    );
+    let mut running = kube_pod("u1", bound, 1, 1);
+    running.kind = K::PodUpdated;
+    running
+        .attributes
+        .insert("last_started_unix_ns".into(), (T0 + 3 * S).to_string());
+    run.stage
+        .event(running, pod("u1"), T0 + 4 * S, &mut run.out);
+    run.settle(T0 + 5 * S);
+    let root = run.root();
+    assert_eq!(
+        string(&root, "iostall.startup.end_reason"),
+        "all_containers_running"
+    );
+    assert_eq!(root.end_unix_ns, T0 + 3 * S, "the API's startedAt");
+    let start = run
+        .spans()
+        .into_iter()
+        .find(|s| s.name == "container start")
+        .cloned()
+        .expect("the start phase went out");
+    assert_eq!(start.end_unix_ns, T0 + 3 * S);
+}
