@@ -54,6 +54,10 @@ pub const MAX_HELD_PER_ATTEMPT: usize = 2048;
 /// Shared operations' copies held per attempt while its phase is open (a phase stuck
 /// for minutes would otherwise take a copy of every runtime fsync of the node).
 pub const MAX_SHARED_HELD_PER_ATTEMPT: usize = 256;
+/// Records held across all attempts at once: bounds memory (about 600 bytes a record)
+/// whatever `max_open` is; past it, records go out unplaced (own) or are not copied
+/// (shared), and are counted.
+pub const MAX_HELD_TOTAL: usize = 16_384;
 /// Shared runtime operations waiting to be copied into startups.
 pub const MAX_SHARED_HELD: usize = 4096;
 /// Pods whose last attempt is remembered (for links and restarts).
@@ -144,6 +148,8 @@ pub struct StartupStage {
     stats: StartupStats,
     /// Attempts not ended yet (kept, not counted, on every open).
     open: usize,
+    /// Records held in all attempts: counted up as they are held, recounted every tick.
+    held_total: usize,
 }
 
 impl StartupStage {
@@ -176,6 +182,12 @@ impl StartupStage {
             self.shared.len(),
             self.history.len(),
         )
+    }
+
+    /// Records held in attempts now (waiting for their phase to close).
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.pods.values().flatten().map(|a| a.held.len()).sum()
     }
 
     /// Takes one slow operation.
@@ -217,8 +229,10 @@ impl StartupStage {
             };
             if attempt.phases[i].end_ns.is_some() {
                 place(attempt, i, held, out);
-            } else if attempt.held.len() < MAX_HELD_PER_ATTEMPT {
+            } else if attempt.held.len() < MAX_HELD_PER_ATTEMPT && self.held_total < MAX_HELD_TOTAL
+            {
                 attempt.held.push(held);
+                self.held_total += 1;
             } else {
                 let HeldIo {
                     record, enrichment, ..
@@ -704,6 +718,7 @@ impl StartupStage {
         }
         self.decide_shared(now, false, out);
         self.export(now, false, out);
+        self.held_total = self.pods.values().flatten().map(|a| a.held.len()).sum();
     }
 
     /// iostall is stopping: what is finished goes out now; IO of attempts still open
@@ -749,7 +764,10 @@ impl StartupStage {
             let n = u32::try_from(targets.len()).unwrap_or(u32::MAX);
             for (attempt, i) in &mut targets {
                 let closed = attempt.phases[*i].end_ns.is_some();
-                if !closed && attempt.held_shared >= MAX_SHARED_HELD_PER_ATTEMPT {
+                if !closed
+                    && (attempt.held_shared >= MAX_SHARED_HELD_PER_ATTEMPT
+                        || self.held_total >= MAX_HELD_TOTAL)
+                {
                     self.stats.shared_overflow += 1;
                     continue;
                 }
@@ -763,6 +781,7 @@ impl StartupStage {
                 } else {
                     attempt.held_shared += 1;
                     attempt.held.push(held);
+                    self.held_total += 1;
                 }
             }
         }
