@@ -112,6 +112,9 @@ pub struct Metrics {
     startups: std::sync::Mutex<StartupHistograms>,
     startups_evicted: AtomicU64,
     startups_open: AtomicU64,
+    /// [records sent unplaced (held budget full), records after their phase went out,
+    /// shared copies not made (budget full)].
+    startup_overflow: [AtomicU64; 3],
 }
 
 /// Upper bounds (seconds) of the startup histograms' buckets: the kubelet's own
@@ -257,6 +260,19 @@ impl Metrics {
         self.startups_evicted
             .store(evicted_total, Ordering::Relaxed);
         self.startups_open.store(open, Ordering::Relaxed);
+    }
+
+    /// Takes the startup stage's totals of what it could not place: records sent
+    /// unplaced because the held budget was full, records that came after their phase
+    /// went out, shared copies not made.
+    pub fn set_startup_overflow(&self, held_budget: u64, late: u64, copies_skipped: u64) {
+        for (slot, v) in self
+            .startup_overflow
+            .iter()
+            .zip([held_budget, late, copies_skipped])
+        {
+            slot.store(v, Ordering::Relaxed);
+        }
     }
 
     /// Counts spans the collector accepted.
@@ -422,10 +438,22 @@ impl Metrics {
              # HELP iostall_dropped_startup_spans_total Startup spans (roots, phases, shared \
              copies) lost to failed OTLP exports or a full queue.\n\
              # TYPE iostall_dropped_startup_spans_total counter\n\
-             iostall_dropped_startup_spans_total {}",
+             iostall_dropped_startup_spans_total {}\n\
+             # HELP iostall_startup_records_unplaced_total Slow operations of a starting pod \
+             sent outside its startup trace, by reason.\n\
+             # TYPE iostall_startup_records_unplaced_total counter\n\
+             iostall_startup_records_unplaced_total{{reason=\"held_budget_full\"}} {}\n\
+             iostall_startup_records_unplaced_total{{reason=\"phase_already_exported\"}} {}\n\
+             # HELP iostall_startup_shared_copies_skipped_total Shared runtime operations not \
+             copied into a starting pod's trace (held budget full).\n\
+             # TYPE iostall_startup_shared_copies_skipped_total counter\n\
+             iostall_startup_shared_copies_skipped_total {}",
             get(&self.startups_open),
             get(&self.startups_evicted),
-            get(&self.dropped_startup_spans)
+            get(&self.dropped_startup_spans),
+            get(&self.startup_overflow[0]),
+            get(&self.startup_overflow[1]),
+            get(&self.startup_overflow[2])
         );
     }
 }
@@ -537,6 +565,31 @@ async fn handle(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn startup_histograms_and_overflow_render() {
+        let m = Metrics::new();
+        m.observe_startup(3_000_000_000, 1_500_000_000, false);
+        m.observe_startup(400_000_000_000, 0, true);
+        m.set_startups(2, 5);
+        m.set_startup_overflow(1, 2, 3);
+        let text = m.render();
+        for line in [
+            "iostall_pod_startup_duration_seconds_bucket{result=\"ok\",le=\"2\"} 0\n",
+            "iostall_pod_startup_duration_seconds_bucket{result=\"ok\",le=\"5\"} 1\n",
+            "iostall_pod_startup_duration_seconds_count{result=\"ok\"} 1\n",
+            "iostall_pod_startup_duration_seconds_bucket{result=\"failed\",le=\"300\"} 0\n",
+            "iostall_pod_startup_duration_seconds_bucket{result=\"failed\",le=\"600\"} 1\n",
+            "iostall_pod_startup_io_stall_seconds_sum{result=\"ok\"} 1.5\n",
+            "iostall_pod_startups_open 5\n",
+            "iostall_pod_startups_evicted_total 2\n",
+            "iostall_startup_records_unplaced_total{reason=\"held_budget_full\"} 1\n",
+            "iostall_startup_records_unplaced_total{reason=\"phase_already_exported\"} 2\n",
+            "iostall_startup_shared_copies_skipped_total 3\n",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
 
     #[test]
     fn render_has_every_reason_and_kernel_drops() {

@@ -568,6 +568,11 @@ impl SinkOutput {
         let stats = stage.stats();
         let open = stage.open_count() as u64;
         self.metrics.set_startups(stats.evicted, open);
+        self.metrics.set_startup_overflow(
+            stats.held_overflow,
+            stats.late_io,
+            stats.shared_overflow,
+        );
         let any = !self.staged.is_empty();
         self.emit();
         any

@@ -718,7 +718,7 @@ impl StartupStage {
         }
         self.decide_shared(now, false, out);
         self.export(now, false, out);
-        self.held_total = self.pods.values().flatten().map(|a| a.held.len()).sum();
+        self.held_total = self.held();
     }
 
     /// iostall is stopping: what is finished goes out now; IO of attempts still open
