@@ -136,8 +136,6 @@ pub struct Attempt {
     pub pod_uid: String,
     /// The sandbox of this attempt.
     pub sandbox_id: String,
-    /// The container restart generation (0 for the first start in this sandbox).
-    pub generation: u32,
     /// Shown as `iostall.startup.attempt`: sandboxes and restarts seen before, this run.
     pub attempt: u32,
     /// Its trace.
@@ -181,7 +179,6 @@ impl Attempt {
         Self {
             pod_uid: ids.pod_uid,
             sandbox_id: ids.sandbox_id,
-            generation: ids.generation,
             attempt: ids.attempt,
             trace_id: ids.trace_id,
             root_span_id: ids.root_span_id,
@@ -475,8 +472,6 @@ pub struct AttemptIds {
     pub pod_uid: String,
     /// Its sandbox.
     pub sandbox_id: String,
-    /// Container restart generation.
-    pub generation: u32,
     /// Attempt number shown.
     pub attempt: u32,
     /// Trace id.

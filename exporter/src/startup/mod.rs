@@ -646,7 +646,6 @@ impl StartupStage {
             AttemptIds {
                 pod_uid: uid.to_owned(),
                 sandbox_id: sandbox.to_owned(),
-                generation,
                 attempt: previous.as_ref().map_or(0, |p| p.attempts),
                 trace_id,
                 root_span_id: ids::root_span_id(trace_id),
