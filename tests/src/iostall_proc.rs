@@ -28,6 +28,14 @@ pub fn iostall_binary() -> Result<PathBuf> {
 }
 
 fn build_iostall() -> Result<PathBuf> {
+    // A frozen binary for repeated runs (a test run N times while the tree changes).
+    if let Some(bin) = std::env::var_os("IOSTALL_TEST_BINARY") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("IOSTALL_TEST_BINARY={} is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
     // target/<profile>/deps/<test> or target/<profile>/<bench> → target/<profile>/iostall
     let exe = std::env::current_exe().context("locating the running binary")?;
     let mut profile_dir = exe
@@ -40,18 +48,41 @@ fn build_iostall() -> Result<PathBuf> {
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    // The same package selection as `cargo test --workspace`, so cargo resolves the same
-    // features and reuses the artifacts instead of rebuilding dependencies.
-    cmd.args(["build", "--workspace", "--bins"]);
+    // The same selection as `cargo test --workspace`: with dev-dependencies built, their
+    // features unify into shared dependencies (tonic, rustls…), so only `--all-targets`
+    // reuses the test build's artifacts; `--bins` alone rebuilt them (minutes) and the
+    // next `cargo test` rebuilt them back. Benches (release) build the binaries only.
     if release {
-        cmd.arg("--release");
+        cmd.args(["build", "--workspace", "--bins", "--release"]);
+    } else {
+        cmd.args(["build", "--workspace", "--all-targets"]);
+    }
+    // Cargo gives a test process its package's variables (CARGO_MANIFEST_DIR,
+    // CARGO_PKG_NAME…). Build scripts such as ring's rerun when those change, so passing
+    // them on made this build, then the next `cargo test`, rebuild half the tree.
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            cmd.env_remove(key);
+        }
     }
     let status = cmd
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
-        .context("running cargo build -p iostall")?;
+        .context("running cargo build --workspace")?;
     if !status.success() {
-        bail!("cargo build -p iostall failed: {status}");
+        bail!("cargo build --workspace failed: {status}");
     }
     let bin = profile_dir.join("iostall");
     if !bin.exists() {
