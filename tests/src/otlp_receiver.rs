@@ -51,6 +51,8 @@ pub struct RequestMeta {
     pub headers: Vec<(String, String)>,
     /// Whether the body was gzip-compressed (HTTP only; tonic decompresses itself).
     pub gzip: bool,
+    /// When the request reached the receiver.
+    pub received_at: Instant,
 }
 
 /// One received export request.
@@ -185,6 +187,7 @@ impl TraceService for Grpc {
             protocol: "grpc",
             headers: metadata_pairs(request.metadata()),
             gzip: false,
+            received_at: Instant::now(),
         };
         let _ = self.0.send(Export::Traces(request.into_inner(), meta));
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
@@ -201,6 +204,7 @@ impl LogsService for Grpc {
             protocol: "grpc",
             headers: metadata_pairs(request.metadata()),
             gzip: false,
+            received_at: Instant::now(),
         };
         let _ = self.0.send(Export::Logs(request.into_inner(), meta));
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
@@ -240,6 +244,7 @@ fn http_body(headers: &HeaderMap, body: &Bytes) -> Result<(Vec<u8>, RequestMeta)
             })
             .collect(),
         gzip,
+        received_at: Instant::now(),
     };
     Ok((data, meta))
 }
