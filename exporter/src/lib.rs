@@ -10,6 +10,7 @@ pub mod btf_offsets;
 pub mod clock;
 pub mod config;
 pub mod correlate;
+pub mod coverage;
 pub mod decode;
 pub mod enrich;
 pub mod event;

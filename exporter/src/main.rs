@@ -187,6 +187,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     preflight::check()?;
     let metrics = Metrics::new();
+    // Silence must not pass for health: say where iostall cannot see.
+    let filesystems = iostall::coverage::check_node();
+    for root in filesystems.iter().filter(|r| !r.seen()) {
+        tracing::warn!("{}", root.message());
+    }
+    metrics.set_filesystems(filesystems);
     let enricher = Enricher::for_host();
     let (runtime_events_tx, runtime_events_rx) =
         tokio::sync::mpsc::channel(iostall::runtime::start::EVENT_QUEUE);

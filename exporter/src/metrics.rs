@@ -4,8 +4,7 @@
 //! Metric names:
 //! - `iostall_records_total`: records handed to the sinks (after decode and filters).
 //! - `iostall_dropped_records_total{reason}`: records lost, by reason:
-//!   `ringbuf_full` and `inflight_full` (kernel side, from the eBPF counters),
-//!   `decode_error`, `sink_queue_full` (the sinks fell behind the kernel reader),
+//!   `ringbuf_full` (kernel side, from the eBPF counters), `decode_error`, `sink_queue_full` (the sinks fell behind the kernel reader),
 //!   `otlp_queue_full` (the OTLP exporter's queue was full: collector slow or down),
 //!   `otlp_export_failed` (a batch failed after all retries, or was rejected).
 //! - `iostall_otlp_exported_spans_total`, `iostall_otlp_exported_logs_total`: accepted
@@ -18,6 +17,14 @@
 //!   `iostall_kernel_lifecycle_events_total`: to the lifecycle ring buffer.
 //! - `iostall_kernel_filtered_total{reason}`: slow operations the kernel side left out
 //!   on purpose (`not_ext4`, `not_regular` file, `file_unresolved`).
+//! - `iostall_kernel_untimed_operations_total{reason="inflight_full"}`: operations the
+//!   kernel could not time because its in-flight map was full. Not records lost: most
+//!   of them were fast; but a slow one among them was never seen.
+//! - `iostall_watched_cgroups_full_total`: container cgroups the kernel's watch map had
+//!   no room for: the exec and exit of their processes go unreported.
+//! - `iostall_filesystem_seen{root,fstype}`: 1 when a runtime or kubelet directory
+//!   present on the node is on ext4, 0 when iostall cannot see its IO
+//!   ([`crate::coverage`]).
 //! - `iostall_runtime_events_rate_limited_total`: container process events (execs,
 //!   exits not by a signal) held back by the per-container budget
 //!   ([`crate::lifecycle::ProcessEventLimit`]): left out on purpose, not lost.
@@ -43,8 +50,6 @@ use crate::tracer::KernelStats;
 pub enum DropReason {
     /// The kernel's ring buffer was full.
     RingbufFull,
-    /// The kernel's in-flight map was full (the operation was not timed).
-    InflightFull,
     /// The record could not be decoded.
     DecodeError,
     /// The channel before the sinks was full.
@@ -57,9 +62,8 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in exposition order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 5] = [
         Self::RingbufFull,
-        Self::InflightFull,
         Self::DecodeError,
         Self::SinkQueueFull,
         Self::OtlpQueueFull,
@@ -71,7 +75,6 @@ impl DropReason {
     pub fn label(self) -> &'static str {
         match self {
             Self::RingbufFull => "ringbuf_full",
-            Self::InflightFull => "inflight_full",
             Self::DecodeError => "decode_error",
             Self::SinkQueueFull => "sink_queue_full",
             Self::OtlpQueueFull => "otlp_queue_full",
@@ -95,10 +98,16 @@ pub enum ExportOutcome {
 #[derive(Debug, Default)]
 pub struct Metrics {
     records: AtomicU64,
-    dropped: [AtomicU64; 6],
+    dropped: [AtomicU64; DropReason::ALL.len()],
     /// Runtime lifecycle events lost, by the same reasons: apart, so that the records
     /// series keeps adding up with `iostall_records_total`.
-    dropped_events: [AtomicU64; 6],
+    dropped_events: [AtomicU64; DropReason::ALL.len()],
+    /// Operations the kernel could not time (its in-flight map was full).
+    untimed_inflight_full: AtomicU64,
+    /// Container cgroups the kernel's watch map had no room for.
+    watched_cgroups_full: AtomicU64,
+    /// The runtime and kubelet directories on this node and whether they are seen.
+    filesystems: std::sync::Mutex<Vec<crate::coverage::RootFilesystem>>,
     exported_spans: AtomicU64,
     exported_logs: AtomicU64,
     /// [signal (0 traces, 1 logs)][outcome].
@@ -211,7 +220,7 @@ impl Metrics {
     pub fn set_kernel(&self, stats: &KernelStats) {
         self.dropped[DropReason::RingbufFull as usize]
             .store(stats.ringbuf_drops, Ordering::Relaxed);
-        self.dropped[DropReason::InflightFull as usize]
+        self.untimed_inflight_full
             .store(stats.inflight_full, Ordering::Relaxed);
         self.kernel_events.store(stats.events, Ordering::Relaxed);
         self.dropped_events[DropReason::RingbufFull as usize]
@@ -231,6 +240,18 @@ impl Metrics {
     pub fn set_runtime_events_rate_limited(&self, total: u64) {
         self.runtime_events_rate_limited
             .store(total, Ordering::Relaxed);
+    }
+
+    /// Takes the lifecycle stage's count of cgroups the watch map had no room for.
+    pub fn set_watched_cgroups_full(&self, total: u64) {
+        self.watched_cgroups_full.store(total, Ordering::Relaxed);
+    }
+
+    /// Takes the node's runtime and kubelet directories, as checked at start.
+    pub fn set_filesystems(&self, found: Vec<crate::coverage::RootFilesystem>) {
+        if let Ok(mut f) = self.filesystems.lock() {
+            *f = found;
+        }
     }
 
     /// Container process events held back so far.
@@ -389,6 +410,37 @@ impl Metrics {
                 "iostall_kernel_filtered_total{{reason=\"{reason}\"}} {}",
                 get(value)
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP iostall_kernel_untimed_operations_total Operations the kernel could not \
+             time, by reason (inflight_full: its in-flight map was full).\n\
+             # TYPE iostall_kernel_untimed_operations_total counter\n\
+             iostall_kernel_untimed_operations_total{{reason=\"inflight_full\"}} {}\n\
+             # HELP iostall_watched_cgroups_full_total Container cgroups the kernel's watch \
+             map had no room for (exec/exit of their processes not reported).\n\
+             # TYPE iostall_watched_cgroups_full_total counter\n\
+             iostall_watched_cgroups_full_total {}",
+            get(&self.untimed_inflight_full),
+            get(&self.watched_cgroups_full)
+        );
+        if let Ok(found) = self.filesystems.lock()
+            && !found.is_empty()
+        {
+            out.push_str(
+                "# HELP iostall_filesystem_seen Whether the IO under a runtime or kubelet \
+                 directory is seen (1: on ext4; 0: iostall reports ext4 only).\n\
+                 # TYPE iostall_filesystem_seen gauge\n",
+            );
+            for f in found.iter() {
+                let _ = writeln!(
+                    out,
+                    "iostall_filesystem_seen{{root=\"{}\",fstype=\"{}\"}} {}",
+                    label_value(&f.root),
+                    label_value(&f.fstype),
+                    u8::from(f.seen())
+                );
+            }
         }
         let _ = writeln!(
             out,
@@ -562,6 +614,13 @@ async fn handle(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io
     stream.shutdown().await
 }
 
+/// Escapes a Prometheus label value (backslash, double quote, newline).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,7 +675,11 @@ mod tests {
         assert!(text.contains("iostall_records_total 3\n"), "{text}");
         assert!(text.contains("iostall_dropped_records_total{reason=\"otlp_queue_full\"} 2\n"));
         assert!(text.contains("iostall_dropped_records_total{reason=\"ringbuf_full\"} 7\n"));
-        assert!(text.contains("iostall_dropped_records_total{reason=\"inflight_full\"} 1\n"));
+        // Untimed operations are not records lost.
+        assert!(!text.contains("iostall_dropped_records_total{reason=\"inflight_full\"}"));
+        assert!(
+            text.contains("iostall_kernel_untimed_operations_total{reason=\"inflight_full\"} 1\n")
+        );
         assert!(text.contains("iostall_otlp_exported_spans_total 1\n"));
         assert!(
             text.contains(

@@ -140,6 +140,12 @@ pub async fn run(
         threshold_ms = options.tracer.threshold_ns as f64 / 1e6,
         "attached in {mode} mode ({why})"
     );
+    if mode == AttachMode::Tracepoint {
+        tracing::info!(
+            "tracepoint mode times read/write/open syscalls and ext4 fsync; it never sees {}",
+            crate::coverage::TRACEPOINT_BLIND_SPOTS
+        );
+    }
     // Runtime lifecycle events share the sinks' queue (and its drop accounting).
     let forwarder = options.runtime_events.take().map(|mut events| {
         let tx = tx.clone();
@@ -307,6 +313,7 @@ fn forward_lifecycle<W: crate::lifecycle::WatchSet>(
         }
     }
     metrics.set_runtime_events_rate_limited(stage.stats().rate_limited);
+    metrics.set_watched_cgroups_full(stage.stats().watch_full);
 }
 
 /// Attaches the kernel lifecycle signals and starts the task that reads them: their
@@ -356,6 +363,7 @@ fn start_lifecycle(
         Ok(Err(e)) => tracing::warn!(error = %e, "existing containers not watched"),
         Err(e) => tracing::warn!(error = %e, "container exec/exit not watched"),
     }
+    metrics.set_watched_cgroups_full(stage.stats().watch_full);
     let (stop, mut stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         loop {

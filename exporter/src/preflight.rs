@@ -196,6 +196,26 @@ pub fn probe() -> ProbeReport {
             }
         }
     }
+    // What iostall would not see on this node: roots off ext4, and tracepoint mode's
+    // blind spots when that is the mode it would use.
+    let roots = crate::coverage::check_node();
+    if roots.is_empty() {
+        add(
+            "runtime directories",
+            true,
+            "none of the known runtime or kubelet directories is present on this node".into(),
+        );
+    }
+    for root in &roots {
+        add(&format!("fs {}", root.root), root.seen(), root.message());
+    }
+    if auto_mode == Some(AttachMode::Tracepoint) {
+        add(
+            "tracepoint blind spots",
+            false,
+            format!("never timed: {}", crate::coverage::TRACEPOINT_BLIND_SPOTS),
+        );
+    }
     ProbeReport {
         kernel_release: kernel_release(),
         capabilities: caps,
