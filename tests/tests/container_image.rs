@@ -356,6 +356,13 @@ fn image_with_the_daemonsets_security_context_reports_a_pods_slow_fsync() -> Res
         str_attr(&span.attributes, "file.path")
     );
     assert!(latency >= 10_000_000, "{latency} ns: below the threshold");
+    // The node's full path: the mount point comes from the node's /proc/1/mountinfo,
+    // which only the host pid namespace shows (without hostPID it is None).
+    assert_eq!(
+        str_attr(&span.attributes, "file.path"),
+        Some(volume.join("out").to_string_lossy().into_owned()),
+        "file.path"
+    );
     let r = &resource.attributes;
     assert_eq!(str_attr(r, "k8s.pod.uid").as_deref(), Some(uid.as_str()));
     assert_eq!(str_attr(r, "k8s.pod.name").as_deref(), Some("web-0"));
