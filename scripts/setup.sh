@@ -50,6 +50,28 @@ if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'
     rustup component add rust-src --toolchain nightly
 fi
 
+if ! rustup target list --installed | grep -qx 'x86_64-unknown-linux-musl'; then
+    log "adding the x86_64-unknown-linux-musl target (the static binary of the image)"
+    rustup target add x86_64-unknown-linux-musl
+fi
+
+# --- kubectl ---------------------------------------------------------------------------
+# Its built-in kustomize renders deploy/'s overlays (tests/tests/deploy_kustomize.rs and
+# the image test). No API server is needed. The overlays use kustomize v3+ syntax
+# (inline `patches`, `envs`): Debian 12's own kubernetes-client (1.20, kustomize v2.0.3)
+# cannot render them, so only a `kubectl` package will do.
+if ! command -v kubectl >/dev/null 2>&1; then
+    if apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+        log "installing kubectl"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubectl
+    else
+        echo "kubectl not found, and no apt source here provides a package named kubectl:" \
+             "install kubectl >= 1.27 (kustomize v5), e.g. the kubectl package of" \
+             "Kubernetes' apt repository; Debian 12's kubernetes-client is too old" >&2
+        exit 1
+    fi
+fi
+
 # --- bpf-linker against the nightly toolchain's LLVM ----------------------------------
 # Debian 12 has no LLVM matching nightly's, so link bpf-linker against the libLLVM that
 # ships inside the nightly toolchain itself.

@@ -20,12 +20,19 @@ const CAP_BPF: u32 = 39;
 /// Why iostall cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
-    /// Neither root nor the capabilities eBPF tracing needs.
+    /// The capabilities eBPF tracing needs are not all in the effective set (named,
+    /// so that a container's missing one is obvious: inside one, uid 0 is not enough).
     #[error(
-        "iostall needs root, or the capabilities CAP_BPF and CAP_PERFMON (plus \
-         CAP_SYS_RESOURCE on kernels before 5.11); run it with sudo or grant them"
+        "missing capability {}: iostall needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) \
+         to load and attach its eBPF programs, plus CAP_SYS_RESOURCE on kernels before \
+         5.11; run it as root with sudo, or in a container add BPF and PERFMON \
+         (securityContext.capabilities.add)",
+        .missing.join(" and ")
     )]
-    Privileges,
+    Privileges {
+        /// The missing capabilities, `CAP_BPF`, `CAP_PERFMON` or both.
+        missing: Vec<&'static str>,
+    },
     /// The kernel has no BTF.
     #[error(
         "the kernel exposes no BTF at {VMLINUX_BTF} (it needs CONFIG_DEBUG_INFO_BTF=y); \
@@ -50,17 +57,31 @@ fn has_cap(caps: u64, cap: u32) -> bool {
     caps & (1 << cap) != 0
 }
 
+/// The capabilities missing from `caps` (an effective set) to load and attach tracing
+/// programs: none with CAP_SYS_ADMIN, else those of CAP_BPF and CAP_PERFMON not held.
+#[must_use]
+pub fn missing_caps(caps: u64) -> Vec<&'static str> {
+    if has_cap(caps, CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has_cap(caps, *cap))
+        .map(|(_, name)| name)
+        .collect()
+}
+
 /// Whether this process may load and attach tracing programs.
 #[must_use]
 pub fn privileged() -> bool {
-    let caps = effective_caps();
-    has_cap(caps, CAP_SYS_ADMIN) || (has_cap(caps, CAP_BPF) && has_cap(caps, CAP_PERFMON))
+    missing_caps(effective_caps()).is_empty()
 }
 
 /// Checks privileges and BTF; the errors say what to do.
 pub fn check() -> Result<(), PreflightError> {
-    if !privileged() {
-        return Err(PreflightError::Privileges);
+    let missing = missing_caps(effective_caps());
+    if !missing.is_empty() {
+        return Err(PreflightError::Privileges { missing });
     }
     if !Path::new(VMLINUX_BTF).exists() {
         return Err(PreflightError::NoBtf);
@@ -120,13 +141,14 @@ pub fn probe() -> ProbeReport {
             detail,
         });
     };
+    let missing = missing_caps(effective_caps());
     add(
         "privileges",
-        privileged(),
-        if privileged() {
+        missing.is_empty(),
+        if missing.is_empty() {
             "root or CAP_BPF+CAP_PERFMON".into()
         } else {
-            PreflightError::Privileges.to_string()
+            PreflightError::Privileges { missing }.to_string()
         },
     );
     let btf = Path::new(VMLINUX_BTF).exists();
@@ -220,5 +242,28 @@ pub fn probe() -> ProbeReport {
         kernel_release: kernel_release(),
         capabilities: caps,
         auto_mode,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_missing_capability_is_named() {
+        let bit = |cap: u32| 1u64 << cap;
+        assert!(missing_caps(bit(CAP_SYS_ADMIN)).is_empty());
+        assert!(missing_caps(bit(CAP_BPF) | bit(CAP_PERFMON)).is_empty());
+        assert_eq!(missing_caps(bit(CAP_BPF)), ["CAP_PERFMON"]);
+        assert_eq!(missing_caps(bit(CAP_PERFMON)), ["CAP_BPF"]);
+        assert_eq!(missing_caps(0), ["CAP_BPF", "CAP_PERFMON"]);
+        let text = PreflightError::Privileges {
+            missing: missing_caps(bit(CAP_BPF)),
+        }
+        .to_string();
+        assert!(
+            text.starts_with("missing capability CAP_PERFMON:"),
+            "{text}"
+        );
     }
 }

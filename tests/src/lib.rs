@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod containerd;
+pub mod deploy;
 pub mod dockerd;
 pub mod fake_kube;
 pub mod image;

@@ -193,6 +193,20 @@ impl CriClient {
         uid: &str,
         attempt: u32,
     ) -> Result<Sandbox> {
+        self.run_pod_sandbox_with(name, namespace, uid, attempt, |_| {})
+            .await
+    }
+
+    /// As [`CriClient::run_pod_sandbox`], with `adjust` applied to the config last (the
+    /// image test sets a DaemonSet's pod-level settings there).
+    pub async fn run_pod_sandbox_with(
+        &mut self,
+        name: &str,
+        namespace: &str,
+        uid: &str,
+        attempt: u32,
+        adjust: impl FnOnce(&mut PodSandboxConfig),
+    ) -> Result<Sandbox> {
         let labels: HashMap<String, String> = [
             ("io.kubernetes.pod.name", name),
             ("io.kubernetes.pod.namespace", namespace),
@@ -223,6 +237,8 @@ impl CriClient {
             }),
             ..PodSandboxConfig::default()
         };
+        let mut config = config;
+        adjust(&mut config);
         if let Ok(mut uids) = self.pod_uids.lock()
             && !uids.iter().any(|u| u == uid)
         {
@@ -251,6 +267,17 @@ impl CriClient {
         &mut self,
         sandbox: &Sandbox,
         spec: &ContainerSpec,
+    ) -> Result<String> {
+        self.create_container_with(sandbox, spec, |_| {}).await
+    }
+
+    /// As [`CriClient::create_container`], with `adjust` applied to the config last
+    /// (the image test sets a DaemonSet's container settings there).
+    pub async fn create_container_with(
+        &mut self,
+        sandbox: &Sandbox,
+        spec: &ContainerSpec,
+        adjust: impl FnOnce(&mut ContainerConfig),
     ) -> Result<String> {
         let labels: HashMap<String, String> = [
             ("io.kubernetes.pod.name", sandbox.name.as_str()),
@@ -301,6 +328,8 @@ impl CriClient {
             }),
             ..ContainerConfig::default()
         };
+        let mut config = config;
+        adjust(&mut config);
         let resp = call(
             "CreateContainer",
             self.runtime
