@@ -116,14 +116,26 @@ impl Iostall {
 
     /// As [`Iostall::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_configured(args, env, |_| {})
+    }
+
+    /// As [`Iostall::start_with_env`], with `configure` applied to the command before
+    /// it is spawned (e.g. [`crate::peers::NetNs::enter_on_exec`]).
+    pub fn start_configured(
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Self> {
         let bin = iostall_binary()?;
-        let mut child = Command::new(&bin)
-            .args(args)
+        let mut cmd = Command::new(&bin);
+        cmd.args(args)
             .envs(env.iter().copied())
             .env("IOSTALL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let (tx, stdout) = mpsc::channel();
