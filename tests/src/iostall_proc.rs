@@ -43,6 +43,26 @@ fn build_iostall() -> Result<PathBuf> {
     // The same package selection as `cargo test --workspace`, so cargo resolves the same
     // features and reuses the artifacts instead of rebuilding dependencies.
     cmd.args(["build", "--workspace", "--bins"]);
+    // Not the variables cargo sets for the running test (CARGO_PKG_NAME=iostall-tests,
+    // CARGO_MANIFEST_DIR…): build scripts that watch them (ring's
+    // `rerun-if-env-changed`) would otherwise rebuild ring, rustls, tonic, kube… here
+    // and again at the next plain `cargo test`, minutes each time.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_NAME",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+            || key == "CARGO_PRIMARY_PACKAGE"
+            || key == "CARGO_TARGET_TMPDIR"
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     if release {
         cmd.arg("--release");
     }
