@@ -417,6 +417,23 @@ impl Rotel {
     pub fn records(&self) -> Vec<DebugRecord> {
         parse_debug_log(&self.output())
     }
+
+    /// Waits up to `timeout` until `pred` holds for [`Rotel::records`] (rotel may
+    /// answer an export before it prints it); returns the last read either way.
+    pub fn records_until(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[DebugRecord]) -> bool,
+    ) -> Vec<DebugRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let records = self.records();
+            if pred(&records) || Instant::now() > deadline {
+                return records;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }
 
 impl Drop for Rotel {

@@ -224,7 +224,14 @@ fn check_fsyncs(
         "{} fsync lines of {prefix} for {clearly_slow} slow fsyncs",
         ours.len()
     );
-    let records = rotel.records();
+    // Every span and log record of ours, as rotel printed them.
+    let records = rotel.records_until(Duration::from_secs(10), |r| {
+        ours.iter().filter_map(|l| l["span_id"].as_str()).all(|id| {
+            let printed =
+                |signal, field| r.iter().any(|x| x.signal == signal && x.field(field) == id);
+            printed("span", "ID") && printed("log", "Span ID")
+        })
+    });
     let traces: BTreeSet<&str> = ours.iter().filter_map(|l| l["trace_id"].as_str()).collect();
     let mut added = BTreeSet::new();
     for tid in traces {
@@ -286,14 +293,21 @@ fn check_startup(
 ) -> Result<String> {
     let tid = summary["trace_id"].as_str().context("trace_id")?.to_owned();
     let root_id = summary["span_id"].as_str().context("span_id")?;
-    let sent = sent_of(&rotel.records(), &tid);
+    // Until Phoenix has as many spans of the trace as rotel printed (re-read: rotel
+    // may answer an export before it prints it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (got, sent) = loop {
+        let sent = sent_of(&rotel.records(), &tid);
+        let got = phoenix.spans(ns, "default", &tid)?;
+        if (sent.contains_key(root_id) && got.len() == sent.len()) || Instant::now() > deadline {
+            break (got, sent);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
     ensure!(
         sent.contains_key(root_id),
         "rotel received no root {root_id}"
     );
-    let got = phoenix.spans_until(ns, "default", &tid, Duration::from_secs(30), |s| {
-        s.len() >= sent.len()
-    })?;
     ensure!(
         got.len() == sent.len(),
         "Phoenix has {} spans of the startup trace, rotel received {}",
