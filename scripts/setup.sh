@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh Debian 12 machine (as root) for building, running and
 # testing iostall: apt packages, the nightly toolchain with rust-src, bpf-linker linked
-# against the nightly toolchain's own LLVM, and the tracefs/bpffs mounts.
+# against the nightly toolchain's own LLVM, the third-party OTLP peers the tests run
+# (rotel, Arize Phoenix) in a Python virtual environment, and the tracefs/bpffs mounts.
 set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -14,9 +15,10 @@ fi
 # --- apt packages ------------------------------------------------------------------
 # containerd + runc and docker.io: the real runtimes the tests drive (their services are
 # not enabled: the tests start their own instances); busybox-static: the binary the
-# tests' locally built images are made of (no registry is reachable).
+# tests' locally built images are made of (no registry is reachable); iproute2: `ip netns`
+# for the private network namespace of the rotel/Phoenix test.
 APT_PACKAGES=(e2fsprogs util-linux mount pkg-config protobuf-compiler ca-certificates
-              containerd runc docker.io busybox-static python3)
+              containerd runc docker.io busybox-static python3 python3-venv iproute2)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -93,6 +95,24 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
     log "building bpf-linker against $libllvm (LLVM $llvm_major)"
     LLVM_PREFIX="$prefix" RUSTFLAGS="-C link-arg=-Wl,-rpath,$sysroot/lib" \
         cargo install --locked bpf-linker --no-default-features --features "llvm-$llvm_major"
+fi
+
+# --- third-party OTLP peers: rotel (collector) and Arize Phoenix (trace backend) --------
+# Into a virtual environment of their own, every package pinned by
+# scripts/peers-requirements.txt; reused while the pins are unchanged (a marker holding
+# the requirements' hash is written last, so an interrupted install is redone). A fresh
+# install takes about 2 minutes and 0.9 GiB.
+PEERS_VENV="${IOSTALL_PEERS_VENV:-$HOME/.cache/iostall/peers-venv}"
+peers_req="$(cd "$(dirname "$0")" && pwd)/peers-requirements.txt"
+peers_hash=$(sha256sum "$peers_req" | cut -d' ' -f1)
+if [ "$(cat "$PEERS_VENV/.iostall-requirements" 2>/dev/null)" != "$peers_hash" ]; then
+    log "installing rotel and arize-phoenix into $PEERS_VENV"
+    rm -rf "$PEERS_VENV"
+    mkdir -p "$(dirname "$PEERS_VENV")"
+    /usr/bin/python3 -m venv "$PEERS_VENV"
+    "$PEERS_VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
+        -r "$peers_req"
+    echo "$peers_hash" > "$PEERS_VENV/.iostall-requirements"
 fi
 
 # --- kernel interfaces ------------------------------------------------------------------

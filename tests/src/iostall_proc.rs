@@ -48,31 +48,23 @@ fn build_iostall() -> Result<PathBuf> {
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    // The same selection as `cargo test --workspace`: with dev-dependencies built, their
-    // features unify into shared dependencies (tonic, rustls…), so only `--all-targets`
-    // reuses the test build's artifacts; `--bins` alone rebuilt them (minutes) and the
-    // next `cargo test` rebuilt them back. Benches (release) build the binaries only.
+    // The same package selection as `cargo test --workspace`, so cargo resolves the same
+    // features and reuses the artifacts instead of rebuilding dependencies.
+    cmd.args(["build", "--workspace", "--bins"]);
     if release {
-        cmd.args(["build", "--workspace", "--bins", "--release"]);
-    } else {
-        cmd.args(["build", "--workspace", "--all-targets"]);
+        cmd.arg("--release");
     }
-    // Cargo gives a test process its package's variables (CARGO_MANIFEST_DIR,
-    // CARGO_PKG_NAME…). Build scripts such as ring's rerun when those change, so passing
-    // them on made this build, then the next `cargo test`, rebuild half the tree.
+    // Not the variables cargo sets for the running test (CARGO_PKG_NAME=iostall-tests,
+    // CARGO_MANIFEST_DIR…): build scripts that watch them (ring's
+    // `rerun-if-env-changed`) would otherwise rebuild ring, rustls, tonic, kube… here
+    // and again at the next plain `cargo test`, minutes each time.
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         if key.starts_with("CARGO_PKG_")
             || key.starts_with("CARGO_BIN_")
-            || matches!(
-                key,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_MANIFEST_LINKS"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-            )
+            || key.starts_with("CARGO_MANIFEST_")
+            || key.starts_with("CARGO_CRATE_")
+            || matches!(key, "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR")
         {
             cmd.env_remove(key);
         }
@@ -147,14 +139,26 @@ impl Iostall {
 
     /// As [`Iostall::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_configured(args, env, |_| {})
+    }
+
+    /// As [`Iostall::start_with_env`], with `configure` applied to the command before
+    /// it is spawned (e.g. [`crate::peers::NetNs::enter_on_exec`]).
+    pub fn start_configured(
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Self> {
         let bin = iostall_binary()?;
-        let mut child = Command::new(&bin)
-            .args(args)
+        let mut cmd = Command::new(&bin);
+        cmd.args(args)
             .envs(env.iter().copied())
             .env("IOSTALL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let (tx, stdout) = mpsc::channel();

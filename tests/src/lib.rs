@@ -9,5 +9,6 @@ pub mod image;
 pub mod iostall_proc;
 pub mod log_capture;
 pub mod otlp_receiver;
+pub mod peers;
 pub mod slowfs;
 pub mod workload;
