@@ -1,6 +1,7 @@
 //! Test fixtures.
 
 pub mod bench;
+pub mod capped_disk;
 pub mod containerd;
 pub mod deploy;
 pub mod dockerd;

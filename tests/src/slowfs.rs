@@ -45,7 +45,7 @@ pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// Serializes loop device allocation and kernel mounts made from this process.
-static SETUP_LOCK: Mutex<()> = Mutex::new(());
+pub(crate) static SETUP_LOCK: Mutex<()> = Mutex::new(());
 
 /// Panics with a clear message unless the effective user is root.
 ///
@@ -173,7 +173,7 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Like [`run`] for commands whose arguments include paths.
-fn run_paths(program: &str, args: &[&std::ffi::OsStr]) -> Result<String> {
+pub(crate) fn run_paths(program: &str, args: &[&std::ffi::OsStr]) -> Result<String> {
     let output = Command::new(program)
         .args(args)
         .output()
@@ -193,7 +193,7 @@ fn run_paths(program: &str, args: &[&std::ffi::OsStr]) -> Result<String> {
 }
 
 /// Creates a unique temporary directory under `/tmp` that is NOT removed automatically.
-fn make_temp_dir(prefix: &str) -> Result<PathBuf> {
+pub(crate) fn make_temp_dir(prefix: &str) -> Result<PathBuf> {
     let dir = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in("/tmp")
@@ -205,7 +205,7 @@ fn make_temp_dir(prefix: &str) -> Result<PathBuf> {
 ///
 /// Returns whether the lazy fallback was used (the filesystem may then live on until
 /// its last user goes away).
-fn unmount(path: &Path) -> Result<bool> {
+pub(crate) fn unmount(path: &Path) -> Result<bool> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .with_context(|| format!("mount point {} contains a NUL byte", path.display()))?;
     let mut last_err = None;
@@ -495,7 +495,7 @@ pub fn loop_backed_by(dev: &Path, backing: &Path) -> Result<bool> {
 ///
 /// When something else (a concurrent `losetup`, `blkid`, ...) has the device open, the
 /// kernel only marks it auto-clear and detaches it on the last close.
-fn wait_loop_detached(dev: &Path, backing: &Path) -> Result<()> {
+pub(crate) fn wait_loop_detached(dev: &Path, backing: &Path) -> Result<()> {
     for _ in 0..100 {
         if !loop_backed_by(dev, backing)? {
             return Ok(());
@@ -510,7 +510,7 @@ fn wait_loop_detached(dev: &Path, backing: &Path) -> Result<()> {
 }
 
 /// Reads `MAJ:MIN` of a block device node from `/sys/block/<name>/dev`.
-fn read_dev_numbers(dev: &Path) -> Result<(u32, u32)> {
+pub(crate) fn read_dev_numbers(dev: &Path) -> Result<(u32, u32)> {
     let name = dev
         .file_name()
         .with_context(|| format!("losetup printed an odd device path {}", dev.display()))?;
