@@ -131,7 +131,9 @@ pub struct KernelStats {
 /// The loaded object; programs attach with [`Tracer::attach`].
 pub struct Tracer {
     ebpf: Ebpf,
-    btf: Btf,
+    /// The kernel's BTF, parsed once (offsets, relocations, fentry targets) and
+    /// released once a mode is attached: it is most of iostall's memory at start.
+    btf: Option<Btf>,
     config: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     mode: Option<AttachMode>,
@@ -141,6 +143,19 @@ pub struct Tracer {
     tracepoints: TracepointFields,
 }
 
+/// Gives freed heap pages back to the kernel: a BTF parse leaves many small blocks
+/// that glibc's malloc would otherwise keep (musl's returns them itself).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Why an fentry program cannot load after a mode was attached.
+const BTF_RELEASED: &str = "the kernel BTF was released after attaching";
+
 impl Tracer {
     /// Resolves kernel offsets from BTF and loads the object (maps, not yet programs).
     pub fn load(options: &TracerOptions) -> Result<Self, TracerError> {
@@ -148,8 +163,13 @@ impl Tracer {
             return Err(TracerError::NoObject);
         }
         raise_memlock_limit();
-        let kernel_btf = btf_offsets::load_kernel_btf()?;
-        let offsets: KernelOffsets = btf_offsets::resolve(&kernel_btf)?;
+        // The offsets' parse (btf_rs) is dropped before aya's parse begins: both alive
+        // at once made the start-up peak.
+        let offsets: KernelOffsets = {
+            let kernel_btf = btf_offsets::load_kernel_btf()?;
+            btf_offsets::resolve(&kernel_btf)?
+        };
+        trim_heap();
         let load_config = LoadConfig {
             filter_tgid: options.filter_pid.unwrap_or(0),
             self_tgid: std::process::id(),
@@ -166,7 +186,7 @@ impl Tracer {
         let stats = take_map(&mut ebpf, "STATS", PerCpuArray::try_from)?;
         let mut tracer = Self {
             ebpf,
-            btf,
+            btf: Some(btf),
             config,
             stats,
             mode: None,
@@ -189,6 +209,7 @@ impl Tracer {
             match self.attach_mode(mode) {
                 Ok(()) => {
                     self.mode = Some(mode);
+                    self.release_btf();
                     return Ok((mode, refusals));
                 }
                 Err(reason) => {
@@ -318,6 +339,14 @@ impl Tracer {
         take_map(&mut self.ebpf, "EVENTS", RingBuf::try_from)
     }
 
+    /// Frees the kernel's BTF (tens of MiB parsed) once nothing needs it: only fentry
+    /// programs are loaded against it, and only before a mode is attached.
+    fn release_btf(&mut self) {
+        if self.btf.take().is_some() {
+            trim_heap();
+        }
+    }
+
     fn attach_mode(&mut self, mode: AttachMode) -> Result<(), String> {
         match mode {
             AttachMode::Fentry => self.attach_fentry(),
@@ -330,7 +359,7 @@ impl Tracer {
         for (prog, function) in FENTRY_PROGRAMS {
             let program: &mut FEntry = program_mut(&mut self.ebpf, prog)?;
             program
-                .load(function, &self.btf)
+                .load(function, self.btf.as_ref().ok_or(BTF_RELEASED)?)
                 .map_err(|e| explain(prog, &e))?;
             let link = program.attach().map_err(|e| explain(prog, &e))?;
             own(&mut self.links, program.take_link(link), prog)?;
@@ -338,7 +367,7 @@ impl Tracer {
         for (prog, function) in FEXIT_PROGRAMS {
             let program: &mut FExit = program_mut(&mut self.ebpf, prog)?;
             program
-                .load(function, &self.btf)
+                .load(function, self.btf.as_ref().ok_or(BTF_RELEASED)?)
                 .map_err(|e| explain(prog, &e))?;
             let link = program.attach().map_err(|e| explain(prog, &e))?;
             own(&mut self.links, program.take_link(link), prog)?;
