@@ -131,8 +131,8 @@ pub struct KernelStats {
 /// The loaded object; programs attach with [`Tracer::attach`].
 pub struct Tracer {
     ebpf: Ebpf,
-    /// The kernel's BTF, parsed once (offsets, relocations, fentry targets) and
-    /// released once a mode is attached: it is most of iostall's memory at start.
+    /// The kernel's BTF as aya parses it, only while fentry programs are loaded
+    /// against it: released once a mode is attached (tens of MiB).
     btf: Option<Btf>,
     config: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
@@ -152,9 +152,6 @@ fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
-
-/// Why an fentry program cannot load after a mode was attached.
-const BTF_RELEASED: &str = "the kernel BTF was released after attaching";
 
 impl Tracer {
     /// Resolves kernel offsets from BTF and loads the object (maps, not yet programs).
@@ -176,9 +173,11 @@ impl Tracer {
             offsets,
             tracepoints: lifecycle_fields(),
         };
-        let btf = Btf::from_sys_fs().map_err(|e| TracerError::Load(Box::new(e.into())))?;
+        // No kernel BTF for the loader: the programs read kernel structures at the
+        // offsets above (no CO-RE relocations), and aya's parse of the kernel's BTF was
+        // the start-up peak (~25 MiB). Only fentry programs need it, parsed then.
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
+            .btf(None)
             .override_global("LOAD_CONFIG", &load_config, true)
             .load(EBPF_OBJECT)
             .map_err(|e| TracerError::Load(Box::new(e)))?;
@@ -186,7 +185,7 @@ impl Tracer {
         let stats = take_map(&mut ebpf, "STATS", PerCpuArray::try_from)?;
         let mut tracer = Self {
             ebpf,
-            btf: Some(btf),
+            btf: None,
             config,
             stats,
             mode: None,
@@ -339,8 +338,8 @@ impl Tracer {
         take_map(&mut self.ebpf, "EVENTS", RingBuf::try_from)
     }
 
-    /// Frees the kernel's BTF (tens of MiB parsed) once nothing needs it: only fentry
-    /// programs are loaded against it, and only before a mode is attached.
+    /// Frees the kernel's BTF once nothing needs it: only fentry programs are loaded
+    /// against it, and only before a mode is attached.
     fn release_btf(&mut self) {
         if self.btf.take().is_some() {
             trim_heap();
@@ -356,10 +355,16 @@ impl Tracer {
     }
 
     fn attach_fentry(&mut self) -> Result<(), String> {
+        if self.btf.is_none() {
+            self.btf = Some(Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?);
+        }
+        let Some(btf) = self.btf.as_ref() else {
+            return Err("kernel BTF unavailable".into());
+        };
         for (prog, function) in FENTRY_PROGRAMS {
             let program: &mut FEntry = program_mut(&mut self.ebpf, prog)?;
             program
-                .load(function, self.btf.as_ref().ok_or(BTF_RELEASED)?)
+                .load(function, btf)
                 .map_err(|e| explain(prog, &e))?;
             let link = program.attach().map_err(|e| explain(prog, &e))?;
             own(&mut self.links, program.take_link(link), prog)?;
@@ -367,7 +372,7 @@ impl Tracer {
         for (prog, function) in FEXIT_PROGRAMS {
             let program: &mut FExit = program_mut(&mut self.ebpf, prog)?;
             program
-                .load(function, self.btf.as_ref().ok_or(BTF_RELEASED)?)
+                .load(function, btf)
                 .map_err(|e| explain(prog, &e))?;
             let link = program.attach().map_err(|e| explain(prog, &e))?;
             own(&mut self.links, program.take_link(link), prog)?;
