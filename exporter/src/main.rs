@@ -20,7 +20,7 @@ use iostall::{
 };
 use tracing_subscriber::EnvFilter;
 
-/// Slow ext4 operations, live, with the process (and soon pod) that did them.
+/// Slow ext4 operations, live, with the process, container and pod that did them.
 #[derive(Debug, Parser)]
 #[command(name = "iostall", version, about)]
 struct Cli {
@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Report what this kernel supports (BTF, tracefs, ring buffer, each attach mode) and why not.
+    /// Report what this kernel supports (BTF, tracefs, ring buffer, each attach mode) and why
+    /// not, and where iostall would be blind (runtime directories not on ext4).
     Probe {
         /// Print the report as JSON.
         #[arg(long)]
@@ -44,7 +45,8 @@ enum Command {
 /// `OTEL_*` environment, which overrides the defaults (see `iostall::config`).
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// YAML config file (every setting below, plus otlp, metrics and resource sections).
+    /// YAML config file: every setting below and more (otlp, resource, runtime, kube,
+    /// lifecycle and startup sections; see the README's configuration reference).
     #[arg(long, value_name = "PATH")]
     config: Option<std::path::PathBuf>,
     /// Report operations at least this slow, in milliseconds (0 = every operation) [default: 10].

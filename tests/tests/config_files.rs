@@ -20,6 +20,11 @@ fn shipped_iostall_yaml_is_valid() {
     let startup = config.startup.as_ref().expect("startup traces on");
     assert_eq!(startup.settle, std::time::Duration::from_millis(5000));
     assert_eq!(startup.max_open, 1024);
+    assert_eq!(
+        config.sources.unannounced_hold,
+        Some(std::time::Duration::from_secs(10))
+    );
+    assert_eq!(config.process_event_limit.burst, 64);
     // `kube.enabled: auto`: off without a cluster, on in a pod with the file's labels.
     assert!(matches!(
         config.kube,
