@@ -47,6 +47,15 @@ fn load_btf(path: &Path) -> Result<Btf, OffsetError> {
     })
 }
 
+/// The BTF id of the kernel function `name`, if the BTF has it.
+#[must_use]
+pub fn function_id(btf: &Btf, name: &str) -> Option<u32> {
+    btf.resolve_ids_by_name(name)
+        .ok()?
+        .into_iter()
+        .find(|id| matches!(btf.resolve_type_by_id(*id), Ok(btf_rs::Type::Func(_))))
+}
+
 /// Resolves every offset iostall uses. Offsets that every mode needs are required; the
 /// others (`f_pos`, mount namespace, `kiocb`) become [`KernelOffsets::UNKNOWN`] when absent
 /// and the kernel side then leaves the matching field empty.

@@ -14,6 +14,7 @@ pub mod coverage;
 pub mod decode;
 pub mod enrich;
 pub mod event;
+pub mod fentry_probe;
 pub mod host;
 pub mod lifecycle;
 pub mod metrics;

@@ -134,6 +134,9 @@ pub struct Tracer {
     /// The kernel's BTF as aya parses it, only while fentry programs are loaded
     /// against it: released once a mode is attached (tens of MiB).
     btf: Option<Btf>,
+    /// BTF id of the first fentry target, to ask the kernel whether it takes tracing
+    /// programs before aya parses the BTF ([`crate::fentry_probe`]).
+    fentry_probe_target: Option<u32>,
     config: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     mode: Option<AttachMode>,
@@ -162,9 +165,10 @@ impl Tracer {
         raise_memlock_limit();
         // The offsets' parse (btf_rs) is dropped before aya's parse begins: both alive
         // at once made the start-up peak.
-        let offsets: KernelOffsets = {
+        let (offsets, fentry_probe_target): (KernelOffsets, _) = {
             let kernel_btf = btf_offsets::load_kernel_btf()?;
-            btf_offsets::resolve(&kernel_btf)?
+            let target = btf_offsets::function_id(&kernel_btf, FENTRY_PROGRAMS[0].1);
+            (btf_offsets::resolve(&kernel_btf)?, target)
         };
         trim_heap();
         let load_config = LoadConfig {
@@ -186,6 +190,7 @@ impl Tracer {
         let mut tracer = Self {
             ebpf,
             btf: None,
+            fentry_probe_target,
             config,
             stats,
             mode: None,
@@ -355,6 +360,16 @@ impl Tracer {
     }
 
     fn attach_fentry(&mut self) -> Result<(), String> {
+        if let Some(error) = self
+            .fentry_probe_target
+            .and_then(crate::fentry_probe::refused)
+        {
+            return Err(format!(
+                "{}: the kernel refuses tracing programs: the BPF_PROG_LOAD syscall returned \
+                 {error}",
+                FENTRY_PROGRAMS[0].0
+            ));
+        }
         if self.btf.is_none() {
             self.btf = Some(Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?);
         }
@@ -363,17 +378,13 @@ impl Tracer {
         };
         for (prog, function) in FENTRY_PROGRAMS {
             let program: &mut FEntry = program_mut(&mut self.ebpf, prog)?;
-            program
-                .load(function, btf)
-                .map_err(|e| explain(prog, &e))?;
+            program.load(function, btf).map_err(|e| explain(prog, &e))?;
             let link = program.attach().map_err(|e| explain(prog, &e))?;
             own(&mut self.links, program.take_link(link), prog)?;
         }
         for (prog, function) in FEXIT_PROGRAMS {
             let program: &mut FExit = program_mut(&mut self.ebpf, prog)?;
-            program
-                .load(function, btf)
-                .map_err(|e| explain(prog, &e))?;
+            program.load(function, btf).map_err(|e| explain(prog, &e))?;
             let link = program.attach().map_err(|e| explain(prog, &e))?;
             own(&mut self.links, program.take_link(link), prog)?;
         }
