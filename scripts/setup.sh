@@ -14,9 +14,10 @@ fi
 # --- apt packages ------------------------------------------------------------------
 # containerd + runc and docker.io: the real runtimes the tests drive (their services are
 # not enabled: the tests start their own instances); busybox-static: the binary the
-# tests' locally built images are made of (no registry is reachable).
+# tests' locally built images are made of (no registry is reachable); bpftrace: the peer
+# bench-syscalls measures iostall's cost against.
 APT_PACKAGES=(e2fsprogs util-linux mount pkg-config protobuf-compiler ca-certificates
-              containerd runc docker.io busybox-static python3)
+              containerd runc docker.io busybox-static python3 bpftrace)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
