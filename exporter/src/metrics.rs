@@ -17,7 +17,7 @@
 //! - `iostall_kernel_events_total`: events the eBPF programs wrote to the ring buffer;
 //!   `iostall_kernel_lifecycle_events_total`: to the lifecycle ring buffer.
 //! - `iostall_kernel_filtered_total{reason}`: slow operations the kernel side left out
-//!   on purpose (`not_ext4`, `not_regular` file, `file_unresolved`).
+//!   on purpose (`not_ext4`, `not_regular` file, `file_unresolved`, `other_comm`).
 //! - `iostall_runtime_events_rate_limited_total`: container process events (execs,
 //!   exits not by a signal) held back by the per-container budget
 //!   ([`crate::lifecycle::ProcessEventLimit`]): left out on purpose, not lost.
@@ -105,8 +105,8 @@ pub struct Metrics {
     requests: [[AtomicU64; 3]; 2],
     kernel_events: AtomicU64,
     kernel_lifecycle_events: AtomicU64,
-    /// `not_ext4`, `not_regular`, `file_unresolved`.
-    kernel_filtered: [AtomicU64; 3],
+    /// `not_ext4`, `not_regular`, `file_unresolved`, `other_comm`.
+    kernel_filtered: [AtomicU64; 4],
     runtime_events_rate_limited: AtomicU64,
     dropped_startup_spans: AtomicU64,
     startups: std::sync::Mutex<StartupHistograms>,
@@ -222,6 +222,7 @@ impl Metrics {
             stats.not_ext4,
             stats.not_regular,
             stats.file_unresolved,
+            stats.other_comm,
         ]) {
             slot.store(value, Ordering::Relaxed);
         }
@@ -380,7 +381,7 @@ impl Metrics {
             get(&self.kernel_events),
             get(&self.kernel_lifecycle_events)
         );
-        for (reason, value) in ["not_ext4", "not_regular", "file_unresolved"]
+        for (reason, value) in ["not_ext4", "not_regular", "file_unresolved", "other_comm"]
             .into_iter()
             .zip(&self.kernel_filtered)
         {
@@ -603,6 +604,7 @@ mod tests {
             lifecycle_drops: 5,
             lifecycle_events: 6,
             not_regular: 2,
+            other_comm: 9,
             ..KernelStats::default()
         });
         m.add_exported_spans(1);
@@ -635,6 +637,7 @@ mod tests {
         );
         assert!(text.contains("iostall_kernel_filtered_total{reason=\"not_regular\"} 2\n"));
         assert!(text.contains("iostall_kernel_filtered_total{reason=\"not_ext4\"} 0\n"));
+        assert!(text.contains("iostall_kernel_filtered_total{reason=\"other_comm\"} 9\n"));
     }
 
     #[test]
