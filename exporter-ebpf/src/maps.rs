@@ -112,8 +112,12 @@ pub fn comm_wanted(comm: &[u8; 16]) -> bool {
     }
     // Two 8-byte compares instead of a 16-step loop the verifier would walk.
     // SAFETY: [u8; 16] and [u64; 2] have the same size; any bit pattern is valid.
-    let (a, b): ([u64; 2], [u64; 2]) =
-        unsafe { (core::mem::transmute(filter), core::mem::transmute(*comm)) };
+    let (a, b) = unsafe {
+        (
+            core::mem::transmute::<[u8; 16], [u64; 2]>(filter),
+            core::mem::transmute::<[u8; 16], [u64; 2]>(*comm),
+        )
+    };
     a == b
 }
 
