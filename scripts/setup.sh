@@ -17,10 +17,11 @@ fi
 # not enabled: the tests start their own instances); busybox-static: the binary the
 # tests' locally built images are made of (no registry is reachable); iproute2: `ip netns`
 # for the private network namespace of the rotel/Phoenix test; musl-tools + binutils:
-# musl-gcc, strip and readelf for the image's static binary (deploy/image/build.sh).
+# musl-gcc, strip and readelf for the image's static binary (deploy/image/build.sh);
+# bpftrace: the peer bench-syscalls measures iostall's cost against.
 APT_PACKAGES=(e2fsprogs util-linux mount pkg-config protobuf-compiler ca-certificates
               containerd runc docker.io busybox-static python3 python3-venv iproute2
-              musl-tools binutils)
+              musl-tools binutils bpftrace)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

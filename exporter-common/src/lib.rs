@@ -76,6 +76,46 @@ pub mod io_flags {
     pub const OFFSET_UNKNOWN: u32 = 1 << 1;
     /// A `datasync` fsync (`fdatasync`).
     pub const DATASYNC: u32 = 1 << 2;
+    /// The fsync was of a directory (runtimes fsync one to make a rename in it durable).
+    pub const DIRECTORY: u32 = 1 << 3;
+}
+
+/// What a syscall number is to the generic syscall tracepoints' programs: the values of
+/// the `SYSCALL_KINDS` array (indexed by this architecture's syscall number, filled by
+/// userspace from `libc::SYS_*`); each says the operation and where its arguments are.
+pub mod syscall_kind {
+    /// Not measured (the fast way out for every other syscall).
+    pub const NONE: u32 = 0;
+    /// `read(fd, buf, count)`.
+    pub const READ: u32 = 1;
+    /// `write(fd, buf, count)`.
+    pub const WRITE: u32 = 2;
+    /// `pread64(fd, buf, count, pos)`.
+    pub const PREAD: u32 = 3;
+    /// `pwrite64(fd, buf, count, pos)`.
+    pub const PWRITE: u32 = 4;
+    /// `readv(fd, vec, vlen)`: the size is known from the result only.
+    pub const READV: u32 = 5;
+    /// `writev(fd, vec, vlen)`.
+    pub const WRITEV: u32 = 6;
+    /// `preadv(fd, vec, vlen, pos_l, …)`, `preadv2`.
+    pub const PREADV: u32 = 7;
+    /// `pwritev(fd, vec, vlen, pos_l, …)`, `pwritev2`.
+    pub const PWRITEV: u32 = 8;
+    /// `open`, `creat`, `openat`, `openat2`: the file is the fd returned.
+    pub const OPEN: u32 = 9;
+    /// Length of the `SYSCALL_KINDS` array (above every syscall number of x86-64 and arm64).
+    pub const TABLE_LEN: u32 = 1024;
+}
+
+/// Bits of [`LoadConfig::syscall_probe`]: how the generic syscall programs keep an
+/// operation in flight (kept selectable so the bench can compare the ways).
+pub mod syscall_probe {
+    /// Keep in-flight operations in the `INFLIGHT_IO` hash map (else in `INFLIGHT_SLOTS`,
+    /// an array indexed by thread id).
+    pub const HASH: u32 = 1 << 0;
+    /// Look the fd's file up at enter and keep only ext4 regular files in flight.
+    pub const ENTER_FILTER: u32 = 1 << 1;
 }
 
 /// Indexes into the per-CPU `STATS` array of counters.
@@ -95,10 +135,12 @@ pub mod stat {
     /// Lifecycle events written into their ring buffer.
     pub const LIFECYCLE_EVENTS: u32 = 6;
     /// Operations over the threshold on ext4 files that are not regular files (FIFOs,
-    /// sockets, devices): their waits are not the disk's.
+    /// sockets, devices; directories except for fsync): their waits are not the disk's.
     pub const NOT_REGULAR: u32 = 7;
+    /// Operations over the threshold of threads whose comm is not the `--comm` filter's.
+    pub const OTHER_COMM: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Index of the threshold (nanoseconds, `u64`) in the `CONFIG` array map.
@@ -248,6 +290,13 @@ pub struct LoadConfig {
     pub filter_tgid: u32,
     /// iostall's own tgid, never traced (its own writes would feed back).
     pub self_tgid: u32,
+    /// Only report threads with this comm (NUL-padded); all zero reports every comm.
+    pub filter_comm: [u8; COMM_LEN],
+    /// Bits of [`syscall_probe`].
+    pub syscall_probe: u32,
+    /// `INFLIGHT_SLOTS` length less one (a power of two less one): a thread's slot is
+    /// `tid & slots_mask`.
+    pub slots_mask: u32,
     /// Offsets into kernel structures.
     pub offsets: KernelOffsets,
     /// Offsets into the lifecycle tracepoints' records.
@@ -259,6 +308,9 @@ impl LoadConfig {
     pub const DEFAULT: Self = Self {
         filter_tgid: 0,
         self_tgid: 0,
+        filter_comm: [0; COMM_LEN],
+        syscall_probe: 0,
+        slots_mask: 0,
         offsets: KernelOffsets::ALL_UNKNOWN,
         tracepoints: TracepointFields::ALL_UNKNOWN,
     };
@@ -464,7 +516,7 @@ mod tests {
         assert_eq!(size_of::<TracepointFields>(), 13 * 4);
         assert_eq!(
             size_of::<LoadConfig>(),
-            8 + size_of::<KernelOffsets>() + size_of::<TracepointFields>()
+            16 + COMM_LEN + size_of::<KernelOffsets>() + size_of::<TracepointFields>()
         );
     }
 }

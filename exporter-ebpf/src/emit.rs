@@ -8,17 +8,24 @@ use exporter_common::{EXT4_SUPER_MAGIC, IoEvent, MAX_PARENTS, event_kind, io_fla
 use crate::{
     inflight::{Finished, target_flags},
     kernel::{current_mntns, file_of_fd, read_at},
-    maps::{EVENTS, count, load_config},
+    maps::{EVENTS, comm_wanted, count, load_config},
 };
 
 /// File type bits of `i_mode`.
 const S_IFMT: u16 = 0o170_000;
 /// A regular file.
 const S_IFREG: u16 = 0o100_000;
+/// A directory.
+const S_IFDIR: u16 = 0o040_000;
 
 /// Emits `done` if its file is on ext4. `ret` is the operation's return value.
 #[inline(always)]
 pub fn emit(done: &Finished, ret: i64) {
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    if !comm_wanted(&comm) {
+        count(stat::OTHER_COMM);
+        return;
+    }
     let started = &done.started;
     let file = if started.flags & target_flags::IS_FILE != 0 {
         Some(started.target)
@@ -45,14 +52,19 @@ pub fn emit(done: &Finished, ret: i64) {
         count(stat::NOT_EXT4);
         return;
     }
-    // Regular files only, as in the fentry and kprobe modes (`ext4_file_*` are regular
-    // files' operations): opening a FIFO on ext4 waits for its other end, and reading one
-    // for data, not for the disk (containerd's stdio FIFOs "opened" for 19 s).
-    if let Some(mode) = read_at::<u16>(inode, load_config!(offsets.inode_mode))
-        && mode & S_IFMT != S_IFREG
-    {
-        count(stat::NOT_REGULAR);
-        return;
+    // Regular files, and directories' fsyncs (runtimes fsync a directory to make a rename
+    // durable; ext4 syncs it as a file). Opening a FIFO on ext4 waits for its other end,
+    // and reading one for data, not for the disk (containerd's stdio FIFOs "opened" for
+    // 19 s).
+    let mut flags = 0u32;
+    if let Some(mode) = read_at::<u16>(inode, load_config!(offsets.inode_mode)) {
+        let kind = mode & S_IFMT;
+        if kind == S_IFDIR && started.op == op::FSYNC {
+            flags |= io_flags::DIRECTORY;
+        } else if kind != S_IFREG {
+            count(stat::NOT_REGULAR);
+            return;
+        }
     }
 
     let Some(mut entry) = EVENTS.reserve::<IoEvent>(0) else {
@@ -60,7 +72,6 @@ pub fn emit(done: &Finished, ret: i64) {
         return;
     };
     let ev = entry.as_mut_ptr();
-    let mut flags = 0u32;
     if started.flags & target_flags::DATASYNC != 0 {
         flags |= io_flags::DATASYNC;
     }
@@ -94,7 +105,7 @@ pub fn emit(done: &Finished, ret: i64) {
         (*ev).header.mntns = current_mntns();
         (*ev).header.start_ns = started.start_ns;
         (*ev).header.cgroup_id = bpf_get_current_cgroup_id();
-        (*ev).header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).header.comm = comm;
         (*ev).latency_ns = done.end_ns.wrapping_sub(started.start_ns);
         (*ev).ret = ret;
         (*ev).bytes = bytes;

@@ -23,6 +23,7 @@ mod kernel;
 mod kprobe;
 mod lifecycle;
 mod maps;
+mod syscalls;
 mod tracepoint;
 
 #[cfg(target_arch = "bpf")]

@@ -35,6 +35,27 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 pub static INFLIGHT_IO: HashMap<u32, InFlight> = HashMap::with_max_entries(32768, 0);
 
+/// A thread's read/write/open in flight, for the generic syscall programs: `tid` says
+/// whose it is (two threads may share a slot), `started.start_ns == 0` that it is empty.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Slot {
+    pub tid: u32,
+    pub pad: u32,
+    pub started: InFlight,
+}
+
+/// In-flight operations of the generic syscall programs, indexed by `tid & slots_mask`:
+/// an array lookup is inlined by the verifier, where a hash update and delete are helper
+/// calls with locking. Userspace sizes it from `pid_max` before load.
+#[map]
+pub static INFLIGHT_SLOTS: Array<Slot> = Array::with_max_entries(65536, 0);
+
+/// `exporter_common::syscall_kind` of each syscall number, filled by userspace.
+#[map]
+pub static SYSCALL_KINDS: Array<u32> =
+    Array::with_max_entries(exporter_common::syscall_kind::TABLE_LEN, 0);
+
 /// fsyncs in flight, by thread id (apart from `INFLIGHT_IO` because an `O_SYNC` write
 /// runs an fsync inside itself).
 #[map]
@@ -78,6 +99,26 @@ pub fn tgid_wanted(tgid: u32) -> bool {
         return false;
     }
     tgid != load_config!(self_tgid)
+}
+
+/// Whether a thread named `comm` is one iostall reports (the `--comm` filter). Asked
+/// only once an operation crossed the threshold: that is enough to keep other
+/// processes' slow IO out of the ring buffer, and costs nothing on the fast path.
+#[inline(always)]
+pub fn comm_wanted(comm: &[u8; 16]) -> bool {
+    let filter = load_config!(filter_comm);
+    if filter[0] == 0 {
+        return true;
+    }
+    // Two 8-byte compares instead of a 16-step loop the verifier would walk.
+    // SAFETY: [u8; 16] and [u64; 2] have the same size; any bit pattern is valid.
+    let (a, b) = unsafe {
+        (
+            core::mem::transmute::<[u8; 16], [u64; 2]>(filter),
+            core::mem::transmute::<[u8; 16], [u64; 2]>(*comm),
+        )
+    };
+    a == b
 }
 
 /// Current threshold in nanoseconds (0 = every operation).

@@ -1,8 +1,9 @@
 //! Tracepoint mode: syscall tracepoints for read/write/open, raw tracepoints on
 //! `ext4_sync_file_enter/exit` for fsync.
 //!
-//! The enter side is a timestamp and one map update; which filesystem the fd is on is
-//! only asked at exit, and only for operations that crossed the threshold.
+//! These per-syscall programs are the fallback of `syscalls` (which see) and share its
+//! in-flight halves; which filesystem the fd is on is only asked at exit, and only for
+//! operations that crossed the threshold.
 //!
 //! Syscall tracepoint records are `struct trace_entry` (8 bytes), `int __syscall_nr`,
 //! then the arguments as 8-byte slots from offset 16 (enter) or `long ret` at offset 16
@@ -18,7 +19,8 @@ use exporter_common::op;
 use crate::{
     emit::emit,
     inflight::{finish, start, target_flags},
-    maps::{INFLIGHT_IO, INFLIGHT_SYNC},
+    maps::INFLIGHT_SYNC,
+    syscalls::{begin, end},
 };
 
 /// Offset of the first syscall argument in a `sys_enter_*` record.
@@ -35,53 +37,39 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 /// read(fd, buf, count), write(fd, buf, count).
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    start(&INFLIGHT_IO, op::READ, arg(&ctx, 0), -1, arg(&ctx, 2), 0);
+    begin(op::READ, arg(&ctx, 0), -1, arg(&ctx, 2));
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    start(&INFLIGHT_IO, op::WRITE, arg(&ctx, 0), -1, arg(&ctx, 2), 0);
+    begin(op::WRITE, arg(&ctx, 0), -1, arg(&ctx, 2));
     0
 }
 
 /// pread64(fd, buf, count, pos), pwrite64(fd, buf, count, pos).
 #[tracepoint]
 pub fn sys_enter_pread(ctx: TracePointContext) -> u32 {
-    start(
-        &INFLIGHT_IO,
-        op::READ,
-        arg(&ctx, 0),
-        arg(&ctx, 3) as i64,
-        arg(&ctx, 2),
-        0,
-    );
+    begin(op::READ, arg(&ctx, 0), arg(&ctx, 3) as i64, arg(&ctx, 2));
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_pwrite(ctx: TracePointContext) -> u32 {
-    start(
-        &INFLIGHT_IO,
-        op::WRITE,
-        arg(&ctx, 0),
-        arg(&ctx, 3) as i64,
-        arg(&ctx, 2),
-        0,
-    );
+    begin(op::WRITE, arg(&ctx, 0), arg(&ctx, 3) as i64, arg(&ctx, 2));
     0
 }
 
 /// readv(fd, vec, vlen), writev(fd, vec, vlen): the size is only known from the result.
 #[tracepoint]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    start(&INFLIGHT_IO, op::READ, arg(&ctx, 0), -1, 0, 0);
+    begin(op::READ, arg(&ctx, 0), -1, 0);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    start(&INFLIGHT_IO, op::WRITE, arg(&ctx, 0), -1, 0, 0);
+    begin(op::WRITE, arg(&ctx, 0), -1, 0);
     0
 }
 
@@ -89,41 +77,27 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
 /// `pos_l` holds the whole offset. An offset of -1 (preadv2) means "current position".
 #[tracepoint]
 pub fn sys_enter_preadv(ctx: TracePointContext) -> u32 {
-    start(
-        &INFLIGHT_IO,
-        op::READ,
-        arg(&ctx, 0),
-        arg(&ctx, 3) as i64,
-        0,
-        0,
-    );
+    begin(op::READ, arg(&ctx, 0), arg(&ctx, 3) as i64, 0);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_pwritev(ctx: TracePointContext) -> u32 {
-    start(
-        &INFLIGHT_IO,
-        op::WRITE,
-        arg(&ctx, 0),
-        arg(&ctx, 3) as i64,
-        0,
-        0,
-    );
+    begin(op::WRITE, arg(&ctx, 0), arg(&ctx, 3) as i64, 0);
     0
 }
 
 /// open, openat, openat2: the file is known only from the fd returned at exit.
 #[tracepoint]
 pub fn sys_enter_open(_ctx: TracePointContext) -> u32 {
-    start(&INFLIGHT_IO, op::OPEN, 0, -1, 0, 0);
+    begin(op::OPEN, 0, -1, 0);
     0
 }
 
 /// Exit of every syscall above.
 #[tracepoint]
 pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
-    if let Some(done) = finish(&INFLIGHT_IO) {
+    if let Some(done) = end() {
         // SAFETY: syscall exit records hold `long ret` at this offset.
         let ret = unsafe { *(ctx.as_ptr().add(SYSCALL_RET_OFFSET) as *const i64) };
         emit(&done, ret);

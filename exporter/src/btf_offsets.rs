@@ -87,6 +87,29 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
     })
 }
 
+/// Checks that `struct pt_regs` has the x86-64 layout the generic syscall programs read
+/// arguments at (`r10`, `dx`, `si`, `di`, `orig_ax`, `cs`); anything else keeps the
+/// per-syscall tracepoints.
+pub fn check_syscall_regs(btf: &Btf) -> Result<(), String> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err("not x86-64".into());
+    }
+    for (name, want) in [
+        ("r10", 56),
+        ("dx", 96),
+        ("si", 104),
+        ("di", 112),
+        ("orig_ax", 120),
+        ("cs", 136),
+    ] {
+        let got = member_offset(btf, "pt_regs", &[name]).map_err(|e| e.to_string())?;
+        if got != want {
+            return Err(format!("pt_regs.{name} at {got}, expected {want}"));
+        }
+    }
+    Ok(())
+}
+
 /// Byte offset of `path` (a chain of member names, each inside the previous member's
 /// struct) inside `struct struct_name`.
 pub fn member_offset(btf: &Btf, struct_name: &str, path: &[&str]) -> Result<u32, OffsetError> {
@@ -173,6 +196,12 @@ mod tests {
         // exit_code sits right before exit_signal (both int) in task_struct.
         let exit_signal = member_offset(&btf, "task_struct", &["exit_signal"]).expect("signal");
         assert_eq!(offsets.task_exit_code + 4, exit_signal);
+    }
+
+    #[test]
+    fn this_kernels_pt_regs_suit_the_generic_syscall_programs() {
+        let btf = load_kernel_btf().expect("this machine's kernel has BTF");
+        assert_eq!(check_syscall_regs(&btf), Ok(()));
     }
 
     #[test]

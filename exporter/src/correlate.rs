@@ -426,6 +426,7 @@ pub(crate) mod tests {
             mount_point: Some("/var/lib/containerd".into()),
             file_path: Some("/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db".into()),
             datasync: false,
+            directory: false,
             attach_mode: AttachMode::Tracepoint,
         }
     }

@@ -98,6 +98,7 @@ impl Decoder {
             mount_point,
             file_path,
             datasync: ev.flags & io_flags::DATASYNC != 0,
+            directory: ev.flags & io_flags::DIRECTORY != 0,
             attach_mode: self.mode,
         })
     }
@@ -199,8 +200,19 @@ mod tests {
         assert_eq!(rec.file_name, ".tmp-hostconfig.json378595825");
         assert_eq!(rec.parents, vec!["containers", "docker"]);
         assert!(rec.path_complete && rec.datasync);
+        assert!(!rec.directory);
         assert_eq!(rec.offset, None, "fsync has no offset");
         assert_eq!(rec.attach_mode, AttachMode::Tracepoint);
+    }
+
+    #[test]
+    fn directory_fsync_flag_decodes() {
+        let mut ev = sample();
+        ev.flags |= io_flags::DIRECTORY;
+        let rec = Decoder::new(AttachMode::Tracepoint)
+            .decode(&bytes_of(&ev))
+            .expect("decodes");
+        assert!(rec.directory && rec.datasync);
     }
 
     #[test]

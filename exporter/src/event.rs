@@ -130,6 +130,8 @@ pub struct IoRecord {
     pub file_path: Option<String>,
     /// A `fdatasync` (for fsync).
     pub datasync: bool,
+    /// An fsync of a directory (not of a file).
+    pub directory: bool,
     /// The attach mode that measured it.
     pub attach_mode: AttachMode,
 }

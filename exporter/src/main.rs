@@ -208,6 +208,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracer: TracerOptions {
             threshold_ns: (config.threshold_ms * 1e6) as u64,
             filter_pid: config.pid,
+            filter_comm: config.comm.clone(),
+            syscall_probes: None,
         },
         attach: config.attach,
         comm: config.comm.clone(),
@@ -290,6 +292,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         records = summary.records,
         ringbuf_drops = summary.kernel.ringbuf_drops,
         inflight_full = summary.kernel.inflight_full,
+        kernel_events = summary.kernel.events,
+        kernel_filtered_other_comm = summary.kernel.other_comm,
         sink_queue_drops = summary.sink_queue_drops,
         decode_errors = summary.decode_errors,
         otlp_exported_spans = metrics.exported_spans(),

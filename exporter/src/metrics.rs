@@ -16,7 +16,7 @@
 //! - `iostall_kernel_events_total`: events the eBPF programs wrote to the ring buffer;
 //!   `iostall_kernel_lifecycle_events_total`: to the lifecycle ring buffer.
 //! - `iostall_kernel_filtered_total{reason}`: slow operations the kernel side left out
-//!   on purpose (`not_ext4`, `not_regular` file, `file_unresolved`).
+//!   on purpose (`not_ext4`, `not_regular` file, `file_unresolved`, `other_comm`).
 //! - `iostall_kernel_untimed_operations_total{reason="inflight_full"}`: operations the
 //!   kernel could not time because its in-flight map was full. Not records lost: most
 //!   of them were fast; but a slow one among them was never seen.
@@ -114,8 +114,8 @@ pub struct Metrics {
     requests: [[AtomicU64; 3]; 2],
     kernel_events: AtomicU64,
     kernel_lifecycle_events: AtomicU64,
-    /// `not_ext4`, `not_regular`, `file_unresolved`.
-    kernel_filtered: [AtomicU64; 3],
+    /// `not_ext4`, `not_regular`, `file_unresolved`, `other_comm`.
+    kernel_filtered: [AtomicU64; 4],
     runtime_events_rate_limited: AtomicU64,
     dropped_startup_spans: AtomicU64,
     startups: std::sync::Mutex<StartupHistograms>,
@@ -231,6 +231,7 @@ impl Metrics {
             stats.not_ext4,
             stats.not_regular,
             stats.file_unresolved,
+            stats.other_comm,
         ]) {
             slot.store(value, Ordering::Relaxed);
         }
@@ -401,7 +402,7 @@ impl Metrics {
             get(&self.kernel_events),
             get(&self.kernel_lifecycle_events)
         );
-        for (reason, value) in ["not_ext4", "not_regular", "file_unresolved"]
+        for (reason, value) in ["not_ext4", "not_regular", "file_unresolved", "other_comm"]
             .into_iter()
             .zip(&self.kernel_filtered)
         {
@@ -662,6 +663,7 @@ mod tests {
             lifecycle_drops: 5,
             lifecycle_events: 6,
             not_regular: 2,
+            other_comm: 9,
             ..KernelStats::default()
         });
         m.add_exported_spans(1);
@@ -698,6 +700,7 @@ mod tests {
         );
         assert!(text.contains("iostall_kernel_filtered_total{reason=\"not_regular\"} 2\n"));
         assert!(text.contains("iostall_kernel_filtered_total{reason=\"not_ext4\"} 0\n"));
+        assert!(text.contains("iostall_kernel_filtered_total{reason=\"other_comm\"} 9\n"));
     }
 
     #[test]

@@ -5,10 +5,11 @@ use std::{fs, path::Path};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use exporter_common::{
-    CONFIG_THRESHOLD_NS, KernelOffsets, LoadConfig, TracepointFields, stat, watch,
+    CONFIG_THRESHOLD_NS, KernelOffsets, LoadConfig, TracepointFields, stat, syscall_kind,
+    syscall_probe, watch,
 };
 
 use crate::{btf_offsets, event::AttachMode};
@@ -98,6 +99,53 @@ impl AttachRequest {
     }
 }
 
+/// How the tracepoint mode times read, write and open (fsync is always
+/// `ext4_sync_file_enter/exit`). Chosen by `IOSTALL_SYSCALL_PROBES` (`btf`, `raw`,
+/// `per-syscall`), `IOSTALL_INFLIGHT` (`slots`, `hash`) and `IOSTALL_ENTER_FILTER=1`, so
+/// that `bench-syscalls` can compare them; the default measured cheapest (README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyscallProbes {
+    /// Which tracepoints.
+    pub tracepoints: SyscallTracepoints,
+    /// Bits of `exporter_common::syscall_probe` (generic tracepoints only).
+    pub bits: u32,
+}
+
+/// The tracepoints read/write/open are timed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyscallTracepoints {
+    /// `raw_syscalls:sys_enter/sys_exit` as BTF-typed tracepoints (`tp_btf`).
+    Btf,
+    /// The same two as raw tracepoints.
+    Raw,
+    /// One `syscalls:sys_enter_*`/`sys_exit_*` pair per syscall (the portable fallback).
+    PerSyscall,
+}
+
+impl SyscallProbes {
+    /// The choice made by the environment, else the default.
+    #[must_use]
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).unwrap_or_default();
+        // Per-syscall tracepoints by default: on the generic ones every other syscall of
+        // the node runs a program too (getppid 1.8× bare against 1.16×), for a few
+        // nanoseconds less on a read (bench-syscalls, README).
+        let tracepoints = match var("IOSTALL_SYSCALL_PROBES").as_str() {
+            "raw" => SyscallTracepoints::Raw,
+            "btf" => SyscallTracepoints::Btf,
+            _ => SyscallTracepoints::PerSyscall,
+        };
+        let mut bits = 0;
+        if var("IOSTALL_INFLIGHT") == "hash" {
+            bits |= syscall_probe::HASH;
+        }
+        if var("IOSTALL_ENTER_FILTER") == "1" {
+            bits |= syscall_probe::ENTER_FILTER;
+        }
+        Self { tracepoints, bits }
+    }
+}
+
 /// Settings fixed at load.
 #[derive(Debug, Clone, Default)]
 pub struct TracerOptions {
@@ -105,6 +153,10 @@ pub struct TracerOptions {
     pub threshold_ns: u64,
     /// Only this process (tgid).
     pub filter_pid: Option<u32>,
+    /// Only threads with this comm (at most 15 bytes; longer is cut as the kernel does).
+    pub filter_comm: Option<String>,
+    /// How read/write/open are timed in tracepoint mode; `None`: [`SyscallProbes::from_env`].
+    pub syscall_probes: Option<SyscallProbes>,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -122,6 +174,8 @@ pub struct KernelStats {
     pub file_unresolved: u64,
     /// Slow operations on ext4 FIFOs, sockets or devices, filtered out.
     pub not_regular: u64,
+    /// Slow operations of threads other than `--comm`'s, filtered out.
+    pub other_comm: u64,
     /// Lifecycle events lost because their ring buffer was full.
     pub lifecycle_drops: u64,
     /// Lifecycle events written to their ring buffer.
@@ -144,6 +198,7 @@ pub struct Tracer {
     /// once ([`detach_concurrently`]).
     links: Vec<Box<dyn Send>>,
     tracepoints: TracepointFields,
+    syscall_probes: SyscallProbes,
 }
 
 /// Gives freed heap pages back to the kernel: a BTF parse leaves many small blocks
@@ -163,17 +218,31 @@ impl Tracer {
             return Err(TracerError::NoObject);
         }
         raise_memlock_limit();
-        // The offsets' parse (btf_rs) is dropped before aya's parse begins: both alive
-        // at once made the start-up peak.
-        let (offsets, fentry_probe_target): (KernelOffsets, _) = {
+        // The offsets' parse (btf_rs) is dropped before anything else is loaded: it
+        // and aya's parse alive at once made the start-up peak.
+        let (offsets, fentry_probe_target, syscall_regs) = {
             let kernel_btf = btf_offsets::load_kernel_btf()?;
             let target = btf_offsets::function_id(&kernel_btf, FENTRY_PROGRAMS[0].1);
-            (btf_offsets::resolve(&kernel_btf)?, target)
+            let regs = btf_offsets::check_syscall_regs(&kernel_btf);
+            (btf_offsets::resolve(&kernel_btf)?, target, regs)
         };
         trim_heap();
+        let mut syscall_probes = options
+            .syscall_probes
+            .unwrap_or_else(SyscallProbes::from_env);
+        if syscall_probes.tracepoints != SyscallTracepoints::PerSyscall
+            && let Err(why) = syscall_regs
+        {
+            tracing::debug!(%why, "per-syscall tracepoints instead of raw_syscalls");
+            syscall_probes.tracepoints = SyscallTracepoints::PerSyscall;
+        }
+        let slots = inflight_slots();
         let load_config = LoadConfig {
             filter_tgid: options.filter_pid.unwrap_or(0),
             self_tgid: std::process::id(),
+            filter_comm: comm_filter(options.filter_comm.as_deref()),
+            syscall_probe: syscall_probes.bits,
+            slots_mask: slots - 1,
             offsets,
             tracepoints: lifecycle_fields(),
         };
@@ -183,6 +252,7 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .override_global("LOAD_CONFIG", &load_config, true)
+            .map_max_entries("INFLIGHT_SLOTS", slots)
             .load(EBPF_OBJECT)
             .map_err(|e| TracerError::Load(Box::new(e)))?;
         let config = take_map(&mut ebpf, "CONFIG", Array::try_from)?;
@@ -196,6 +266,7 @@ impl Tracer {
             mode: None,
             links: Vec::new(),
             tracepoints: load_config.tracepoints,
+            syscall_probes,
         };
         tracer.set_threshold_ns(options.threshold_ns)?;
         Ok(tracer)
@@ -261,6 +332,7 @@ impl Tracer {
             not_ext4: read(stat::NOT_EXT4)?,
             file_unresolved: read(stat::FILE_UNRESOLVED)?,
             not_regular: read(stat::NOT_REGULAR)?,
+            other_comm: read(stat::OTHER_COMM)?,
             lifecycle_drops: read(stat::LIFECYCLE_DROPS)?,
             lifecycle_events: read(stat::LIFECYCLE_EVENTS)?,
         })
@@ -343,6 +415,15 @@ impl Tracer {
         take_map(&mut self.ebpf, "EVENTS", RingBuf::try_from)
     }
 
+    /// Parses the kernel's BTF for aya (fentry and BTF-typed tracepoint programs load
+    /// against it), once.
+    fn parse_aya_btf(&mut self) -> Result<(), String> {
+        if self.btf.is_none() {
+            self.btf = Some(Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?);
+        }
+        Ok(())
+    }
+
     /// Frees the kernel's BTF once nothing needs it: only fentry programs are loaded
     /// against it, and only before a mode is attached.
     fn release_btf(&mut self) {
@@ -370,9 +451,7 @@ impl Tracer {
                 FENTRY_PROGRAMS[0].0
             ));
         }
-        if self.btf.is_none() {
-            self.btf = Some(Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?);
-        }
+        self.parse_aya_btf()?;
         let Some(btf) = self.btf.as_ref() else {
             return Err("kernel BTF unavailable".into());
         };
@@ -416,6 +495,93 @@ impl Tracer {
 
     fn attach_tracepoint(&mut self) -> Result<(), String> {
         ensure_tracefs()?;
+        self.attach_syscalls()?;
+        for (prog, tp) in [
+            ("ext4_sync_file_exit", "ext4_sync_file_exit"),
+            ("ext4_sync_file_enter", "ext4_sync_file_enter"),
+        ] {
+            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, prog)?;
+            program.load().map_err(|e| explain(prog, &e))?;
+            let link = program.attach(tp).map_err(|e| explain(prog, &e))?;
+            own(&mut self.links, program.take_link(link), prog)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the read/write/open programs: the generic syscall tracepoints, else (or
+    /// if this kernel refuses them) the per-syscall ones.
+    fn attach_syscalls(&mut self) -> Result<(), String> {
+        let generic = match self.syscall_probes.tracepoints {
+            SyscallTracepoints::PerSyscall => return self.attach_per_syscall(),
+            SyscallTracepoints::Btf => self.attach_generic(true),
+            SyscallTracepoints::Raw => self.attach_generic(false),
+        };
+        match generic {
+            Ok(()) => {
+                tracing::debug!(probes = ?self.syscall_probes, "read/write/open on raw_syscalls");
+                Ok(())
+            }
+            Err(why) => {
+                tracing::info!(%why, "raw_syscalls tracepoints refused; per-syscall ones instead");
+                self.syscall_probes.tracepoints = SyscallTracepoints::PerSyscall;
+                self.attach_per_syscall()
+            }
+        }
+    }
+
+    /// `raw_syscalls:sys_exit` then `sys_enter`, BTF-typed or raw.
+    fn attach_generic(&mut self, btf: bool) -> Result<(), String> {
+        self.fill_syscall_kinds()?;
+        if btf {
+            self.parse_aya_btf()?;
+        }
+        let attached_before = self.links.len();
+        let result = (|| {
+            for tp in ["sys_exit", "sys_enter"] {
+                if btf {
+                    let prog = format!("btf_{tp}");
+                    let program: &mut BtfTracePoint = program_mut(&mut self.ebpf, &prog)?;
+                    program
+                        .load(tp, self.btf.as_ref().ok_or("kernel BTF unavailable")?)
+                        .map_err(|e| explain(&prog, &e))?;
+                    let link = program.attach().map_err(|e| explain(&prog, &e))?;
+                    own(&mut self.links, program.take_link(link), &prog)?;
+                } else {
+                    let prog = format!("raw_{tp}");
+                    let program: &mut RawTracePoint = program_mut(&mut self.ebpf, &prog)?;
+                    program.load().map_err(|e| explain(&prog, &e))?;
+                    let link = program.attach(tp).map_err(|e| explain(&prog, &e))?;
+                    own(&mut self.links, program.take_link(link), &prog)?;
+                }
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            self.links.truncate(attached_before);
+        }
+        result
+    }
+
+    /// Fills `SYSCALL_KINDS` with this architecture's numbers of the measured syscalls.
+    fn fill_syscall_kinds(&mut self) -> Result<(), String> {
+        let map = self
+            .ebpf
+            .map_mut("SYSCALL_KINDS")
+            .ok_or("eBPF object has no map SYSCALL_KINDS")?;
+        let mut kinds: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(|e| explain("SYSCALL_KINDS", &e))?;
+        for (number, kind) in measured_syscalls() {
+            let Ok(index) = u32::try_from(number) else {
+                continue;
+            };
+            kinds
+                .set(index, kind, 0)
+                .map_err(|e| explain("SYSCALL_KINDS", &e))?;
+        }
+        Ok(())
+    }
+
+    fn attach_per_syscall(&mut self) -> Result<(), String> {
         check_syscall_layout()?;
         // Exits first, so no enter is recorded without its exit attached.
         for (prog, tracepoints) in SYSCALL_PROGRAMS.iter().rev() {
@@ -433,15 +599,6 @@ impl Tracer {
                 own(&mut self.links, program.take_link(link), prog)?;
             }
         }
-        for (prog, tp) in [
-            ("ext4_sync_file_exit", "ext4_sync_file_exit"),
-            ("ext4_sync_file_enter", "ext4_sync_file_enter"),
-        ] {
-            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, prog)?;
-            program.load().map_err(|e| explain(prog, &e))?;
-            let link = program.attach(tp).map_err(|e| explain(prog, &e))?;
-            own(&mut self.links, program.take_link(link), prog)?;
-        }
         Ok(())
     }
 
@@ -458,6 +615,12 @@ impl Tracer {
                 .iter()
                 .map(|(p, _)| *p)
                 .chain(["ext4_sync_file_enter", "ext4_sync_file_exit"])
+                .chain([
+                    "btf_sys_enter",
+                    "btf_sys_exit",
+                    "raw_sys_enter",
+                    "raw_sys_exit",
+                ])
                 .collect(),
         };
         for name in names {
@@ -468,6 +631,7 @@ impl Tracer {
                     aya::programs::Program::KProbe(p) => p.unload(),
                     aya::programs::Program::TracePoint(p) => p.unload(),
                     aya::programs::Program::RawTracePoint(p) => p.unload(),
+                    aya::programs::Program::BtfTracePoint(p) => p.unload(),
                     _ => Ok(()),
                 };
                 if let Err(e) = result {
@@ -761,6 +925,52 @@ fn check_syscall_layout() -> Result<(), String> {
     expect("sys_enter_pread64", "fd", 16)?;
     expect("sys_enter_pread64", "pos", 40)?;
     expect("sys_exit_read", "ret", 16)
+}
+
+/// This architecture's numbers of the syscalls the generic programs time, with their kind.
+fn measured_syscalls() -> Vec<(libc::c_long, u32)> {
+    let mut out = vec![
+        (libc::SYS_read, syscall_kind::READ),
+        (libc::SYS_write, syscall_kind::WRITE),
+        (libc::SYS_pread64, syscall_kind::PREAD),
+        (libc::SYS_pwrite64, syscall_kind::PWRITE),
+        (libc::SYS_readv, syscall_kind::READV),
+        (libc::SYS_writev, syscall_kind::WRITEV),
+        (libc::SYS_preadv, syscall_kind::PREADV),
+        (libc::SYS_pwritev, syscall_kind::PWRITEV),
+        (libc::SYS_preadv2, syscall_kind::PREADV),
+        (libc::SYS_pwritev2, syscall_kind::PWRITEV),
+        (libc::SYS_openat, syscall_kind::OPEN),
+        (libc::SYS_openat2, syscall_kind::OPEN),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    out.extend([
+        (libc::SYS_open, syscall_kind::OPEN),
+        (libc::SYS_creat, syscall_kind::OPEN),
+    ]);
+    out
+}
+
+/// Length of `INFLIGHT_SLOTS`: a power of two covering `pid_max` (then no two threads
+/// share a slot), at most 65536 (3 MiB; beyond, threads whose ids differ by a multiple of
+/// it share one, and the later start wins).
+fn inflight_slots() -> u32 {
+    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(u32::MAX);
+    pid_max.clamp(1024, 65536).next_power_of_two()
+}
+
+/// `comm` as the kernel holds it: NUL-padded, cut at 15 bytes.
+fn comm_filter(comm: Option<&str>) -> [u8; exporter_common::COMM_LEN] {
+    let mut out = [0u8; exporter_common::COMM_LEN];
+    if let Some(comm) = comm {
+        let bytes = comm.as_bytes();
+        let n = bytes.len().min(out.len() - 1);
+        out[..n].copy_from_slice(&bytes[..n]);
+    }
+    out
 }
 
 /// Lets older kernels (before memcg accounting of BPF memory) load the maps.

@@ -42,6 +42,7 @@ fn record(pid: u32, cgroup_id: u64, path: Option<String>) -> IoRecord {
         mount_point: None,
         file_path: path,
         datasync: false,
+        directory: false,
         attach_mode: AttachMode::Tracepoint,
     }
 }

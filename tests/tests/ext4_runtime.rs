@@ -38,6 +38,8 @@ fn threshold_changes_while_attached() -> Result<()> {
     let mut tracer = Tracer::load(&TracerOptions {
         threshold_ns: 3_600 * 1_000_000_000,
         filter_pid: None,
+        filter_comm: None,
+        syscall_probes: None,
     })?;
     let (mode, _) = tracer.attach(AttachRequest::Tracepoint)?;
     assert_eq!(mode, AttachMode::Tracepoint);

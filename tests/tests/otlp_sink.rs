@@ -37,6 +37,7 @@ fn record(i: u64) -> IoRecord {
         mount_point: Some("/mnt".into()),
         file_path: Some(format!("/mnt/dir/f{i}")),
         datasync: false,
+        directory: false,
         attach_mode: AttachMode::Tracepoint,
     }
 }

@@ -351,6 +351,7 @@ mod tests {
             mount_point: None,
             file_path: path.map(str::to_owned),
             datasync: false,
+            directory: false,
             attach_mode: AttachMode::Tracepoint,
         }
     }

@@ -18,6 +18,7 @@
 //! | `iostall.io.offset` | int | file offset (read, write), when known |
 //! | `iostall.io.return` | int | the syscall's return value (bytes, fd, 0 or -errno) |
 //! | `iostall.io.datasync` | bool | fdatasync rather than fsync (fsync only) |
+//! | `iostall.fsync.directory` | bool | the fsync was of a directory (only set when true) |
 //! | `iostall.file.device` | string | `major:minor` of the filesystem |
 //! | `iostall.file.partial_path` | string | `…/parent/name` when the full path is unknown |
 //! | `iostall.cgroup.id` | int | cgroup v2 id of the thread |
@@ -216,6 +217,9 @@ pub fn for_each_attribute(c: &CorrelatedRecord, mut f: impl FnMut(&'static str, 
     }
     if r.op == IoOp::Fsync {
         f("iostall.io.datasync", AttrValue::Bool(r.datasync));
+        if r.directory {
+            f("iostall.fsync.directory", AttrValue::Bool(true));
+        }
     }
     f("iostall.io.return", AttrValue::Int(r.ret));
     let mut dev = StackStr::new();
@@ -912,6 +916,20 @@ pub(crate) mod tests {
         assert_eq!(attr(&a, "iostall.io.bytes"), Some(&Value::IntValue(4096)));
         assert_eq!(attr(&a, "iostall.io.offset"), Some(&Value::IntValue(8192)));
         assert!(attr(&a, "iostall.io.datasync").is_none());
+    }
+
+    #[test]
+    fn directory_fsync_is_marked_and_file_fsync_is_not() {
+        let mut r = record(10, 1);
+        r.op = IoOp::Fsync;
+        let a = attributes(&Correlator::new("n").correlate(r.clone()));
+        assert!(attr(&a, "iostall.fsync.directory").is_none());
+        r.directory = true;
+        let a = attributes(&Correlator::new("n").correlate(r));
+        assert_eq!(
+            attr(&a, "iostall.fsync.directory"),
+            Some(&Value::BoolValue(true))
+        );
     }
 
     #[test]

@@ -404,7 +404,10 @@ mod tests {
                     r.path_complete = false;
                     r.latency_ns = 2_000_000_000;
                 }
-                _ => r.datasync = true,
+                _ => {
+                    r.datasync = true;
+                    r.directory = true;
+                }
             }
             batch.push(corr.correlate(r).into());
         }

@@ -66,6 +66,10 @@ pub fn format_row(correlated: &CorrelatedRecord) -> String {
         .offset
         .map_or_else(|| "-".to_owned(), |o| (o / 1024).to_string());
     let mut name = record.display_path();
+    // `ls -F`'s mark: a directory's fsync (its name alone reads like a file's).
+    if record.directory {
+        name.push('/');
+    }
     if let Some(errno) = record.errno() {
         name.push_str(&format!(" [{}]", std::io::Error::from_raw_os_error(errno)));
     }
@@ -246,6 +250,7 @@ mod tests {
             mount_point: None,
             file_path: None,
             datasync: false,
+            directory: false,
             attach_mode: AttachMode::Tracepoint,
         }
     }
@@ -257,6 +262,15 @@ mod tests {
         assert_eq!(cols[1..7], ["dockerd", "3616", "W", "4096", "8", "125.43"]);
         assert_eq!(cols[7..9], ["-", "-"], "no pod, no container");
         assert_eq!(cols[9], "…/io.containerd.metadata.v1.bolt/meta.db");
+        let mut dir_sync = record();
+        dir_sync.op = crate::event::IoOp::Fsync;
+        dir_sync.file_name = "containers".into();
+        dir_sync.directory = true;
+        let row = format_row(&Correlator::new("n").correlate(dir_sync));
+        assert!(
+            row.ends_with("/containers/"),
+            "a directory is marked: {row}"
+        );
         let in_pod = Enrichment {
             method: AttributionMethod::Cgroup,
             container_id: Some("0123456789abcdef".into()),

@@ -177,6 +177,7 @@ fn template() -> IoRecord {
         mount_point: Some("/var/lib".into()),
         file_path: Some("/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db".into()),
         datasync: false,
+        directory: false,
         attach_mode: AttachMode::Tracepoint,
     }
 }

@@ -60,6 +60,7 @@ fn record(comm: &str, start: u64, dur: u64, path: &str) -> IoRecord {
         mount_point: Some("/".into()),
         file_path: Some(path.into()),
         datasync: false,
+        directory: false,
         attach_mode: AttachMode::Tracepoint,
     }
 }

@@ -1,223 +1,359 @@
-//! What iostall costs the workloads it watches, in tracepoint mode at threshold 1 ms.
+//! What iostall's tracepoint mode costs every syscall of the node, against no tracer and
+//! against a bpftrace script on the same syscall tracepoints (a per-tid start map, as an
+//! SRE would write it).
 //!
-//! `cargo run --release -p iostall-tests --bin bench-syscalls` (as root). On a throttled
-//! ("slow", cgroup v1 blkio) and an unthrottled ("fast") ext4 loop filesystem it runs a
-//! fsync-heavy workload (pwrite 4 KiB + fdatasync) and a read-heavy one (page-cache
-//! `pread`s of 4 KiB), alternating runs without and with iostall attached (ABBA order, so
-//! drift hits both sides alike), and prints per workload the ratio of median times (with ÷
-//! without), the nanoseconds added per operation and per syscall, and the events per second
-//! iostall reported. Times are only compared inside one run: these machines are shared.
-use std::time::Duration;
+//! `cargo run --release -p iostall-tests --bin bench-syscalls` (as root, bpftrace
+//! installed). Workloads: page-cache `pread`s of 4 KiB on ext4, `getppid` (a syscall
+//! nobody measures), and 4 KiB write+read through a pipe. Sides: bare, bpftrace, and one
+//! or more iostall variants (`--variants`, see `SyscallProbes` in the exporter). Each
+//! round starts every side once, in an order rotated each round, and runs every workload
+//! under it; so each side's figure has a bare figure from the same minute beside it.
+//! Time is the looping thread's CPU time (syscalls and the tracers' programs in them
+//! included), which other processes on a shared machine do not inflate as they do wall
+//! time (`--wall` to compare that instead).
+//! Printed per workload and side: min / median / max over the rounds of ns per op, of the
+//! ratio to bare in the same round, and of the time added as a fraction of what bpftrace
+//! added in the same round; events/s is events over the time iostall was collecting.
+//! Times are only compared inside one run: these machines are shared.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use iostall_tests::{
-    bench::{CountingIostall, median},
+    iostall_proc::{iostall_binary, wait_attached},
     slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
     workload::run_workload_summary,
 };
 
 #[derive(Debug, Parser)]
-#[command(about = "Overhead of iostall (tracepoint mode, threshold 1 ms) on syscall workloads")]
+#[command(about = "Per-syscall cost of iostall (tracepoint mode) against bare and bpftrace")]
 struct Args {
-    /// Pairs of (without, with) runs per workload.
-    #[arg(long, default_value_t = 4)]
-    pairs: usize,
+    /// Rounds (each side once per round).
+    #[arg(long, default_value_t = 8)]
+    rounds: usize,
     /// Page-cache preads per run.
     #[arg(long, default_value_t = 400_000)]
     preads: u64,
-    /// pwrite+fdatasync iterations per run on the fast filesystem.
-    #[arg(long, default_value_t = 2_000)]
-    fast_fsyncs: u64,
-    /// pwrite+fdatasync iterations per run on the slow filesystem (~100 ms each).
-    #[arg(long, default_value_t = 10)]
-    slow_fsyncs: u64,
-    /// Threshold iostall runs with, in milliseconds.
+    /// getppid calls per run.
+    #[arg(long, default_value_t = 1_000_000)]
+    getppids: u64,
+    /// Pipe write+read pairs per run.
+    #[arg(long, default_value_t = 200_000)]
+    pipes: u64,
+    /// iostall variants, comma-separated: `btf`, `raw` or `per-syscall`, then `+slots` or
+    /// `+hash`, then optionally `+enter-filter`; `default` is iostall as shipped.
+    #[arg(long, value_delimiter = ',', default_value = "default")]
+    variants: Vec<String>,
+    /// Threshold iostall and bpftrace run with, in milliseconds.
     #[arg(long, default_value_t = 1.0)]
     threshold_ms: f64,
-    /// Print one JSON object per workload instead of the table.
+    /// Print one JSON object per workload and side instead of the table.
     #[arg(long)]
     json: bool,
+    /// Compare wall-clock time instead of the looping thread's CPU time.
+    #[arg(long)]
+    wall: bool,
 }
 
-/// One workload to measure.
-struct Case {
-    name: String,
-    args: Vec<String>,
-    syscalls_per_op: u64,
+/// A tracer (or none) the workloads run under.
+#[derive(Debug, Clone)]
+enum Side {
+    Bare,
+    Bpftrace,
+    Iostall(String),
 }
 
-/// Results of one case.
+impl Side {
+    fn name(&self) -> String {
+        match self {
+            Self::Bare => "bare".into(),
+            Self::Bpftrace => "bpftrace".into(),
+            Self::Iostall(v) => format!("iostall {v}"),
+        }
+    }
+}
+
+/// The environment that selects an iostall variant.
+fn variant_env(variant: &str) -> Result<Vec<(&'static str, &'static str)>> {
+    if variant == "default" {
+        return Ok(Vec::new());
+    }
+    let mut env = Vec::new();
+    for part in variant.split('+') {
+        env.push(match part {
+            "btf" => ("IOSTALL_SYSCALL_PROBES", "btf"),
+            "raw" => ("IOSTALL_SYSCALL_PROBES", "raw"),
+            "per-syscall" => ("IOSTALL_SYSCALL_PROBES", "per-syscall"),
+            "slots" => ("IOSTALL_INFLIGHT", "slots"),
+            "hash" => ("IOSTALL_INFLIGHT", "hash"),
+            "enter-filter" => ("IOSTALL_ENTER_FILTER", "1"),
+            other => bail!("unknown variant part {other:?} in {variant:?}"),
+        });
+    }
+    Ok(env)
+}
+
+/// The syscalls iostall's tracepoint mode times (bpftrace gets the same ones).
+const SYSCALLS: &[&str] = &[
+    "read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2",
+    "pwritev2", "open", "openat", "openat2", "creat",
+];
+
+fn bpftrace_script(threshold_ns: u64) -> String {
+    let probes = |dir: &str| {
+        SYSCALLS
+            .iter()
+            .map(|s| format!("tracepoint:syscalls:sys_{dir}_{s}"))
+            .collect::<Vec<_>>()
+            .join(",\n")
+    };
+    format!(
+        "BEGIN {{ printf(\"ready\\n\"); }}\n\
+         {enter} {{ @start[tid] = nsecs; }}\n\
+         {exit} /@start[tid]/ {{\n  $d = nsecs - @start[tid];\n  delete(@start[tid]);\n  \
+         if ($d >= {threshold_ns}) {{ printf(\"%s %d %d\\n\", comm, pid, $d); }}\n}}\n",
+        enter = probes("enter"),
+        exit = probes("exit"),
+    )
+}
+
+/// A tracer attached for one round; counts the events it prints.
+struct Running {
+    child: Option<Child>,
+    reader: Option<std::thread::JoinHandle<u64>>,
+    since: Instant,
+}
+
+impl Running {
+    fn start(side: &Side, threshold_ms: f64) -> Result<Self> {
+        let mut child = match side {
+            Side::Bare => {
+                return Ok(Self {
+                    child: None,
+                    reader: None,
+                    since: Instant::now(),
+                });
+            }
+            Side::Bpftrace => {
+                let script = bpftrace_script((threshold_ms * 1e6) as u64);
+                Command::new("bpftrace")
+                    .args(["-e", &script])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting bpftrace (apt-get install bpftrace)")?
+            }
+            Side::Iostall(variant) => {
+                let mut child = Command::new(iostall_binary()?)
+                    .args(["--attach", "tracepoint", "--output", "json"])
+                    .args(["--threshold-ms", &threshold_ms.to_string()])
+                    .args(["--metrics-listen", "off"])
+                    .args(["--containerd-socket", "off", "--docker-socket", "off"])
+                    .envs(variant_env(variant)?)
+                    .env("IOSTALL_LOG", "info")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("starting iostall")?;
+                wait_attached(child.stderr.take().context("no stderr")?)?;
+                child
+            }
+        };
+        let stdout = child.stdout.take().context("no stdout")?;
+        let is_bpftrace = matches!(side, Side::Bpftrace);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut events = 0u64;
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if is_bpftrace && line == "ready" {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                } else if line.starts_with('{') && line.contains("\"op\"") || is_bpftrace {
+                    events += 1;
+                }
+            }
+            events
+        });
+        if is_bpftrace {
+            ready_rx
+                .recv_timeout(Duration::from_secs(60))
+                .context("bpftrace did not attach")?;
+        }
+        Ok(Self {
+            child: Some(child),
+            reader: Some(reader),
+            since: Instant::now(),
+        })
+    }
+
+    /// Stops the tracer; returns its events and the seconds it collected them over.
+    fn stop(mut self) -> Result<(u64, f64)> {
+        let Some(mut child) = self.child.take() else {
+            return Ok((0, 0.0));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let secs = self.since.elapsed().as_secs_f64();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        child.wait()?;
+        let events = self
+            .reader
+            .take()
+            .map(|r| r.join().unwrap_or(0))
+            .unwrap_or(0);
+        Ok((events, secs))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// min, median, max.
+fn spread(values: &[f64]) -> [f64; 3] {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return [f64::NAN; 3];
+    }
+    let mid = v.len() / 2;
+    let median = if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    };
+    [v[0], median, v[v.len() - 1]]
+}
+
+/// One workload × side, over the rounds.
 #[derive(Debug, serde::Serialize)]
 struct Outcome {
     workload: String,
-    ops_per_run: u64,
-    median_ns_per_op_without: f64,
-    median_ns_per_op_with: f64,
-    ratio: f64,
-    ns_added_per_op: f64,
-    ns_added_per_syscall: f64,
+    side: String,
+    ns_per_op: [f64; 3],
+    ratio_to_bare: [f64; 3],
+    share_of_bpftrace_added: [f64; 3],
     events_per_s: f64,
-}
-
-fn measure(case: &Case, args: &Args) -> Result<Outcome> {
-    let argv: Vec<&str> = case.args.iter().map(String::as_str).collect();
-    let mut without = Vec::new();
-    let mut with = Vec::new();
-    let mut events = 0u64;
-    let mut with_secs = 0f64;
-    let mut ops = 0u64;
-    for pair in 0..args.pairs {
-        // ABBA: even pairs run without first, odd pairs with first.
-        let order = if pair % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for attached in order {
-            let tracer = attached
-                .then(|| {
-                    let iostall_args = [
-                        "--attach".to_owned(),
-                        "tracepoint".to_owned(),
-                        "--output".to_owned(),
-                        "json".to_owned(),
-                        "--threshold-ms".to_owned(),
-                        args.threshold_ms.to_string(),
-                    ];
-                    // Every line is one event.
-                    CountingIostall::start(&iostall_args, |_| true)
-                })
-                .transpose()?;
-            let summary = run_workload_summary(&argv)?;
-            let ns_per_op = summary["ns_per_op"].as_f64().context("no ns_per_op")?;
-            ops = summary["count"].as_u64().context("no count")?;
-            if let Some(tracer) = tracer {
-                events += tracer.stop(Duration::from_millis(200))?;
-                with_secs += summary["total_ns"].as_f64().unwrap_or(0.0) / 1e9;
-                with.push(ns_per_op);
-            } else {
-                without.push(ns_per_op);
-            }
-        }
-    }
-    let without_ns = median(&mut without);
-    let with_ns = median(&mut with);
-    Ok(Outcome {
-        workload: case.name.clone(),
-        ops_per_run: ops,
-        median_ns_per_op_without: without_ns,
-        median_ns_per_op_with: with_ns,
-        ratio: with_ns / without_ns,
-        ns_added_per_op: with_ns - without_ns,
-        ns_added_per_syscall: (with_ns - without_ns) / case.syscalls_per_op as f64,
-        events_per_s: if with_secs > 0.0 {
-            events as f64 / with_secs
-        } else {
-            0.0
-        },
-    })
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     require_root();
     ensure_kernel_mounts()?;
-    let slow = SlowExt4::create(SlowExt4Options {
-        write_iops: Some(10),
-        ..Default::default()
-    })?;
-    let fast = SlowExt4::create(SlowExt4Options::default())?;
-    let slow_cg = slow.cgroup_dir().to_string_lossy().into_owned();
-    let file =
-        |fs: &SlowExt4, name: &str| fs.mount_point().join(name).to_string_lossy().into_owned();
-    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    let cases = [
-        Case {
-            name: "fsync-heavy, slow fs (pwrite+fdatasync)".into(),
-            args: strings(&[
-                "--cgroup",
-                &slow_cg,
-                "--prime-throttle",
-                "fsync-loop",
-                "--file",
-                &file(&slow, "fsync.dat"),
-                "--count",
-                &args.slow_fsyncs.to_string(),
-                "--size",
-                "4096",
-            ]),
-            syscalls_per_op: 2,
-        },
-        Case {
-            name: "fsync-heavy, fast fs (pwrite+fdatasync)".into(),
-            args: strings(&[
-                "fsync-loop",
-                "--file",
-                &file(&fast, "fsync.dat"),
-                "--count",
-                &args.fast_fsyncs.to_string(),
-                "--size",
-                "4096",
-            ]),
-            syscalls_per_op: 2,
-        },
-        Case {
-            name: "read-heavy, slow fs (page-cache pread 4 KiB)".into(),
-            args: strings(&[
+    let fs = SlowExt4::create(SlowExt4Options::default())?;
+    let pread_file = fs.mount_point().join("pread.dat");
+    let pread_file = pread_file.to_string_lossy();
+    let (preads, getppids, pipes) = (
+        args.preads.to_string(),
+        args.getppids.to_string(),
+        args.pipes.to_string(),
+    );
+    let workloads: [(&str, Vec<&str>); 3] = [
+        (
+            "pread 4 KiB, page cache (ext4)",
+            vec![
                 "pread-loop",
                 "--file",
-                &file(&slow, "pread.dat"),
+                &pread_file,
                 "--count",
-                &args.preads.to_string(),
+                &preads,
                 "--size",
                 "4096",
-            ]),
-            syscalls_per_op: 1,
-        },
-        Case {
-            name: "read-heavy, fast fs (page-cache pread 4 KiB)".into(),
-            args: strings(&[
-                "pread-loop",
-                "--file",
-                &file(&fast, "pread.dat"),
-                "--count",
-                &args.preads.to_string(),
-                "--size",
-                "4096",
-            ]),
-            syscalls_per_op: 1,
-        },
+            ],
+        ),
+        ("getppid", vec!["getppid-loop", "--count", &getppids]),
+        (
+            "pipe write+read 4 KiB",
+            vec!["pipe-loop", "--count", &pipes, "--size", "4096"],
+        ),
     ];
+    let mut sides = vec![Side::Bare, Side::Bpftrace];
+    for v in &args.variants {
+        variant_env(v)?;
+        sides.push(Side::Iostall(v.clone()));
+    }
+    // ns_per_op[side][workload][round]; events and seconds per side.
+    let mut ns = vec![vec![vec![f64::NAN; args.rounds]; workloads.len()]; sides.len()];
+    let mut collected = vec![(0u64, 0f64); sides.len()];
+    // Indexes, not iterators: a round fills one cell of every side's row, rotated.
+    #[allow(clippy::needless_range_loop)]
+    for round in 0..args.rounds {
+        for k in 0..sides.len() {
+            let s = (k + round) % sides.len();
+            let running = Running::start(&sides[s], args.threshold_ms)?;
+            for (w, (_, argv)) in workloads.iter().enumerate() {
+                let summary = run_workload_summary(argv)?;
+                let key = if args.wall {
+                    "ns_per_op"
+                } else {
+                    "cpu_ns_per_op"
+                };
+                ns[s][w][round] = summary[key].as_f64().context("no ns per op")?;
+            }
+            let (events, secs) = running.stop()?;
+            collected[s].0 += events;
+            collected[s].1 += secs;
+        }
+        eprintln!("round {} of {} done", round + 1, args.rounds);
+    }
     if !args.json {
         println!(
-            "{:<46} {:>9} {:>13} {:>13} {:>7} {:>12} {:>13} {:>9}",
-            "workload (iostall: tracepoint, -t 1 ms)",
-            "ops/run",
-            "ns/op without",
-            "ns/op with",
-            "ratio",
-            "ns added/op",
-            "ns added/call",
+            "{:<32} {:<34} {:>22} {:>20} {:>22} {:>9}",
+            "workload",
+            "side",
+            "ns/op min/med/max",
+            "× bare min/med/max",
+            "÷ bpftrace added",
             "events/s"
         );
     }
-    for case in &cases {
-        let o = measure(case, &args)?;
-        if args.json {
-            println!("{}", serde_json::to_string(&o)?);
-        } else {
-            println!(
-                "{:<46} {:>9} {:>13.0} {:>13.0} {:>7.3} {:>12.0} {:>13.0} {:>9.1}",
-                o.workload,
-                o.ops_per_run,
-                o.median_ns_per_op_without,
-                o.median_ns_per_op_with,
-                o.ratio,
-                o.ns_added_per_op,
-                o.ns_added_per_syscall,
-                o.events_per_s
-            );
+    for (w, (workload, _)) in workloads.iter().enumerate() {
+        for (s, side) in sides.iter().enumerate() {
+            let per_round = |f: &dyn Fn(usize) -> f64| -> Vec<f64> {
+                (0..args.rounds).map(f).collect::<Vec<_>>()
+            };
+            let ratio = per_round(&|r| ns[s][w][r] / ns[0][w][r]);
+            let share = per_round(&|r| (ns[s][w][r] - ns[0][w][r]) / (ns[1][w][r] - ns[0][w][r]));
+            let (events, secs) = collected[s];
+            let o = Outcome {
+                workload: (*workload).into(),
+                side: side.name(),
+                ns_per_op: spread(&ns[s][w]),
+                ratio_to_bare: spread(&ratio),
+                share_of_bpftrace_added: spread(&share),
+                events_per_s: if secs > 0.0 {
+                    events as f64 / secs
+                } else {
+                    0.0
+                },
+            };
+            if args.json {
+                println!("{}", serde_json::to_string(&o)?);
+            } else {
+                let f = |v: [f64; 3], p: usize| {
+                    format!("{:.p$}/{:.p$}/{:.p$}", v[0], v[1], v[2], p = p)
+                };
+                println!(
+                    "{:<32} {:<34} {:>22} {:>20} {:>22} {:>9.1}",
+                    o.workload,
+                    o.side,
+                    f(o.ns_per_op, 0),
+                    f(o.ratio_to_bare, 2),
+                    f(o.share_of_bpftrace_added, 2),
+                    o.events_per_s
+                );
+            }
         }
     }
     Ok(())

@@ -111,6 +111,21 @@ enum Cmd {
         #[arg(long)]
         size: usize,
     },
+    /// Benchmark: COUNT `getppid`s (a syscall iostall does not measure); prints one summary.
+    GetppidLoop {
+        /// Number of calls.
+        #[arg(long)]
+        count: u64,
+    },
+    /// Benchmark: COUNT x (write SIZE bytes into a pipe + read them back); prints one summary.
+    PipeLoop {
+        /// Number of write+read pairs.
+        #[arg(long)]
+        count: u64,
+        /// Bytes per write and read.
+        #[arg(long)]
+        size: usize,
+    },
     /// Benchmark: COUNT x (pwrite SIZE bytes at offset 0 + fdatasync); prints one summary.
     FsyncLoop {
         /// File to write (created if missing).
@@ -149,6 +164,10 @@ struct LoopSummary {
     size: usize,
     total_ns: u64,
     ns_per_op: f64,
+    /// CPU time of the looping thread per op (kernel time included: a tracer's programs
+    /// run in the syscall). Unlike wall time it does not count time other processes
+    /// took on a shared machine.
+    cpu_ns_per_op: f64,
 }
 
 /// Process-wide facts repeated in every record.
@@ -245,6 +264,10 @@ fn realtime_ns() -> u64 {
 
 fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn thread_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
@@ -498,6 +521,7 @@ fn pread_loop(ctx: &Ctx, file: &Path, count: u64, size: usize) -> Result<()> {
     let ret = unsafe { libc::pread(fd.0, buf.as_mut_ptr().cast(), size, 0) };
     check_ret(ret, "pread", &target)?;
     ctx.maybe_prime(&parent_dir(file), Direction::Read)?;
+    let c0 = thread_cpu_ns();
     let t0 = monotonic_ns();
     for _ in 0..count {
         // SAFETY: as above.
@@ -508,7 +532,44 @@ fn pread_loop(ctx: &Ctx, file: &Path, count: u64, size: usize) -> Result<()> {
         }
     }
     let total = monotonic_ns().saturating_sub(t0);
-    summary("pread-loop", count, size, total)
+    let cpu = thread_cpu_ns().saturating_sub(c0);
+    summary("pread-loop", count, size, total, cpu)
+}
+
+fn getppid_loop(count: u64) -> Result<()> {
+    let c0 = thread_cpu_ns();
+    let t0 = monotonic_ns();
+    for _ in 0..count {
+        // SAFETY: no preconditions; black_box keeps the call in the loop.
+        std::hint::black_box(unsafe { libc::getppid() });
+    }
+    let total = monotonic_ns().saturating_sub(t0);
+    let cpu = thread_cpu_ns().saturating_sub(c0);
+    summary("getppid-loop", count, 0, total, cpu)
+}
+
+fn pipe_loop(count: u64, size: usize) -> Result<()> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds has room for the two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    let (r, w) = (Fd(fds[0]), Fd(fds[1]));
+    let mut buf = vec![0x5au8; size];
+    let c0 = thread_cpu_ns();
+    let t0 = monotonic_ns();
+    for _ in 0..count {
+        // SAFETY: buf holds `size` bytes; both ends are open.
+        let wrote = unsafe { libc::write(w.0, buf.as_ptr().cast(), size) };
+        // SAFETY: as above.
+        let read = unsafe { libc::read(r.0, buf.as_mut_ptr().cast(), size) };
+        if wrote != size as isize || read != size as isize {
+            bail!("pipe write/read: {wrote}/{read} of {size} bytes");
+        }
+    }
+    let total = monotonic_ns().saturating_sub(t0);
+    let cpu = thread_cpu_ns().saturating_sub(c0);
+    summary("pipe-loop", count, size, total, cpu)
 }
 
 fn fsync_loop(ctx: &Ctx, file: &Path, count: u64, size: usize) -> Result<()> {
@@ -516,6 +577,7 @@ fn fsync_loop(ctx: &Ctx, file: &Path, count: u64, size: usize) -> Result<()> {
     let fd = open_fd(&target, libc::O_CREAT | libc::O_RDWR)?;
     let buf = vec![0xa5u8; size];
     ctx.maybe_prime(&parent_dir(file), Direction::Write)?;
+    let c0 = thread_cpu_ns();
     let t0 = monotonic_ns();
     for _ in 0..count {
         // SAFETY: buf holds `size` bytes.
@@ -529,21 +591,26 @@ fn fsync_loop(ctx: &Ctx, file: &Path, count: u64, size: usize) -> Result<()> {
         check_ret(ret as isize, "fdatasync", &target)?;
     }
     let total = monotonic_ns().saturating_sub(t0);
-    summary("fsync-loop", count, size, total)
+    let cpu = thread_cpu_ns().saturating_sub(c0);
+    summary("fsync-loop", count, size, total, cpu)
 }
 
-fn summary(op: &'static str, count: u64, size: usize, total_ns: u64) -> Result<()> {
-    let ns_per_op = if count == 0 {
-        0.0
-    } else {
-        total_ns as f64 / count as f64
+fn summary(op: &'static str, count: u64, size: usize, total_ns: u64, cpu_ns: u64) -> Result<()> {
+    let per_op = |ns: u64| {
+        if count == 0 {
+            0.0
+        } else {
+            ns as f64 / count as f64
+        }
     };
+    let ns_per_op = per_op(total_ns);
     let s = LoopSummary {
         op,
         count,
         size,
         total_ns,
         ns_per_op,
+        cpu_ns_per_op: per_op(cpu_ns),
     };
     emit(&mut std::io::stdout().lock(), &s)
 }
@@ -692,6 +759,8 @@ fn run(cli: Cli) -> Result<()> {
             drop(rep);
             pread_loop(&ctx, &file, count, size)
         }
+        Cmd::GetppidLoop { count } => getppid_loop(count),
+        Cmd::PipeLoop { count, size } => pipe_loop(count, size),
         Cmd::FsyncLoop { file, count, size } => {
             drop(rep);
             fsync_loop(&ctx, &file, count, size)

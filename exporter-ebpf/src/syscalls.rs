@@ -1,0 +1,222 @@
+//! The in-flight halves of read/write/open timing shared by tracepoint mode's programs
+//! (`begin`, `end`), and programs on the two generic syscall tracepoints
+//! (`raw_syscalls:sys_enter`/`sys_exit`), BTF-typed (`tp_btf`) or raw.
+//!
+//! An operation in flight lives in the thread's slot of an array indexed by thread id:
+//! the verifier inlines an array lookup, where a hash map update and delete are two
+//! helper calls with locking (half of what tracepoint mode used to add to a `pread`).
+//!
+//! The generic tracepoints avoid the perf trace buffer the per-syscall ones fill, but
+//! run a program on every syscall of the node; measured (`bench-syscalls`), that costs
+//! every other syscall more than it saves on reads and writes, so userspace attaches the
+//! per-syscall ones unless told otherwise (`IOSTALL_SYSCALL_PROBES`). The generic
+//! programs read arguments from `struct pt_regs` at x86-64's offsets, which userspace
+//! checks in the kernel's BTF first.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_ktime_get_ns},
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use exporter_common::{EXT4_SUPER_MAGIC, op, stat, syscall_kind, syscall_probe};
+
+use crate::{
+    emit::emit,
+    inflight::{Finished, InFlight, finish},
+    kernel::{file_of_fd, read_at},
+    maps::{
+        INFLIGHT_IO, INFLIGHT_SLOTS, SYSCALL_KINDS, count, load_config, tgid_wanted, threshold_ns,
+    },
+};
+
+/// x86-64 `struct pt_regs`: offset of `r10` (4th syscall argument), then in 8-byte steps
+/// `r9 r8 ax cx dx si di orig_ax ip cs` (`dx`, `si`, `di`: 3rd, 2nd, 1st arguments).
+const REGS_R10: usize = 56;
+const R10: usize = 0;
+const DX: usize = 5;
+const DI: usize = 7;
+const ORIG_AX: usize = 8;
+const CS: usize = 10;
+/// Registers read, from `r10` to `cs`.
+const REGS_LEN: usize = 11;
+/// The code segment of 64-bit user mode: a 32-bit (ia32) task's syscall numbers differ.
+const USER_CS_64: u64 = 0x33;
+
+/// The operation a syscall number measures, `NONE` for every other syscall.
+#[inline(always)]
+fn kind_of(id: u64) -> u32 {
+    match SYSCALL_KINDS.get(id as u32) {
+        Some(kind) if id < u64::from(syscall_kind::TABLE_LEN) => *kind,
+        _ => syscall_kind::NONE,
+    }
+}
+
+/// Starts timing syscall `kind` with registers `regs` (`r10` … `cs`).
+#[inline(always)]
+fn enter(kind: u32, regs: &[u64; REGS_LEN]) {
+    if regs[CS] != USER_CS_64 {
+        return;
+    }
+    let (op, fd, pos, count_) = match kind {
+        syscall_kind::READ => (op::READ, regs[DI], -1, regs[DX]),
+        syscall_kind::WRITE => (op::WRITE, regs[DI], -1, regs[DX]),
+        syscall_kind::PREAD => (op::READ, regs[DI], regs[R10] as i64, regs[DX]),
+        syscall_kind::PWRITE => (op::WRITE, regs[DI], regs[R10] as i64, regs[DX]),
+        syscall_kind::READV => (op::READ, regs[DI], -1, 0),
+        syscall_kind::WRITEV => (op::WRITE, regs[DI], -1, 0),
+        syscall_kind::PREADV => (op::READ, regs[DI], regs[R10] as i64, 0),
+        syscall_kind::PWRITEV => (op::WRITE, regs[DI], regs[R10] as i64, 0),
+        _ => (op::OPEN, 0, -1, 0),
+    };
+    begin(op, fd, pos, count_);
+}
+
+/// Starts timing a read/write (of `fd`) or open of the current thread: the enter half
+/// shared with the per-syscall tracepoints.
+#[inline(always)]
+pub fn begin(op: u32, fd: u64, pos: i64, count_: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !tgid_wanted((pid_tgid >> 32) as u32) {
+        return;
+    }
+    let probe = load_config!(syscall_probe);
+    if probe & syscall_probe::ENTER_FILTER != 0 && op != op::OPEN && !on_ext4(fd) {
+        return;
+    }
+    let value = InFlight {
+        // SAFETY: helper without preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        target: fd,
+        pos,
+        count: count_,
+        op,
+        flags: 0,
+    };
+    let tid = pid_tgid as u32;
+    if probe & syscall_probe::HASH != 0 {
+        if INFLIGHT_IO.insert(tid, value, 0).is_err() {
+            count(stat::INFLIGHT_FULL);
+        }
+    } else if let Some(slot) = INFLIGHT_SLOTS.get_ptr_mut(tid & load_config!(slots_mask)) {
+        // SAFETY: an array slot; a thread only ever writes its own (tid-indexed) slot,
+        // and a collision with another tid is caught by `tid` at exit.
+        unsafe {
+            (*slot).tid = tid;
+            (*slot).started = value;
+        }
+    }
+}
+
+/// Whether `fd` is an ext4 file (the enter-side filter, see `syscall_probe`).
+#[inline(always)]
+fn on_ext4(fd: u64) -> bool {
+    let magic = || -> Option<u64> {
+        let file = file_of_fd(fd)?;
+        let inode: u64 = read_at(file, load_config!(offsets.file_inode))?;
+        let sb: u64 = read_at(inode, load_config!(offsets.inode_sb))?;
+        read_at(sb, load_config!(offsets.sb_magic))
+    };
+    magic().is_none_or(|m| m == EXT4_SUPER_MAGIC)
+}
+
+/// Ends the current thread's read/write/open; `Some` if it crossed the threshold. The
+/// exit half shared with the per-syscall tracepoints.
+#[inline(always)]
+pub fn end() -> Option<Finished> {
+    if load_config!(syscall_probe) & syscall_probe::HASH != 0 {
+        return finish(&INFLIGHT_IO);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let slot = INFLIGHT_SLOTS.get_ptr_mut(tid & load_config!(slots_mask))?;
+    // SAFETY: as in `enter`; the value is copied out, then the slot is marked empty.
+    let started = unsafe {
+        if (*slot).tid != tid || (*slot).started.start_ns == 0 {
+            return None;
+        }
+        let started = (*slot).started;
+        (*slot).started.start_ns = 0;
+        started
+    };
+    // SAFETY: helper without preconditions.
+    let end_ns = unsafe { bpf_ktime_get_ns() };
+    if end_ns.wrapping_sub(started.start_ns) < threshold_ns() {
+        return None;
+    }
+    Some(Finished {
+        started,
+        end_ns,
+        pid: (pid_tgid >> 32) as u32,
+        tid,
+    })
+}
+
+/// `sys_enter(struct pt_regs *regs, long id)`, BTF-typed: `regs` is read directly.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn btf_sys_enter(ctx: BtfTracePointContext) -> i32 {
+    let id: u64 = ctx.arg(1);
+    let kind = kind_of(id);
+    if kind == syscall_kind::NONE {
+        return 0;
+    }
+    let regs: *const u64 = ctx.arg(0);
+    let mut copy = [0u64; REGS_LEN];
+    for (i, r) in copy.iter_mut().enumerate() {
+        // SAFETY: a BTF-typed pointer to this syscall's `pt_regs`; the verifier checks
+        // each load against the struct's layout.
+        *r = unsafe { *regs.add(REGS_R10 / 8 + i) };
+    }
+    enter(kind, &copy);
+    0
+}
+
+/// `sys_exit(struct pt_regs *regs, long ret)`, BTF-typed.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn btf_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u64 = ctx.arg(0);
+    // SAFETY: as in `btf_sys_enter`.
+    let id = unsafe { *regs.add(REGS_R10 / 8 + ORIG_AX) };
+    if kind_of(id) == syscall_kind::NONE {
+        return 0;
+    }
+    if let Some(done) = end() {
+        let ret: i64 = ctx.arg(1);
+        emit(&done, ret);
+    }
+    0
+}
+
+/// `sys_enter` as a raw tracepoint: `regs` is read with a helper.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {
+    let id: u64 = ctx.arg(1);
+    let kind = kind_of(id);
+    if kind == syscall_kind::NONE {
+        return 0;
+    }
+    let regs: u64 = ctx.arg(0);
+    // SAFETY: bpf_probe_read_kernel fails instead of faulting.
+    if let Ok(copy) =
+        unsafe { bpf_probe_read_kernel((regs + REGS_R10 as u64) as *const [u64; REGS_LEN]) }
+    {
+        enter(kind, &copy);
+    }
+    0
+}
+
+/// `sys_exit` as a raw tracepoint.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let regs: u64 = ctx.arg(0);
+    let offset = (REGS_R10 + ORIG_AX * 8) as u32;
+    let Some(id) = read_at::<u64>(regs, offset) else {
+        return 0;
+    };
+    if kind_of(id) == syscall_kind::NONE {
+        return 0;
+    }
+    if let Some(done) = end() {
+        let ret: i64 = ctx.arg(1);
+        emit(&done, ret);
+    }
+    0
+}
