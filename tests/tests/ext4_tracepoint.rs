@@ -437,7 +437,7 @@ fn unprivileged_run_says_what_it_needs() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("needs root") && err.contains("CAP_BPF"),
+        err.contains("missing capability CAP_BPF") && err.contains("run it as root"),
         "{err}"
     );
     Ok(())
