@@ -28,7 +28,8 @@ use fuser::{
 };
 
 use crate::slowfs::{
-    SETUP_LOCK, make_temp_dir, read_dev_numbers, run_paths, unmount, wait_loop_detached,
+    SETUP_LOCK, format_and_mount, make_temp_dir, mount_ext4, read_dev_numbers, run_paths, unmount,
+    wait_loop_detached,
 };
 
 const DISK_INO: u64 = 2;
@@ -293,29 +294,7 @@ impl CappedExt4 {
         let loop_dev = PathBuf::from(loop_dev.trim());
         disk.loop_device = Some(loop_dev.clone());
         disk.device = read_dev_numbers(&loop_dev)?;
-        run_paths(
-            "mkfs.ext4",
-            &[
-                "-q".as_ref(),
-                "-F".as_ref(),
-                "-b".as_ref(),
-                "4096".as_ref(),
-                "-E".as_ref(),
-                "lazy_itable_init=0,lazy_journal_init=0".as_ref(),
-                loop_dev.as_os_str(),
-            ],
-        )
-        .context("formatting the capped device as ext4")?;
-        run_paths(
-            "mount",
-            &[
-                "-t".as_ref(),
-                "ext4".as_ref(),
-                loop_dev.as_os_str(),
-                disk.mount_point.as_os_str(),
-            ],
-        )
-        .context("mounting the ext4 filesystem")?;
+        format_and_mount(&loop_dev, &disk.mount_point)?;
         disk.mounted = true;
         disk.set_iops(iops);
         Ok(disk)
@@ -334,16 +313,7 @@ impl CappedExt4 {
         let dev = self.loop_device.clone().context("no loop device")?;
         unmount(&self.mount_point)?;
         self.mounted = false;
-        run_paths(
-            "mount",
-            &[
-                "-t".as_ref(),
-                "ext4".as_ref(),
-                dev.as_os_str(),
-                self.mount_point.as_os_str(),
-            ],
-        )
-        .context("mounting the ext4 filesystem again")?;
+        mount_ext4(&dev, &self.mount_point)?;
         self.mounted = true;
         self.set_iops(iops);
         Ok(())

@@ -322,32 +322,7 @@ impl SlowExt4 {
         fs.loop_device = Some(loop_dev.clone());
         fs.device = read_dev_numbers(&loop_dev)?;
 
-        run_paths(
-            "mkfs.ext4",
-            &[
-                "-q".as_ref(),
-                "-F".as_ref(),
-                // Small filesystems would get 1 KiB blocks; use what real disks use.
-                "-b".as_ref(),
-                "4096".as_ref(),
-                // Initialise inode tables and journal now, so no ext4lazyinit IO runs
-                // in the background while tests measure latencies.
-                "-E".as_ref(),
-                "lazy_itable_init=0,lazy_journal_init=0".as_ref(),
-                loop_dev.as_os_str(),
-            ],
-        )
-        .context("formatting the loop device as ext4")?;
-        run_paths(
-            "mount",
-            &[
-                "-t".as_ref(),
-                "ext4".as_ref(),
-                loop_dev.as_os_str(),
-                fs.mount_point.as_os_str(),
-            ],
-        )
-        .context("mounting the ext4 filesystem")?;
+        format_and_mount(&loop_dev, &fs.mount_point)?;
         fs.mounted = true;
 
         remove_stale_cgroups();
@@ -510,6 +485,42 @@ pub(crate) fn wait_loop_detached(dev: &Path, backing: &Path) -> Result<()> {
 }
 
 /// Reads `MAJ:MIN` of a block device node from `/sys/block/<name>/dev`.
+/// Formats `dev` as ext4 with 4 KiB blocks and every inode table and the journal
+/// initialised now (no ext4lazyinit IO in the background while tests measure), then
+/// mounts it on `mount_point`.
+pub(crate) fn format_and_mount(dev: &Path, mount_point: &Path) -> Result<()> {
+    run_paths(
+        "mkfs.ext4",
+        &[
+            "-q".as_ref(),
+            "-F".as_ref(),
+            // Small filesystems would get 1 KiB blocks; use what real disks use.
+            "-b".as_ref(),
+            "4096".as_ref(),
+            "-E".as_ref(),
+            "lazy_itable_init=0,lazy_journal_init=0".as_ref(),
+            dev.as_os_str(),
+        ],
+    )
+    .context("formatting the loop device as ext4")?;
+    mount_ext4(dev, mount_point)
+}
+
+/// Mounts the ext4 filesystem on `dev` at `mount_point`.
+pub(crate) fn mount_ext4(dev: &Path, mount_point: &Path) -> Result<()> {
+    run_paths(
+        "mount",
+        &[
+            "-t".as_ref(),
+            "ext4".as_ref(),
+            dev.as_os_str(),
+            mount_point.as_os_str(),
+        ],
+    )
+    .context("mounting the ext4 filesystem")?;
+    Ok(())
+}
+
 pub(crate) fn read_dev_numbers(dev: &Path) -> Result<(u32, u32)> {
     let name = dev
         .file_name()

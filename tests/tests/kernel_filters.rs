@@ -115,6 +115,25 @@ fn metrics_when(addr: std::net::SocketAddr, series: &str, at_least: u64) -> Stri
     }
 }
 
+/// iostall in tracepoint mode at 20 ms, JSON out, only `pid`, with /metrics.
+fn iostall_for(pid: &str) -> (Iostall, std::net::SocketAddr) {
+    let iostall = Iostall::start(&[
+        "--attach",
+        "tracepoint",
+        "-t",
+        "20",
+        "-o",
+        "json",
+        "--pid",
+        pid,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .expect("start iostall");
+    let addr = metrics_addr_from_log(&iostall.stderr_text()).expect("metrics address");
+    (iostall, addr)
+}
+
 #[test]
 fn pid_filter_keeps_other_processes_out_of_the_ring() {
     require_root();
@@ -125,20 +144,7 @@ fn pid_filter_keeps_other_processes_out_of_the_ring() {
     let wanted = spawn(&program, "wanted", dir);
     let other = spawn(&program, "other", dir);
     let pid = wanted.id().to_string();
-    let iostall = Iostall::start(&[
-        "--attach",
-        "tracepoint",
-        "-t",
-        "20",
-        "-o",
-        "json",
-        "--pid",
-        &pid,
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ])
-    .expect("start iostall");
-    let addr = metrics_addr_from_log(&iostall.stderr_text()).expect("metrics address");
+    let (iostall, addr) = iostall_for(&pid);
     std::fs::write(dir.join("go"), b"").expect("go");
     finish(wanted);
     finish(other);
@@ -195,20 +201,7 @@ fn each_kernel_filtered_reason_is_counted() {
     let program = program_file(dir);
     let child = spawn(&program, "filtered", dir);
     let pid = child.id().to_string();
-    let iostall = Iostall::start(&[
-        "--attach",
-        "tracepoint",
-        "-t",
-        "20",
-        "-o",
-        "json",
-        "--pid",
-        &pid,
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ])
-    .expect("start iostall");
-    let addr = metrics_addr_from_log(&iostall.stderr_text()).expect("metrics address");
+    let (iostall, addr) = iostall_for(&pid);
     let before = scrape(addr, "/metrics").expect("scrape");
     std::fs::write(dir.join("go"), b"").expect("go");
     finish(child);
