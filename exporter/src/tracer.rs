@@ -376,6 +376,7 @@ impl Tracer {
                 refused.push(reason);
             }
         }
+        trim_heap();
         refused
     }
 
@@ -427,9 +428,10 @@ impl Tracer {
     /// Frees the kernel's BTF once nothing needs it: only fentry programs are loaded
     /// against it, and only before a mode is attached.
     fn release_btf(&mut self) {
-        if self.btf.take().is_some() {
-            trim_heap();
-        }
+        self.btf = None;
+        // Program loads (verifier logs, relocated copies) leave freed blocks at the top
+        // of the heap too: measured 32 MiB kept for 0.7 MiB in use until trimmed.
+        trim_heap();
     }
 
     fn attach_mode(&mut self, mode: AttachMode) -> Result<(), String> {
