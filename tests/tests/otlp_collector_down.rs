@@ -165,10 +165,15 @@ fn collector_down_then_up() {
         dropped > 0,
         "the collector was down for 3 s: something must be dropped\n{text}"
     );
-    assert_eq!(
-        records - ours.len() as u64,
-        dropped,
-        "produced − received must equal the reported drops\n{text}"
+    // Every record whose span did not arrive is counted as dropped. The count can only
+    // be higher, by what was in flight as the collector came back: traces and logs are
+    // exported and retried apart (a record is lost when either of its signals is), and a
+    // request the server took while the client saw it fail is counted as lost though it
+    // arrived. That is at most a batch (8) per signal; never fewer drops than losses.
+    let lost_spans = records.saturating_sub(ours.len() as u64);
+    assert!(
+        lost_spans <= dropped && dropped <= lost_spans + 2 * 8,
+        "{lost_spans} records' spans never arrived; {dropped} reported dropped\n{text}"
     );
     assert_eq!(
         metric(
