@@ -28,8 +28,8 @@ use fuser::{
 };
 
 use crate::slowfs::{
-    SETUP_LOCK, format_and_mount, make_temp_dir, mount_ext4, read_dev_numbers, run_paths, unmount,
-    wait_loop_detached,
+    SETUP_LOCK, attach_loop, format_and_mount, make_temp_dir, mount_ext4, read_dev_numbers,
+    run_paths, unmount, wait_loop_detached,
 };
 
 const DISK_INO: u64 = 2;
@@ -279,19 +279,8 @@ impl CappedExt4 {
         );
         wait_for(|| disk.disk_image.exists(), "the FUSE disk image to appear")?;
 
-        let loop_dev = {
-            let _guard = SETUP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            run_paths(
-                "losetup",
-                &[
-                    "--find".as_ref(),
-                    "--show".as_ref(),
-                    disk.disk_image.as_os_str(),
-                ],
-            )
-            .context("attaching the FUSE disk image to a loop device")?
-        };
-        let loop_dev = PathBuf::from(loop_dev.trim());
+        // Buffered: the FUSE file is opened in direct-IO mode on its side already.
+        let loop_dev = attach_loop(&disk.disk_image, false)?;
         disk.loop_device = Some(loop_dev.clone());
         disk.device = read_dev_numbers(&loop_dev)?;
         format_and_mount(&loop_dev, &disk.mount_point)?;

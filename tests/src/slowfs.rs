@@ -305,20 +305,7 @@ impl SlowExt4 {
         fs::create_dir(&fs.mount_point)
             .with_context(|| format!("creating {}", fs.mount_point.display()))?;
 
-        let loop_dev = {
-            let _guard = SETUP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            run_paths(
-                "losetup",
-                &[
-                    "--find".as_ref(),
-                    "--show".as_ref(),
-                    "--direct-io=on".as_ref(),
-                    fs.backing_file.as_os_str(),
-                ],
-            )
-            .context("attaching the backing file to a loop device")?
-        };
-        let loop_dev = PathBuf::from(loop_dev.trim());
+        let loop_dev = attach_loop(&fs.backing_file, true)?;
         fs.loop_device = Some(loop_dev.clone());
         fs.device = read_dev_numbers(&loop_dev)?;
 
@@ -484,7 +471,20 @@ pub(crate) fn wait_loop_detached(dev: &Path, backing: &Path) -> Result<()> {
     )
 }
 
-/// Reads `MAJ:MIN` of a block device node from `/sys/block/<name>/dev`.
+/// Attaches `file` to a free loop device (with `--direct-io=on` when `direct_io`), under
+/// the set-up lock so concurrent fixtures never race for the same free device.
+pub(crate) fn attach_loop(file: &Path, direct_io: bool) -> Result<PathBuf> {
+    let _guard = SETUP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--find".as_ref(), "--show".as_ref()];
+    if direct_io {
+        args.push("--direct-io=on".as_ref());
+    }
+    args.push(file.as_os_str());
+    let dev = run_paths("losetup", &args)
+        .with_context(|| format!("attaching {} to a loop device", file.display()))?;
+    Ok(PathBuf::from(dev.trim()))
+}
+
 /// Formats `dev` as ext4 with 4 KiB blocks and every inode table and the journal
 /// initialised now (no ext4lazyinit IO in the background while tests measure), then
 /// mounts it on `mount_point`.
@@ -521,6 +521,7 @@ pub(crate) fn mount_ext4(dev: &Path, mount_point: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Reads `MAJ:MIN` of a block device node from `/sys/block/<name>/dev`.
 pub(crate) fn read_dev_numbers(dev: &Path) -> Result<(u32, u32)> {
     let name = dev
         .file_name()
