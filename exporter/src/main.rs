@@ -212,7 +212,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             syscall_probes: None,
         },
         attach: config.attach,
-        comm: config.comm.clone(),
         enricher: Some(enricher),
         runtime_events: Some(runtime_events_rx),
         correlator: Correlator::new(&host_name()),

@@ -48,8 +48,6 @@ pub struct RunOptions {
     pub tracer: TracerOptions,
     /// Which attach mode(s) to try.
     pub attach: AttachRequest,
-    /// Only records of threads with this `comm`.
-    pub comm: Option<String>,
     /// Ties records to containers and pods before correlation; `None` skips it.
     pub enricher: Option<Enricher>,
     /// Runtime lifecycle events to hand to the sinks beside the IO records.
@@ -177,7 +175,6 @@ pub async fn run(
 
     let mut io = IoForwarder {
         decoder: Decoder::new(mode),
-        comm: options.comm.take(),
         metrics: metrics.clone(),
         sink_queue_drops: 0,
         decode_errors: 0,
@@ -246,7 +243,6 @@ pub async fn run(
 /// it cannot decode and what the queue has no room for.
 struct IoForwarder {
     decoder: Decoder,
-    comm: Option<String>,
     metrics: Arc<Metrics>,
     sink_queue_drops: u64,
     decode_errors: u64,
@@ -258,9 +254,6 @@ impl IoForwarder {
         while let Some(item) = ring.next() {
             match self.decoder.decode(&item) {
                 Ok(record) => {
-                    if self.comm.as_deref().is_some_and(|c| c != record.comm) {
-                        continue;
-                    }
                     if tx.try_send(SinkItem::Io(record)).is_err() {
                         self.sink_queue_drops += 1;
                         self.metrics.add_dropped(DropReason::SinkQueueFull, 1);
