@@ -83,6 +83,12 @@ pub fn finish(map: &HashMap<u32, InFlight>) -> Option<Finished> {
     // SAFETY: the value is copied out before the entry is removed.
     let started = unsafe { *map.get(tid)? };
     let _ = map.remove(tid);
+    finished_if_slow(started, pid, tid)
+}
+
+/// Ends `started` now; `Some` only if it took at least the threshold.
+#[inline(always)]
+pub fn finished_if_slow(started: InFlight, pid: u32, tid: u32) -> Option<Finished> {
     // SAFETY: helper without preconditions.
     let end_ns = unsafe { bpf_ktime_get_ns() };
     if end_ns.wrapping_sub(started.start_ns) < threshold_ns() {

@@ -21,11 +21,9 @@ use exporter_common::{EXT4_SUPER_MAGIC, op, stat, syscall_kind, syscall_probe};
 
 use crate::{
     emit::emit,
-    inflight::{Finished, InFlight, finish},
+    inflight::{Finished, InFlight, finish, finished_if_slow},
     kernel::{file_of_fd, read_at},
-    maps::{
-        INFLIGHT_IO, INFLIGHT_SLOTS, SYSCALL_KINDS, count, load_config, tgid_wanted, threshold_ns,
-    },
+    maps::{INFLIGHT_IO, INFLIGHT_SLOTS, SYSCALL_KINDS, count, load_config, tgid_wanted},
 };
 
 /// x86-64 `struct pt_regs`: offset of `r10` (4th syscall argument), then in 8-byte steps
@@ -137,17 +135,7 @@ pub fn end() -> Option<Finished> {
         (*slot).started.start_ns = 0;
         started
     };
-    // SAFETY: helper without preconditions.
-    let end_ns = unsafe { bpf_ktime_get_ns() };
-    if end_ns.wrapping_sub(started.start_ns) < threshold_ns() {
-        return None;
-    }
-    Some(Finished {
-        started,
-        end_ns,
-        pid: (pid_tgid >> 32) as u32,
-        tid,
-    })
+    finished_if_slow(started, (pid_tgid >> 32) as u32, tid)
 }
 
 /// `sys_enter(struct pt_regs *regs, long id)`, BTF-typed: `regs` is read directly.
