@@ -428,6 +428,7 @@ pub(crate) mod tests {
             datasync: false,
             directory: false,
             attach_mode: AttachMode::Tracepoint,
+            why: Default::default(),
         }
     }
 

@@ -100,6 +100,7 @@ impl Decoder {
             datasync: ev.flags & io_flags::DATASYNC != 0,
             directory: ev.flags & io_flags::DIRECTORY != 0,
             attach_mode: self.mode,
+            why: Default::default(),
         })
     }
 }

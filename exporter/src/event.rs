@@ -134,6 +134,9 @@ pub struct IoRecord {
     pub directory: bool,
     /// The attach mode that measured it.
     pub attach_mode: AttachMode,
+    /// Why it was slow, as far as iostall can tell (set by [`crate::why`]).
+    #[serde(skip_serializing_if = "crate::why::StallContext::is_empty")]
+    pub why: crate::why::StallContext,
 }
 
 impl IoRecord {

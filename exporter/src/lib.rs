@@ -1,7 +1,8 @@
 //! iostall: slow ext4 operations, seen with eBPF, tagged with who did them.
 //!
 //! Stages, in the order data flows: [`tracer`] (load and attach the eBPF programs),
-//! [`decode`] (ring-buffer bytes to [`event::IoRecord`]), [`correlate`] (trace and span
+//! [`decode`] (ring-buffer bytes to [`event::IoRecord`]), [`why`] (the disk, journal
+//! and pressure beside each slow operation), [`correlate`] (trace and span
 //! ids, Resource), [`startup`] (each pod's startup as one trace, the IO stalls inside),
 //! [`sink`] (console, JSON, OTLP via [`otlp`]), wired by [`pipeline`];
 //! [`lifecycle`] turns the kernel's cgroup, exec/exit and OOM signals into runtime events;
@@ -27,3 +28,4 @@ pub mod sink;
 pub mod startup;
 pub mod tracefs_format;
 pub mod tracer;
+pub mod why;

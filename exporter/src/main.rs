@@ -219,6 +219,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         process_event_limit: config.process_event_limit,
         unannounced_hold: config.sources.unannounced_hold,
         startup: config.startup.clone(),
+        explainer: iostall::why::Explainer::default(),
     };
     let metrics_server = match config.metrics_listen.map(MetricsServer::bind) {
         Some(Ok(server)) => Some(server),

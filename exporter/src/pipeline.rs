@@ -32,6 +32,7 @@ use crate::{
     sink::Sink,
     startup::{StartupConfig, StartupOutput, StartupStage},
     tracer::{AttachRequest, KernelStats, Tracer, TracerError, TracerOptions},
+    why::Explainer,
 };
 
 /// Records buffered between the kernel reader and the sinks.
@@ -63,6 +64,8 @@ pub struct RunOptions {
     pub unannounced_hold: Option<Duration>,
     /// Pod startup traces ([`crate::startup`]); `None`: off.
     pub startup: Option<StartupConfig>,
+    /// Why each slow operation was slow ([`crate::why`]); its sources are off by default.
+    pub explainer: Explainer,
 }
 
 /// Counts of one run.
@@ -167,6 +170,7 @@ pub async fn run(
             metrics: options.metrics.clone(),
             unannounced_hold: options.unannounced_hold,
             startup: options.startup.take(),
+            explainer: std::mem::take(&mut options.explainer),
             outputs_gone,
         },
     );
@@ -404,6 +408,8 @@ struct SinkStages {
     unannounced_hold: Option<Duration>,
     /// Pod startup traces; `None`: off.
     startup: Option<StartupConfig>,
+    /// Adds why each operation was slow, before enrich.
+    explainer: Explainer,
     /// Told when every sink is gone.
     outputs_gone: oneshot::Sender<()>,
 }
@@ -428,6 +434,7 @@ fn spawn_sinks(
         metrics,
         unannounced_hold,
         startup,
+        mut explainer,
         outputs_gone,
     } = stages;
     let mut awaiting: Option<AwaitingNames<Enriched>> =
@@ -443,9 +450,10 @@ fn spawn_sinks(
         };
         while let Some(item) = rx.blocking_recv() {
             match item {
-                SinkItem::Io(record) => {
+                SinkItem::Io(mut record) => {
                     records.fetch_add(1, Ordering::Relaxed);
                     metrics.add_records(1);
+                    explainer.explain(&mut record);
                     match &mut enricher {
                         Some(enricher) => {
                             let enrichment = enricher.enrich(&record);

@@ -44,6 +44,7 @@ fn record(pid: u32, cgroup_id: u64, path: Option<String>) -> IoRecord {
         datasync: false,
         directory: false,
         attach_mode: AttachMode::Tracepoint,
+        why: Default::default(),
     }
 }
 

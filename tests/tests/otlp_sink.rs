@@ -39,6 +39,7 @@ fn record(i: u64) -> IoRecord {
         datasync: false,
         directory: false,
         attach_mode: AttachMode::Tracepoint,
+        why: Default::default(),
     }
 }
 

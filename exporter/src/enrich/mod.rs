@@ -353,6 +353,7 @@ mod tests {
             datasync: false,
             directory: false,
             attach_mode: AttachMode::Tracepoint,
+            why: Default::default(),
         }
     }
 

@@ -25,6 +25,10 @@
 //! | `iostall.mntns` | int | mount namespace inode |
 //! | `iostall.attach_mode` | string | `fentry`, `kprobe` or `tracepoint` |
 //!
+//! Then why it was slow ([`crate::why`]): the device's state, the journal commit an fsync
+//! waited for, and the IO pressure, each only when known (see README's attribute
+//! reference).
+//!
 //! # Runtime events
 //!
 //! A runtime lifecycle event becomes a log record only (no span): event name
@@ -72,6 +76,7 @@ use crate::{
     runtime::{RuntimeEvent, RuntimeEventKind},
     sink::console::{format_row, format_runtime_event},
     startup::report::{SpanValue, StartupSpan},
+    why::WhyValue,
 };
 
 /// The log record's event name (the LogRecord `event_name` field).
@@ -243,6 +248,17 @@ pub fn for_each_attribute(c: &CorrelatedRecord, mut f: impl FnMut(&'static str, 
     if let Some(errno) = r.errno() {
         f("error.type", AttrValue::Str(&errno_name(errno)));
     }
+    r.why.for_each_attribute(&mut |key, value| {
+        f(
+            key,
+            match value {
+                WhyValue::Str(s) => AttrValue::Str(s),
+                WhyValue::Int(i) => AttrValue::Int(i),
+                WhyValue::Double(d) => AttrValue::Double(d),
+                WhyValue::Bool(b) => AttrValue::Bool(b),
+            },
+        );
+    });
 }
 
 /// What a time-overlap copy says of itself.

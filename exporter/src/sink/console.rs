@@ -25,13 +25,15 @@ impl<W: Write + Send> ConsoleSink<W> {
 
     /// The header line.
     pub const HEADER: &'static str = "TIME     COMM             PID     T BYTES   OFF_KB   LAT(ms) \
-         POD                            CONTAINER        FILENAME";
+         POD                            CONTAINER        WHY                  FILENAME";
 }
 
 /// Width of the POD column (`namespace/name`, cut with `…`).
 const POD_WIDTH: usize = 30;
 /// Width of the CONTAINER column (its name in the pod, else a short id).
 const CONTAINER_WIDTH: usize = 16;
+/// Width of the WHY column (`sat 500/s jbd2 310ms`, cut with `…`).
+const WHY_WIDTH: usize = 20;
 
 /// `s` cut to `width` characters, the cut marked with `…`.
 fn fit(s: &str, width: usize) -> String {
@@ -74,7 +76,7 @@ pub fn format_row(correlated: &CorrelatedRecord) -> String {
         name.push_str(&format!(" [{}]", std::io::Error::from_raw_os_error(errno)));
     }
     format!(
-        "{} {:<16} {:<7} {} {:<7} {:<8} {:>7.2} {:<pw$} {:<cw$} {}",
+        "{} {:<16} {:<7} {} {:<7} {:<8} {:>7.2} {:<pw$} {:<cw$} {:<ww$} {}",
         local_hms(record.end_unix_ns),
         record.comm,
         record.pid,
@@ -84,9 +86,11 @@ pub fn format_row(correlated: &CorrelatedRecord) -> String {
         record.latency_ns as f64 / 1e6,
         fit(&pod, POD_WIDTH),
         fit(&container, CONTAINER_WIDTH),
+        fit(&record.why.short(), WHY_WIDTH),
         name,
         pw = POD_WIDTH,
         cw = CONTAINER_WIDTH,
+        ww = WHY_WIDTH,
     )
 }
 
@@ -252,6 +256,7 @@ mod tests {
             datasync: false,
             directory: false,
             attach_mode: AttachMode::Tracepoint,
+            why: Default::default(),
         }
     }
 
@@ -260,8 +265,12 @@ mod tests {
         let row = format_row(&Correlator::new("n").correlate(record()));
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cols[1..7], ["dockerd", "3616", "W", "4096", "8", "125.43"]);
-        assert_eq!(cols[7..9], ["-", "-"], "no pod, no container");
-        assert_eq!(cols[9], "…/io.containerd.metadata.v1.bolt/meta.db");
+        assert_eq!(
+            cols[7..10],
+            ["-", "-", "-"],
+            "no pod, no container, no cause"
+        );
+        assert_eq!(cols[10], "…/io.containerd.metadata.v1.bolt/meta.db");
         let mut dir_sync = record();
         dir_sync.op = crate::event::IoOp::Fsync;
         dir_sync.file_name = "containers".into();

@@ -179,6 +179,7 @@ fn template() -> IoRecord {
         datasync: false,
         directory: false,
         attach_mode: AttachMode::Tracepoint,
+        why: Default::default(),
     }
 }
 

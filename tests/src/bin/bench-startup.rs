@@ -62,6 +62,7 @@ fn record(comm: &str, start: u64, dur: u64, path: &str) -> IoRecord {
         datasync: false,
         directory: false,
         attach_mode: AttachMode::Tracepoint,
+        why: Default::default(),
     }
 }
 
