@@ -7,6 +7,7 @@
 //! [`sink`] (console, JSON, OTLP via [`otlp`]), wired by [`pipeline`];
 //! [`lifecycle`] turns the kernel's cgroup, exec/exit and OOM signals into runtime events;
 //! [`config`] resolves and validates settings once at start, [`metrics`] counts.
+pub mod bounds;
 pub mod btf_offsets;
 pub mod clock;
 pub mod config;

@@ -22,6 +22,8 @@
 //!   of them were fast; but a slow one among them was never seen.
 //! - `iostall_watched_cgroups_full_total`: container cgroups the kernel's watch map had
 //!   no room for: the exec and exit of their processes go unreported.
+//! - `iostall_input_truncated_total`: values a runtime or the API server handed over
+//!   that were cut to [`crate::bounds`]' limits (or labels left out).
 //! - `iostall_filesystem_seen{root,fstype}`: 1 when a runtime or kubelet directory
 //!   present on the node is on ext4, 0 when iostall cannot see its IO
 //!   ([`crate::coverage`]).
@@ -424,6 +426,14 @@ impl Metrics {
              iostall_watched_cgroups_full_total {}",
             get(&self.untimed_inflight_full),
             get(&self.watched_cgroups_full)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP iostall_input_truncated_total Values from runtimes and the API server \
+             cut to iostall's bounds (labels, names, images), and labels left out.\n\
+             # TYPE iostall_input_truncated_total counter\n\
+             iostall_input_truncated_total {}",
+            crate::bounds::truncated_total()
         );
         if let Ok(found) = self.filesystems.lock()
             && !found.is_empty()

@@ -152,7 +152,8 @@ pub async fn run(
         let tx = tx.clone();
         let metrics = options.metrics.clone();
         tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
+            while let Some(mut event) = events.recv().await {
+                event.bound();
                 if tx.try_send(SinkItem::Runtime(event)).is_err() {
                     metrics.add_dropped_events(DropReason::SinkQueueFull, 1);
                 }

@@ -307,6 +307,23 @@ impl ContainerMeta {
         self.attempt = Some(attempt);
         self
     }
+
+    /// Cuts every value to [`crate::bounds`]' limits; returns whether anything was cut.
+    pub fn bound(&mut self) -> bool {
+        use crate::bounds::{MAX_VALUE_BYTES, bound_map, cut, cut_opt};
+        let mut cut_any = cut(&mut self.id, MAX_VALUE_BYTES);
+        for s in [
+            &mut self.container_name,
+            &mut self.image,
+            &mut self.pod_name,
+            &mut self.pod_namespace,
+            &mut self.pod_uid,
+            &mut self.sandbox_id,
+        ] {
+            cut_any |= cut_opt(s);
+        }
+        cut_any | bound_map(&mut self.labels)
+    }
 }
 
 /// What is known about one pod.
@@ -338,8 +355,10 @@ impl MetadataCache {
         Self::default()
     }
 
-    /// Adds or replaces a container, and records its pod.
-    pub fn insert(&mut self, meta: ContainerMeta) {
+    /// Adds or replaces a container, and records its pod. Its values are cut to
+    /// [`crate::bounds`]' limits first: they are what a runtime handed over.
+    pub fn insert(&mut self, mut meta: ContainerMeta) {
+        meta.bound();
         if let Some(uid) = &meta.pod_uid {
             let pod = self.pods.entry(uid.clone()).or_insert_with(|| PodMeta {
                 uid: uid.clone(),
@@ -454,6 +473,43 @@ mod tests {
     use super::*;
 
     const UID: &str = "8f3a2b1c-4d5e-6f70-8192-a3b4c5d6e7f8";
+
+    #[test]
+    fn what_a_runtime_hands_over_is_bounded_in_the_cache() {
+        let mut labels = kubelet_labels("app");
+        labels.push((LABEL_POD_NAME, "p".repeat(1 << 20)));
+        let extra: Vec<(String, String)> = (0..10_000)
+            .map(|i| (format!("zz.{i:05}"), "v".repeat(64)))
+            .collect();
+        let meta = ContainerMeta::from_labels(
+            "c1",
+            labels
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .chain(extra),
+        )
+        .expect("meta")
+        .with_image("i".repeat(1 << 20));
+        let mut cache = MetadataCache::new();
+        cache.insert(meta);
+        let kept = cache.container("c1").expect("kept");
+        assert!(
+            kept.pod_name
+                .as_ref()
+                .is_some_and(|n| n.len() <= 4096 && n.ends_with('…'))
+        );
+        assert!(kept.image.as_ref().is_some_and(|n| n.len() <= 4096));
+        assert_eq!(kept.labels.len(), crate::bounds::MAX_ENTRIES);
+        assert!(kept.labels.values().all(|v| v.len() <= 4096));
+        assert_eq!(
+            cache
+                .pod(UID)
+                .and_then(|p| p.name.as_ref())
+                .map(String::len),
+            kept.pod_name.as_ref().map(String::len),
+            "the pod's name is the cut one"
+        );
+    }
 
     fn kubelet_labels(container: &str) -> Vec<(&'static str, String)> {
         vec![

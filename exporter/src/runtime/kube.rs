@@ -216,6 +216,31 @@ pub struct PodInfo {
     pub startup: PodStartupStatus,
 }
 
+impl PodInfo {
+    /// Cuts what the API server handed over to [`crate::bounds`]' limits: an API
+    /// server's objects are validated, a proxy's or a fake one's need not be.
+    fn bound(&mut self) {
+        use crate::bounds::{MAX_VALUE_BYTES, bound_map, cut, cut_opt};
+        for s in [&mut self.name, &mut self.namespace, &mut self.uid] {
+            cut(s, MAX_VALUE_BYTES);
+        }
+        for s in [
+            &mut self.node,
+            &mut self.owner_kind,
+            &mut self.owner_name,
+            &mut self.pod_ip,
+        ] {
+            cut_opt(s);
+        }
+        self.owners.truncate(crate::bounds::MAX_ENTRIES);
+        for (kind, name) in &mut self.owners {
+            cut(kind, MAX_VALUE_BYTES);
+            cut(name, MAX_VALUE_BYTES);
+        }
+        bound_map(&mut self.labels);
+    }
+}
+
 /// A pod's startup as its spec and status tell it: what the startup stage needs to
 /// begin a startup at the pod's binding and end it when its containers all run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -420,7 +445,7 @@ impl KubePodIndex {
             Some((kind, name)) => (Some(kind.clone()), Some(name.clone())),
             None => (None, None),
         };
-        PodInfo {
+        let mut info = PodInfo {
             name: pod.name_any(),
             namespace,
             uid: pod.metadata.uid.clone().unwrap_or_default(),
@@ -436,7 +461,9 @@ impl KubePodIndex {
                 .collect(),
             pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
             startup: PodStartupStatus::of(pod),
-        }
+        };
+        info.bound();
+        info
     }
 
     fn pod_event(&self, kind: RuntimeEventKind, info: &PodInfo) -> RuntimeEvent {

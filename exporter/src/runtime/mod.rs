@@ -185,6 +185,23 @@ pub struct RuntimeEvent {
 }
 
 impl RuntimeEvent {
+    /// Cuts every value to [`crate::bounds`]' limits (a runtime's labels are whatever
+    /// the container's creator wrote); returns whether anything was cut.
+    pub fn bound(&mut self) -> bool {
+        use crate::bounds::{bound_map, cut_opt};
+        let mut cut_any = false;
+        for s in [
+            &mut self.container_id,
+            &mut self.sandbox_id,
+            &mut self.namespace,
+            &mut self.image,
+        ] {
+            cut_any |= cut_opt(s);
+        }
+        cut_any |= bound_map(&mut self.labels);
+        cut_any | bound_map(&mut self.attributes)
+    }
+
     /// An event with no ids, labels or attributes yet.
     #[must_use]
     pub fn new(time_unix_ns: u64, runtime: EventSource, kind: RuntimeEventKind) -> Self {

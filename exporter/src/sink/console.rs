@@ -4,6 +4,7 @@ use std::io::Write;
 
 use super::Sink;
 use crate::{
+    bounds::printable,
     correlate::{CorrelatedEvent, CorrelatedRecord},
     runtime::RuntimeEvent,
 };
@@ -67,7 +68,7 @@ pub fn format_row(correlated: &CorrelatedRecord) -> String {
     let off_kb = record
         .offset
         .map_or_else(|| "-".to_owned(), |o| (o / 1024).to_string());
-    let mut name = record.display_path();
+    let mut name = printable(&record.display_path()).into_owned();
     // `ls -F`'s mark: a directory's fsync (its name alone reads like a file's).
     if record.directory {
         name.push('/');
@@ -78,14 +79,14 @@ pub fn format_row(correlated: &CorrelatedRecord) -> String {
     format!(
         "{} {:<16} {:<7} {} {:<7} {:<8} {:>7.2} {:<pw$} {:<cw$} {:<ww$} {}",
         local_hms(record.end_unix_ns),
-        record.comm,
+        printable(&record.comm),
         record.pid,
         record.op.letter(),
         bytes,
         off_kb,
         record.latency_ns as f64 / 1e6,
-        fit(&pod, POD_WIDTH),
-        fit(&container, CONTAINER_WIDTH),
+        fit(&printable(&pod), POD_WIDTH),
+        fit(&printable(&container), CONTAINER_WIDTH),
         fit(&record.why.short(), WHY_WIDTH),
         name,
         pw = POD_WIDTH,
@@ -125,7 +126,7 @@ impl<W: Write + Send> Sink for ConsoleSink<W> {
             self.out,
             "{} {}",
             local_hms(summary.end_unix_ns),
-            summary.line()
+            printable(&summary.line())
         )
     }
 
@@ -168,7 +169,8 @@ pub fn format_runtime_event(event: &RuntimeEvent) -> String {
     if let Some(image) = &event.image {
         line.push_str(&format!(" image={image}"));
     }
-    line
+    // Labels and names are what a container's creator wrote.
+    printable(&line).into_owned()
 }
 
 /// What a kernel lifecycle event adds to its line: pod uid (when no label named the
