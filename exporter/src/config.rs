@@ -698,7 +698,8 @@ impl Config {
         if let Some(comm) = cli.comm.as_ref().or(file.comm.as_ref())
             && (comm.is_empty() || comm.len() > 15)
         {
-            return Err(invalid("comm", format!("{comm:?} must be 1 to 15 bytes")));
+            let field = if cli.comm.is_some() { "--comm" } else { "comm" };
+            return Err(invalid(field, format!("{comm:?} must be 1 to 15 bytes")));
         }
         let empty = OtlpFile::default();
         let otlp_file = file.otlp.as_ref().unwrap_or(&empty);
@@ -734,6 +735,16 @@ impl Config {
                 5000,
             )?),
         };
+        if otlp.initial_backoff > otlp.max_backoff {
+            return Err(invalid(
+                "otlp.initial_backoff_ms",
+                format!(
+                    "{} is above otlp.max_backoff_ms ({})",
+                    otlp.initial_backoff.as_millis(),
+                    otlp.max_backoff.as_millis()
+                ),
+            ));
+        }
         // An OTLP endpoint set anywhere (flag, file, `OTEL_EXPORTER_OTLP_*`) turns OTLP
         // on when no output was chosen, as every OpenTelemetry component reads it; the
         // table, the default, stays.
@@ -1173,25 +1184,23 @@ fn resolve_signal(
     };
 
     // Headers: the first layer that has any wins as a whole (per-signal before general).
-    let headers = if !cli.otlp_headers.is_empty() {
+    // The field an error names is the one the value came from.
+    let (headers, header_field) = if !cli.otlp_headers.is_empty() {
         let mut out = Vec::new();
         for h in &cli.otlp_headers {
             out.extend(parse_key_values("--otlp-header", h)?);
         }
-        out
+        (out, "--otlp-header".to_owned())
     } else if let Some(h) = per_file.and_then(|s| s.headers.as_ref()) {
-        h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        let pairs = h.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        (pairs, format!("otlp.{sig}.headers"))
     } else if let Some(h) = file.headers.as_ref() {
-        h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        let pairs = h.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        (pairs, "otlp.headers".to_owned())
     } else if let Some(h) = env_sig("HEADERS").or_else(|| env_all("HEADERS")) {
-        parse_key_values(&h.field, &h.value)?
+        (parse_key_values(&h.field, &h.value)?, h.field.clone())
     } else {
-        Vec::new()
-    };
-    let header_field = if cli.otlp_headers.is_empty() {
-        format!("otlp.{sig}.headers")
-    } else {
-        "--otlp-header".to_owned()
+        (Vec::new(), String::new())
     };
     let headers = headers
         .into_iter()

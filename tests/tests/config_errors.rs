@@ -188,3 +188,231 @@ fn kube_settings_name_their_field() {
         "kube.kubeconfig: failed to load the kubeconfig",
     );
 }
+
+/// One malformed configuration: a config file's text (or `None`), extra flags and
+/// variables, and what the error must name.
+struct Malformed {
+    file: Option<&'static str>,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    names: &'static str,
+}
+
+const fn file(text: &'static str, names: &'static str) -> Malformed {
+    Malformed {
+        file: Some(text),
+        args: &[],
+        env: &[],
+        names,
+    }
+}
+
+const fn env(env: &'static [(&'static str, &'static str)], names: &'static str) -> Malformed {
+    Malformed {
+        file: None,
+        args: &["-o", "otlp"],
+        env,
+        names,
+    }
+}
+
+const fn flags(args: &'static [&'static str], names: &'static str) -> Malformed {
+    Malformed {
+        file: None,
+        args,
+        env: &[],
+        names,
+    }
+}
+
+/// Every section, every kind of mistake: wrong type, out of range, unknown value,
+/// unknown key, contradictory settings, files that are not there or not what they say.
+const MALFORMED: &[Malformed] = &[
+    file("threshold_ms: -1\n", "threshold_ms"),
+    file("threshold_ms: fast\n", "threshold_ms"),
+    file("threshold_ms: .nan\n", "threshold_ms"),
+    file("treshold_ms: 5\n", "treshold_ms"),
+    file("pid: -5\n", "pid"),
+    file("pid: 99999999999\n", "pid"),
+    file("comm: \"\"\n", "comm"),
+    file("comm: a-comm-name-longer-than-fifteen\n", "comm"),
+    file("duration_s: later\n", "duration_s"),
+    file("attach: warp\n", "attach"),
+    file("outputs: [carrier-pigeon]\n", "outputs"),
+    file("outputs: 5\n", "outputs"),
+    file("otlp: [1, 2]\n", "otlp"),
+    file(
+        "outputs: [otlp]\notlp:\n  endpoint: \"\"\n",
+        "otlp.endpoint",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  protocol: http/json\n",
+        "otlp.protocol",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  traces:\n    protocol: thrift\n",
+        "otlp.traces.protocol",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  logs:\n    endpoint: \"udp://x\"\n",
+        "otlp.logs.endpoint",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  headers: notamap\n",
+        "otlp.headers",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  headers:\n    \"bad key\": v\n",
+        "otlp.headers",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  headers:\n    k: \"a\\nb\"\n",
+        "otlp.headers",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  timeout_ms: -1\n",
+        "otlp.timeout_ms",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  logs:\n    timeout_ms: 0\n",
+        "otlp.logs.timeout_ms",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  compression: zstd\n",
+        "otlp.compression",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  certificate: /nonexistent/ca.pem\n",
+        "otlp.certificate",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  certificate: /etc/hostname\n",
+        "otlp.certificate",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  warn_threshold_ms: -5\n",
+        "otlp.warn_threshold_ms",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  queue_size: 0\n",
+        "otlp.queue_size",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  batch_size: 0\n",
+        "otlp.batch_size",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  batch_timeout_ms: 0\n",
+        "otlp.batch_timeout_ms",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  max_attempts: 0\n",
+        "otlp.max_attempts",
+    ),
+    file(
+        "outputs: [otlp]\notlp:\n  initial_backoff_ms: 10000\n  max_backoff_ms: 10\n",
+        "otlp.initial_backoff_ms",
+    ),
+    file("resource:\n  service_name: \"\"\n", "resource.service_name"),
+    file("resource:\n  attributes: [1, 2]\n", "resource.attributes"),
+    file("metrics:\n  listen: 127.0.0.1:99999\n", "metrics.listen"),
+    file(
+        "runtime:\n  containerd_socket: \"\"\n",
+        "runtime.containerd_socket",
+    ),
+    file(
+        "runtime:\n  unannounced_hold_ms: -1\n",
+        "runtime.unannounced_hold_ms",
+    ),
+    file(
+        "runtime:\n  podman_socket: /run/podman.sock\n",
+        "podman_socket",
+    ),
+    file("kube:\n  enabled: maybe\n", "kube.enabled"),
+    file(
+        "kube:\n  enabled: on\n  api_server: \"not a url\"\n",
+        "kube.api_server",
+    ),
+    file(
+        "kube:\n  api_server: http://127.0.0.1:1\n  kubeconfig: /root/.kube/config\n",
+        "kube",
+    ),
+    file(
+        "kube:\n  enabled: on\n  kubeconfig: /nonexistent/kubeconfig\n",
+        "kube.kubeconfig",
+    ),
+    file("kube:\n  pod_labels: app\n", "kube.pod_labels"),
+    file(
+        "kube:\n  resolve_owners: \"yes please\"\n",
+        "kube.resolve_owners",
+    ),
+    file(
+        "lifecycle:\n  process_event_burst: -1\n",
+        "lifecycle.process_event_burst",
+    ),
+    file(
+        "lifecycle:\n  process_events_per_second: fast\n",
+        "lifecycle.process_events_per_second",
+    ),
+    file("startup:\n  enabled: 3\n", "startup.enabled"),
+    file("startup:\n  settle_ms: 10\n", "startup.settle_ms"),
+    file("startup:\n  timeout_s: 0\n", "startup.timeout_s"),
+    file("startup:\n  max_open: -1\n", "startup.max_open"),
+    file("- a\n- b\n", "invalid type"),
+    file("threshold_ms: 5\nthreshold_ms: 6\n", "threshold_ms"),
+    env(
+        &[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")],
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ),
+    env(
+        &[("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")],
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ),
+    env(
+        &[("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "udp")],
+        "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    ),
+    env(
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent.pem")],
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ),
+    env(
+        &[("OTEL_RESOURCE_ATTRIBUTES", "novalue")],
+        "OTEL_RESOURCE_ATTRIBUTES",
+    ),
+    flags(&["--attach", "warp"], "--attach"),
+    flags(&["-o", "table,carrier-pigeon"], "--output"),
+    flags(&["--pid", "abc"], "--pid"),
+    flags(&["--comm", "a-comm-name-longer-than-fifteen"], "--comm"),
+    flags(&["--kube", "maybe"], "--kube"),
+    flags(&["--otlp-header", "novalue", "-o", "otlp"], "--otlp-header"),
+];
+
+#[test]
+fn each_malformed_config_names_its_field_and_attaches_nothing() {
+    let mut wrong = Vec::new();
+    for case in MALFORMED {
+        let f = case.file.map(config_file);
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(f) = &f {
+            args.extend(["--config", f.path().to_str().expect("utf8 path")]);
+        }
+        args.extend(case.args);
+        let (ok, stderr) = run(&args, case.env);
+        let named = stderr.contains(case.names);
+        if ok || !named || stderr.contains(READY_MARKER) || stderr.contains("panicked") {
+            wrong.push(format!(
+                "{:?} {:?} {:?}: success={ok}, names {:?}: {named}\n{stderr}",
+                case.file, case.args, case.env, case.names
+            ));
+        }
+    }
+    assert!(MALFORMED.len() >= 50, "{} cases", MALFORMED.len());
+    assert!(
+        wrong.is_empty(),
+        "{} of {} malformed configs were not refused naming their field:\n{}",
+        wrong.len(),
+        MALFORMED.len(),
+        wrong.join("\n---\n")
+    );
+}
