@@ -416,9 +416,13 @@ pub struct FileConfig {
 impl FileConfig {
     /// Reads and parses a YAML config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = read_bounded(path, MAX_FILE_BYTES).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
+            path: path.to_owned(),
+            message: "not UTF-8 text".to_owned(),
         })?;
         Self::parse(path, &text)
     }
@@ -1310,8 +1314,28 @@ fn validate_header(field: &str, key: &str, value: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// The largest config or certificate file read: far above any real one, and a
+/// `/dev/zero` or a runaway file named by mistake fails instead of filling memory.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads at most `max` bytes of `path`; a longer file is an error.
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("larger than {} MiB", max >> 20),
+        ));
+    }
+    Ok(bytes)
+}
+
 fn load_ca(field: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let pem = std::fs::read(path)
+    let pem = read_bounded(path, MAX_FILE_BYTES)
         .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
     match reqwest::Certificate::from_pem_bundle(&pem) {
         Ok(certs) if !certs.is_empty() => Ok(pem),

@@ -17,6 +17,7 @@ pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod fentry_probe;
+pub mod fuzzing;
 pub mod host;
 pub mod lifecycle;
 pub mod metrics;

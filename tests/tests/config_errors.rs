@@ -359,6 +359,11 @@ const MALFORMED: &[Malformed] = &[
     file("startup:\n  timeout_s: 0\n", "startup.timeout_s"),
     file("startup:\n  max_open: -1\n", "startup.max_open"),
     file("- a\n- b\n", "invalid type"),
+    file(
+        "outputs: [otlp]\notlp:\n  certificate: /dev/zero\n",
+        "otlp.certificate",
+    ),
+    flags(&["--config", "/dev/zero"], "/dev/zero: cannot read"),
     file("threshold_ms: 5\nthreshold_ms: 6\n", "threshold_ms"),
     env(
         &[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")],

@@ -396,6 +396,24 @@ impl KubePodIndex {
         (index, task)
     }
 
+    /// An index no watcher fills, which copies `copy_labels`: for turning a `Pod` into
+    /// what iostall keeps of it ([`Self::pod_info`]) without an API server.
+    #[must_use]
+    pub fn detached(copy_labels: Vec<String>) -> Self {
+        let (store, _writer) = reflector::store();
+        Self {
+            store,
+            owners: Arc::new(RwLock::new(HashMap::new())),
+            copy_labels: copy_labels.into(),
+        }
+    }
+
+    /// What iostall keeps of `pod` (as its watcher does for every pod it is sent).
+    #[must_use]
+    pub fn pod_info(&self, pod: &Pod) -> PodInfo {
+        self.info(pod)
+    }
+
     /// The pod with this uid, if it is on this node and known.
     #[must_use]
     pub fn get(&self, pod_uid: &str) -> Option<PodInfo> {

@@ -1,0 +1,5 @@
+//! `iostall::fuzzing::ring_io` under libFuzzer.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = iostall::fuzzing::ring_io(data);
+});
