@@ -248,7 +248,10 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("_count{device=\"7:0\",op=\"write\"} 1\n"));
-        assert!(text.contains(&format!("_count{{device=\"7:{}\",op=\"read\"}} 1\n", MAX_DEVICES - 1)));
+        assert!(text.contains(&format!(
+            "_count{{device=\"7:{}\",op=\"read\"}} 1\n",
+            MAX_DEVICES - 1
+        )));
         assert!(!text.contains(&format!("device=\"7:{}\"", MAX_DEVICES)));
     }
 }

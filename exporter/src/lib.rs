@@ -13,6 +13,7 @@ pub mod config;
 pub mod correlate;
 pub mod coverage;
 pub mod decode;
+pub mod ebs_nvme;
 pub mod enrich;
 pub mod event;
 pub mod fentry_probe;

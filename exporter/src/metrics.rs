@@ -32,6 +32,11 @@
 //!   latency per filesystem device and operation, with exemplars in OpenMetrics
 //!   ([`crate::io_latency`]).
 //!
+//! - `iostall_ebs_exceeded_iops_seconds_total{device,volume_id,limit}`,
+//!   `iostall_ebs_exceeded_throughput_seconds_total{…}`, `iostall_ebs_volume_queue_length`,
+//!   `iostall_ebs_log_page_errors_total`: an AWS EBS volume's own account of its
+//!   throttling, only where there is one ([`crate::ebs_nvme`]).
+//!
 //! A scrape that accepts `application/openmetrics-text` gets OpenMetrics 1.0.0 (with
 //! exemplars), any other gets Prometheus text 0.0.4 ([`crate::openmetrics`]).
 //!
@@ -135,6 +140,10 @@ pub struct Metrics {
     startup_overflow: [AtomicU64; 3],
     /// Slow operations' latency per device and op, with exemplars.
     io_latency: crate::io_latency::IoLatency,
+    /// The EBS volumes' last readings (none off AWS).
+    ebs: std::sync::Mutex<Vec<crate::ebs_nvme::EbsSample>>,
+    /// Failed reads of an EBS volume's log page.
+    ebs_errors: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the startup histograms' buckets: the kubelet's own
@@ -354,6 +363,18 @@ impl Metrics {
         self.io_latency.observe(record);
     }
 
+    /// Takes the EBS volumes' last readings.
+    pub fn set_ebs(&self, samples: Vec<crate::ebs_nvme::EbsSample>) {
+        if let Ok(mut e) = self.ebs.lock() {
+            *e = samples;
+        }
+    }
+
+    /// Counts a failed read of an EBS volume's log page.
+    pub fn add_ebs_error(&self) {
+        self.ebs_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The families, in Prometheus text, with exemplars when `format` is OpenMetrics.
     fn render_as(&self, format: Format) -> String {
         let mut out = String::with_capacity(2048);
@@ -482,6 +503,9 @@ impl Metrics {
         );
         self.render_startups(&mut out);
         self.io_latency.render(&mut out, format);
+        if let Ok(ebs) = self.ebs.lock() {
+            crate::ebs_nvme::render(&mut out, &ebs, self.ebs_errors.load(Ordering::Relaxed));
+        }
         out
     }
 
@@ -620,7 +644,11 @@ async fn handle(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io
     let path = path.split('?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => match Format::negotiate(header(&buf, "accept").as_deref()) {
-            Format::Prometheus => ("200 OK", Format::Prometheus.content_type(), metrics.render()),
+            Format::Prometheus => (
+                "200 OK",
+                Format::Prometheus.content_type(),
+                metrics.render(),
+            ),
             Format::OpenMetrics => (
                 "200 OK",
                 Format::OpenMetrics.content_type(),
@@ -762,16 +790,31 @@ mod tests {
             100,
             1,
         ));
+        m.set_ebs(vec![crate::ebs_nvme::EbsSample {
+            device: (259, 0),
+            volume_id: None,
+            stats: crate::ebs_nvme::EbsStats::default(),
+        }]);
         let text = m.render();
+        assert!(
+            text.contains("iostall_ebs_exceeded_iops_seconds_total{"),
+            "{text}"
+        );
         for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
             if let Some(name) = line.strip_suffix(" counter") {
-                assert!(name.ends_with("_total"), "counter {name} must end in _total");
+                assert!(
+                    name.ends_with("_total"),
+                    "counter {name} must end in _total"
+                );
             }
         }
         let om = m.render_openmetrics();
         assert!(om.ends_with("\n# EOF\n"), "{om}");
         assert!(om.contains("# TYPE iostall_records counter\niostall_records_total 0\n"));
-        assert!(om.contains(" # {trace_id=\""), "exemplars in OpenMetrics: {om}");
+        assert!(
+            om.contains(" # {trace_id=\""),
+            "exemplars in OpenMetrics: {om}"
+        );
         assert!(!text.contains(" # {"), "no exemplars in 0.0.4: {text}");
         // The same samples, exemplars aside.
         let samples = |t: &str| -> Vec<String> {

@@ -108,12 +108,7 @@ pub fn to_openmetrics(text: &str) -> String {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            let _ = writeln!(
-                out,
-                "# HELP {} {}",
-                family(name),
-                help.replace('"', "\\\"")
-            );
+            let _ = writeln!(out, "# HELP {} {}", family(name), help.replace('"', "\\\""));
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
             let kind = if kind == "untyped" { "unknown" } else { kind };
