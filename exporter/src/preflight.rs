@@ -241,7 +241,7 @@ pub fn probe() -> ProbeReport {
     // Which cloud signal of disk throttling this node has.
     let (ebs, detail) =
         crate::ebs_nvme::probe_detail(&crate::ebs_nvme::find_volumes(Path::new("/sys/block")));
-    add("cloud disk throttle counters", ebs, detail);
+    add("cloud throttle counters", ebs, detail);
     ProbeReport {
         kernel_release: kernel_release(),
         capabilities: caps,

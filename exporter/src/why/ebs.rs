@@ -109,6 +109,15 @@ mod tests {
                 "Str(\"volume_iops,instance_throughput\")".to_owned()
             )
         );
+        // On the record's context, beside the other parts: the table and the spans.
+        let why = super::super::StallContext {
+            ebs: Some(c),
+            ..Default::default()
+        };
+        assert_eq!(why.short(), "ebs 62%");
+        let mut keys = Vec::new();
+        why.for_each_attribute(&mut |k, _| keys.push(k));
+        assert_eq!(keys, ["iostall.ebs.exceeded", "iostall.ebs.exceeded_ratio"]);
         // Not throttled in the last interval, or not an EBS volume: nothing said.
         record.dev_minor = 2;
         assert_eq!(view.context(&record), None);
