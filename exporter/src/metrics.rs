@@ -31,7 +31,6 @@
 //! - `iostall_io_latency_seconds{device,op}`: a histogram of the slow operations'
 //!   latency per filesystem device and operation, with exemplars in OpenMetrics
 //!   ([`crate::io_latency`]).
-//!
 //! - `iostall_ebs_exceeded_iops_seconds_total{device,volume_id,limit}`,
 //!   `iostall_ebs_exceeded_throughput_seconds_total{…}`, `iostall_ebs_volume_queue_length`,
 //!   `iostall_ebs_log_page_errors_total`: an AWS EBS volume's own account of its
@@ -676,7 +675,7 @@ async fn handle(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io
     stream.shutdown().await
 }
 
-/// The value of the request header `name` (lower case), when present: repeated headers
+/// The value of the request header `name` (any case), when present: repeated headers
 /// joined with `,` as HTTP allows.
 fn header(request: &[u8], name: &str) -> Option<String> {
     let head = String::from_utf8_lossy(request);
