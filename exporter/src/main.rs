@@ -204,6 +204,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Where the cloud says it inside the guest: AWS EBS volumes' own throttling counters.
+    let ebs = iostall::ebs_nvme::EbsSampler::new(iostall::ebs_nvme::find_volumes(
+        std::path::Path::new("/sys/block"),
+    ));
+    let ebs_view = ebs.as_ref().map(|s| iostall::why::EbsView::new(s.recent()));
+    if let Some(ebs) = ebs
+        && let Err(e) = ebs.spawn(metrics.clone())
+    {
+        tracing::warn!(error = %e, "EBS volume statistics off: cannot start their thread");
+    }
     let options = RunOptions {
         tracer: TracerOptions {
             threshold_ns: (config.threshold_ms * 1e6) as u64,
@@ -219,7 +229,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         process_event_limit: config.process_event_limit,
         unannounced_hold: config.sources.unannounced_hold,
         startup: config.startup.clone(),
-        explainer: iostall::why::Explainer::default(),
+        explainer: iostall::why::Explainer {
+            ebs: ebs_view,
+            ..iostall::why::Explainer::default()
+        },
     };
     let metrics_server = match config.metrics_listen.map(MetricsServer::bind) {
         Some(Ok(server)) => Some(server),

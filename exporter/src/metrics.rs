@@ -30,6 +30,16 @@
 //! - `iostall_runtime_events_rate_limited_total`: container process events (execs,
 //!   exits not by a signal) held back by the per-container budget
 //!   ([`crate::lifecycle::ProcessEventLimit`]): left out on purpose, not lost.
+//! - `iostall_io_latency_seconds{device,op}`: a histogram of the slow operations'
+//!   latency per filesystem device and operation, with exemplars in OpenMetrics
+//!   ([`crate::io_latency`]).
+//! - `iostall_ebs_exceeded_iops_seconds_total{device,volume_id,limit}`,
+//!   `iostall_ebs_exceeded_throughput_seconds_total{…}`, `iostall_ebs_volume_queue_length`,
+//!   `iostall_ebs_log_page_errors_total`: an AWS EBS volume's own account of its
+//!   throttling, only where there is one ([`crate::ebs_nvme`]).
+//!
+//! A scrape that accepts `application/openmetrics-text` gets OpenMetrics 1.0.0 (with
+//! exemplars), any other gets Prometheus text 0.0.4 ([`crate::openmetrics`]).
 //!
 //! The server is deliberately tiny (HTTP/1.1, one request per connection): it must add
 //! no dependency and no risk to the exporter.
@@ -45,7 +55,10 @@ use std::{
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::tracer::KernelStats;
+use crate::{
+    openmetrics::{Format, to_openmetrics},
+    tracer::KernelStats,
+};
 
 /// Why a record was lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +139,12 @@ pub struct Metrics {
     /// [records sent unplaced (held budget full), records after their phase went out,
     /// shared copies not made (budget full)].
     startup_overflow: [AtomicU64; 3],
+    /// Slow operations' latency per device and op, with exemplars.
+    io_latency: crate::io_latency::IoLatency,
+    /// The EBS volumes' last readings (none off AWS).
+    ebs: std::sync::Mutex<Vec<crate::ebs_nvme::EbsSample>>,
+    /// Failed reads of an EBS volume's log page.
+    ebs_errors: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the startup histograms' buckets: the kubelet's own
@@ -329,6 +348,36 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     #[must_use]
     pub fn render(&self) -> String {
+        self.render_as(Format::Prometheus)
+    }
+
+    /// The exposition as OpenMetrics 1.0.0 text (exemplars, `# EOF`).
+    #[must_use]
+    pub fn render_openmetrics(&self) -> String {
+        to_openmetrics(&self.render_as(Format::OpenMetrics))
+    }
+
+    /// Counts a slow operation in its device's latency histogram, with its ids as the
+    /// bucket's exemplar: call once its trace and span ids are the ones it is exported
+    /// with.
+    pub fn observe_io(&self, record: &crate::correlate::CorrelatedRecord) {
+        self.io_latency.observe(record);
+    }
+
+    /// Takes the EBS volumes' last readings.
+    pub fn set_ebs(&self, samples: Vec<crate::ebs_nvme::EbsSample>) {
+        if let Ok(mut e) = self.ebs.lock() {
+            *e = samples;
+        }
+    }
+
+    /// Counts a failed read of an EBS volume's log page.
+    pub fn add_ebs_error(&self) {
+        self.ebs_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The families, in Prometheus text, with exemplars when `format` is OpenMetrics.
+    fn render_as(&self, format: Format) -> String {
         let mut out = String::with_capacity(2048);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
@@ -462,6 +511,10 @@ impl Metrics {
             get(&self.runtime_events_rate_limited)
         );
         self.render_startups(&mut out);
+        self.io_latency.render(&mut out, format);
+        if let Ok(ebs) = self.ebs.lock() {
+            crate::ebs_nvme::render(&mut out, &ebs, self.ebs_errors.load(Ordering::Relaxed));
+        }
         out
     }
 
@@ -599,11 +652,18 @@ async fn handle(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io
     let path = parts.next().unwrap_or_default();
     let path = path.split('?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
+        ("GET", "/metrics") => match Format::negotiate(header(&buf, "accept").as_deref()) {
+            Format::Prometheus => (
+                "200 OK",
+                Format::Prometheus.content_type(),
+                metrics.render(),
+            ),
+            Format::OpenMetrics => (
+                "200 OK",
+                Format::OpenMetrics.content_type(),
+                metrics.render_openmetrics(),
+            ),
+        },
         ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
         ("GET", _) => (
             "404 Not Found",
@@ -623,6 +683,21 @@ async fn handle(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// The value of the request header `name` (any case), when present: repeated headers
+/// joined with `,` as HTTP allows.
+fn header(request: &[u8], name: &str) -> Option<String> {
+    let head = String::from_utf8_lossy(request);
+    let values: Vec<&str> = head
+        .split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
 }
 
 /// Escapes a Prometheus label value (backslash, double quote, newline).
@@ -711,6 +786,95 @@ mod tests {
         assert!(text.contains("iostall_kernel_filtered_total{reason=\"not_regular\"} 2\n"));
         assert!(text.contains("iostall_kernel_filtered_total{reason=\"not_ext4\"} 0\n"));
         assert!(text.contains("iostall_kernel_filtered_total{reason=\"other_comm\"} 9\n"));
+    }
+
+    #[test]
+    fn counters_end_in_total() {
+        // OpenMetrics names a counter's sample `<family>_total`: a counter without the
+        // suffix would change its name between the two formats.
+        let m = Metrics::new();
+        m.observe_io(&crate::io_latency::tests::record(
+            crate::event::IoOp::Fsync,
+            (7, 0),
+            100,
+            1,
+        ));
+        m.set_ebs(vec![crate::ebs_nvme::EbsSample {
+            device: (259, 0),
+            volume_id: None,
+            stats: crate::ebs_nvme::EbsStats::default(),
+        }]);
+        let text = m.render();
+        assert!(
+            text.contains("iostall_ebs_exceeded_iops_seconds_total{"),
+            "{text}"
+        );
+        for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            if let Some(name) = line.strip_suffix(" counter") {
+                assert!(
+                    name.ends_with("_total"),
+                    "counter {name} must end in _total"
+                );
+            }
+        }
+        let om = m.render_openmetrics();
+        assert!(om.ends_with("\n# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE iostall_records counter\niostall_records_total 0\n"));
+        assert!(
+            om.contains(" # {trace_id=\""),
+            "exemplars in OpenMetrics: {om}"
+        );
+        assert!(!text.contains(" # {"), "no exemplars in 0.0.4: {text}");
+        // The same samples, exemplars aside.
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| l.split(" # ").next().unwrap_or(l).to_owned())
+                .collect()
+        };
+        assert_eq!(samples(&text), samples(&om));
+    }
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let server = MetricsServer::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+            let addr = server.local_addr().expect("addr");
+            let m = Metrics::new();
+            m.observe_io(&crate::io_latency::tests::record(
+                crate::event::IoOp::Fsync,
+                (7, 0),
+                100,
+                1,
+            ));
+            tokio::spawn(server.serve(m));
+            for (accept, ctype, exemplars) in [
+                ("", "text/plain; version=0.0.4", false),
+                (
+                    "Accept: application/openmetrics-text; version=1.0.0\r\n",
+                    "application/openmetrics-text; version=1.0.0",
+                    true,
+                ),
+                ("accept: text/plain\r\n", "text/plain; version=0.0.4", false),
+            ] {
+                let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n").as_bytes())
+                    .await
+                    .expect("write");
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.expect("read");
+                assert!(
+                    out.contains(&format!("Content-Type: {ctype}")),
+                    "{accept}: {out}"
+                );
+                assert_eq!(out.contains(" # {trace_id="), exemplars, "{accept}: {out}");
+                assert_eq!(out.ends_with("# EOF\n"), exemplars, "{accept}: {out}");
+            }
+        });
     }
 
     #[test]

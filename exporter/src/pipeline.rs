@@ -642,6 +642,8 @@ impl SinkOutput {
     }
 
     fn send(&mut self, record: &crate::correlate::CorrelatedRecord) {
+        // Here the record has the ids the sinks export it with: its exemplar names them.
+        self.metrics.observe_io(record);
         self.each("a record", |sink| sink.record(record));
     }
 

@@ -238,6 +238,10 @@ pub fn probe() -> ProbeReport {
             format!("never timed: {}", crate::coverage::TRACEPOINT_BLIND_SPOTS),
         );
     }
+    // Which cloud signal of disk throttling this node has.
+    let (ebs, detail) =
+        crate::ebs_nvme::probe_detail(&crate::ebs_nvme::find_volumes(Path::new("/sys/block")));
+    add("cloud throttle counters", ebs, detail);
     ProbeReport {
         kernel_release: kernel_release(),
         capabilities: caps,

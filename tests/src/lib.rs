@@ -5,6 +5,7 @@ pub mod capped_disk;
 pub mod containerd;
 pub mod deploy;
 pub mod dockerd;
+pub mod exposition;
 pub mod fake_kube;
 pub mod image;
 pub mod iostall_proc;

@@ -495,6 +495,12 @@ fn readme_metrics_are_the_ones_served() {
         mount_point: "/".into(),
         source: "/dev/sda1".into(),
     }]);
+    // Served only where there is an AWS EBS volume.
+    metrics.set_ebs(vec![iostall::ebs_nvme::EbsSample {
+        device: (259, 0),
+        volume_id: Some("vol-1".into()),
+        stats: iostall::ebs_nvme::EbsStats::default(),
+    }]);
     let served = metrics.render();
     let families: BTreeSet<String> = served
         .lines()

@@ -27,7 +27,8 @@
 //!
 //! Then why it was slow ([`crate::why`]): the device's state, the journal commit an fsync
 //! waited for, and the IO pressure, each only when known (see README's attribute
-//! reference).
+//! reference); on an AWS EBS volume over its limits in the last interval,
+//! `iostall.ebs.exceeded` (string: which limits) and `iostall.ebs.exceeded_ratio` (double).
 //!
 //! # Runtime events
 //!

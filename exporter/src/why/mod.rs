@@ -14,10 +14,12 @@ use serde::Serialize;
 use crate::event::IoRecord;
 
 pub mod disk;
+pub mod ebs;
 pub mod journal;
 pub mod pressure;
 
 pub use disk::{DiskContext, DiskView};
+pub use ebs::{EbsContext, EbsView};
 pub use journal::{JournalContext, JournalView};
 pub use pressure::{PressureContext, PressureReader};
 
@@ -46,13 +48,19 @@ pub struct StallContext {
     /// IO pressure (PSI) of the operation's cgroup and of the node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pressure: Option<PressureContext>,
+    /// An AWS EBS volume's own account of time over its limits (none off AWS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ebs: Option<EbsContext>,
 }
 
 impl StallContext {
     /// Whether no part knows anything.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.disk.is_none() && self.journal.is_none() && self.pressure.is_none()
+        self.disk.is_none()
+            && self.journal.is_none()
+            && self.pressure.is_none()
+            && self.ebs.is_none()
     }
 
     /// Calls `f` with each attribute, in a fixed order (span and log record alike).
@@ -66,6 +74,9 @@ impl StallContext {
         if let Some(pressure) = &self.pressure {
             pressure.for_each_attribute(f);
         }
+        if let Some(ebs) = &self.ebs {
+            ebs.for_each_attribute(f);
+        }
     }
 
     /// The table's short "why" column: the parts that point at a cause, e.g.
@@ -76,6 +87,7 @@ impl StallContext {
             self.disk.as_ref().and_then(DiskContext::short),
             self.journal.as_ref().and_then(JournalContext::short),
             self.pressure.as_ref().and_then(PressureContext::short),
+            self.ebs.as_ref().and_then(EbsContext::short),
         ]
         .into_iter()
         .flatten()
@@ -97,6 +109,8 @@ pub struct Explainer {
     pub journal: Option<JournalView>,
     /// cgroup and node PSI.
     pub pressure: Option<PressureReader>,
+    /// AWS EBS volumes' log page 0xD0 ([`crate::ebs_nvme`]).
+    pub ebs: Option<EbsView>,
 }
 
 impl Explainer {
@@ -106,6 +120,7 @@ impl Explainer {
             disk: self.disk.as_mut().and_then(|d| d.context(record)),
             journal: self.journal.as_mut().and_then(|j| j.context(record)),
             pressure: self.pressure.as_mut().and_then(|p| p.context(record)),
+            ebs: self.ebs.as_mut().and_then(|e| e.context(record)),
         };
         record.why = why;
     }
