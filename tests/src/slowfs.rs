@@ -549,10 +549,36 @@ pub(crate) fn format_and_mount(dev: &Path, mount_point: &Path, fs_type: FsType) 
         ],
         FsType::Xfs | FsType::Btrfs => &["-q", "-f", "-K"],
     };
-    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
-    args.push(dev.as_os_str());
     let mkfs = format!("mkfs.{}", fs_type.name());
-    run_paths(&mkfs, &args)
+    let mut argv: Vec<&std::ffi::OsStr> = Vec::new();
+    if fs_type == FsType::Btrfs {
+        // mkfs.btrfs looks at every mount to see whether `dev` is in use, and gives up
+        // on a FUSE mount whose server died ("cannot check mount status … Transport
+        // endpoint is not connected"; a killed test leaves one). It runs in a private
+        // mount namespace with the FUSE mounts detached there, and only there.
+        argv.extend(
+            [
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "awk '$3 ~ /^fuse/ { print $2 }' /proc/self/mounts | \
+                 while read -r m; do umount -l \"$m\" 2>/dev/null || true; done; exec \"$@\"",
+                "sh",
+            ]
+            .map(std::ffi::OsStr::new),
+        );
+        argv.push(mkfs.as_ref());
+    }
+    argv.extend(args.iter().map(std::ffi::OsStr::new));
+    argv.push(dev.as_os_str());
+    let program = if fs_type == FsType::Btrfs {
+        "unshare"
+    } else {
+        mkfs.as_str()
+    };
+    run_paths(program, &argv)
         .with_context(|| format!("formatting the loop device as {}", fs_type.name()))?;
     mount_fs(dev, mount_point, fs_type)
 }
