@@ -21,6 +21,45 @@ pub const MAX_PARENTS: usize = 6;
 pub const COMM_LEN: usize = 16;
 /// `s_magic` of an ext4 (and ext2/ext3, which ext4 mounts) super block.
 pub const EXT4_SUPER_MAGIC: u64 = 0xEF53;
+/// `s_magic` of an xfs super block (`XFS_SUPER_MAGIC`, "XFSB").
+pub const XFS_SUPER_MAGIC: u64 = 0x5846_5342;
+/// `s_magic` of a btrfs super block (`BTRFS_SUPER_MAGIC`).
+pub const BTRFS_SUPER_MAGIC: u64 = 0x9123_683E;
+
+/// The filesystems iostall traces: the values of [`IoEvent::fs`], and bit `1 << kind` of
+/// [`LoadConfig::fs_mask`] (the `--fs` setting).
+pub mod fs_kind {
+    /// A filesystem iostall does not trace (its bit is never set in a mask).
+    pub const OTHER: u32 = 0;
+    /// ext4 (and ext2/ext3 mounted by the ext4 driver).
+    pub const EXT4: u32 = 1;
+    /// xfs.
+    pub const XFS: u32 = 2;
+    /// btrfs.
+    pub const BTRFS: u32 = 3;
+    /// Every traced filesystem's bit.
+    pub const ALL_MASK: u32 = (1 << EXT4) | (1 << XFS) | (1 << BTRFS);
+
+    /// The kind of a super block's `s_magic`: the one place both sides map magics.
+    /// A `match` on constants compiles to a few compares, whatever the mask holds.
+    #[inline(always)]
+    #[must_use]
+    pub const fn of_magic(magic: u64) -> u32 {
+        match magic {
+            super::EXT4_SUPER_MAGIC => EXT4,
+            super::XFS_SUPER_MAGIC => XFS,
+            super::BTRFS_SUPER_MAGIC => BTRFS,
+            _ => OTHER,
+        }
+    }
+
+    /// Whether `magic` is a filesystem in `mask` (bits `1 << kind`).
+    #[inline(always)]
+    #[must_use]
+    pub const fn wanted(magic: u64, mask: u32) -> bool {
+        mask & (1 << of_magic(magic)) != 0
+    }
+}
 /// Longest cgroup path (relative to its hierarchy's root) copied from `cgroup_mkdir`,
 /// including the trailing NUL. Kubelet paths with a systemd driver are ~190 bytes.
 pub const CGROUP_PATH_LEN: usize = 256;
@@ -61,9 +100,10 @@ pub mod op {
     pub const READ: u32 = 0;
     /// `write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`, or `ext4_file_write_iter`.
     pub const WRITE: u32 = 1;
-    /// `open`, `openat`, `openat2`, or `ext4_file_open`.
+    /// `open`, `openat`, `openat2`, or `ext4_file_open` (`xfs_…`, `btrfs_…`).
     pub const OPEN: u32 = 2;
-    /// `ext4_sync_file`: `fsync`, `fdatasync`, `msync`, `O_SYNC` writes, io_uring fsync.
+    /// `ext4_sync_file`: `fsync`, `fdatasync`, `msync`, `O_SYNC` writes, io_uring fsync;
+    /// on xfs and btrfs in tracepoint mode, `fsync` and `fdatasync` only.
     pub const FSYNC: u32 = 3;
 }
 
@@ -114,7 +154,7 @@ pub mod syscall_probe {
     /// Keep in-flight operations in the `INFLIGHT_IO` hash map (else in `INFLIGHT_SLOTS`,
     /// an array indexed by thread id).
     pub const HASH: u32 = 1 << 0;
-    /// Look the fd's file up at enter and keep only ext4 regular files in flight.
+    /// Look the fd's file up at enter and keep only files of `--fs`'s filesystems in flight.
     pub const ENTER_FILTER: u32 = 1 << 1;
 }
 
@@ -126,15 +166,16 @@ pub mod stat {
     pub const INFLIGHT_FULL: u32 = 1;
     /// Events written into the ring buffer.
     pub const EVENTS: u32 = 2;
-    /// Operations over the threshold that were not on ext4 (filtered out at exit).
-    pub const NOT_EXT4: u32 = 3;
+    /// Operations over the threshold that were not on a filesystem of `--fs` (filtered
+    /// out at exit; in tracepoint mode, every other filesystem, pipes and sockets too).
+    pub const OTHER_FS: u32 = 3;
     /// Operations over the threshold whose file could not be resolved.
     pub const FILE_UNRESOLVED: u32 = 4;
     /// Lifecycle events lost because their ring buffer was full.
     pub const LIFECYCLE_DROPS: u32 = 5;
     /// Lifecycle events written into their ring buffer.
     pub const LIFECYCLE_EVENTS: u32 = 6;
-    /// Operations over the threshold on ext4 files that are not regular files (FIFOs,
+    /// Operations over the threshold on traced files that are not regular files (FIFOs,
     /// sockets, devices; directories except for fsync): their waits are not the disk's.
     pub const NOT_REGULAR: u32 = 7;
     /// Operations over the threshold of threads whose comm is not the `--comm` filter's.
@@ -294,6 +335,8 @@ pub struct LoadConfig {
     pub filter_comm: [u8; COMM_LEN],
     /// Bits of [`syscall_probe`].
     pub syscall_probe: u32,
+    /// Filesystems traced (`--fs`): bit `1 << kind` for each [`fs_kind`].
+    pub fs_mask: u32,
     /// `INFLIGHT_SLOTS` length less one (a power of two less one): a thread's slot is
     /// `tid & slots_mask`.
     pub slots_mask: u32,
@@ -310,6 +353,7 @@ impl LoadConfig {
         self_tgid: 0,
         filter_comm: [0; COMM_LEN],
         syscall_probe: 0,
+        fs_mask: fs_kind::ALL_MASK,
         slots_mask: 0,
         offsets: KernelOffsets::ALL_UNKNOWN,
         tracepoints: TracepointFields::ALL_UNKNOWN,
@@ -336,7 +380,7 @@ pub struct EventHeader {
     pub comm: [u8; COMM_LEN],
 }
 
-/// One ext4 operation at or above the threshold.
+/// One operation on a traced filesystem at or above the threshold.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct IoEvent {
@@ -360,6 +404,10 @@ pub struct IoEvent {
     pub flags: u32,
     /// How many entries of `parents` are filled.
     pub parent_count: u32,
+    /// The filesystem, one of [`fs_kind`].
+    pub fs: u32,
+    /// Reserved, zero (keeps the names 8-byte aligned).
+    pub reserved: u32,
     /// The file's dentry name, NUL-terminated.
     pub file_name: [u8; FILE_NAME_LEN],
     /// Parent directory names, nearest first, each NUL-terminated.
@@ -476,7 +524,7 @@ mod tests {
         assert_eq!(size_of::<IoEvent>() % 8, 0);
         assert_eq!(
             size_of::<IoEvent>(),
-            48 + 8 * 5 + 4 * 4 + FILE_NAME_LEN + PARENT_NAME_LEN * MAX_PARENTS
+            48 + 8 * 5 + 4 * 6 + FILE_NAME_LEN + PARENT_NAME_LEN * MAX_PARENTS
         );
     }
 
@@ -516,7 +564,7 @@ mod tests {
         assert_eq!(size_of::<TracepointFields>(), 13 * 4);
         assert_eq!(
             size_of::<LoadConfig>(),
-            16 + COMM_LEN + size_of::<KernelOffsets>() + size_of::<TracepointFields>()
+            20 + COMM_LEN + size_of::<KernelOffsets>() + size_of::<TracepointFields>()
         );
     }
 }

@@ -1,9 +1,9 @@
-//! The end half shared by every attach mode: check that the file is on ext4, then fill
-//! an `IoEvent` in the ring buffer. Runs only for operations that crossed the threshold.
+//! The end half shared by every attach mode: check that the file is on a filesystem of
+//! `--fs`, then fill an `IoEvent` in the ring buffer. Runs only for operations that crossed the threshold.
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_cgroup_id,
 };
-use exporter_common::{EXT4_SUPER_MAGIC, IoEvent, MAX_PARENTS, event_kind, io_flags, op, stat};
+use exporter_common::{IoEvent, MAX_PARENTS, event_kind, fs_kind, io_flags, op, stat};
 
 use crate::{
     inflight::{Finished, target_flags},
@@ -18,7 +18,7 @@ const S_IFREG: u16 = 0o100_000;
 /// A directory.
 const S_IFDIR: u16 = 0o040_000;
 
-/// Emits `done` if its file is on ext4. `ret` is the operation's return value.
+/// Emits `done` if its file is on a filesystem of `--fs`. `ret` is the operation's return value.
 #[inline(always)]
 pub fn emit(done: &Finished, ret: i64) {
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
@@ -48,12 +48,13 @@ pub fn emit(done: &Finished, ret: i64) {
     };
     let sb: u64 = read_at(inode, load_config!(offsets.inode_sb)).unwrap_or(0);
     let magic: u64 = read_at(sb, load_config!(offsets.sb_magic)).unwrap_or(0);
-    if magic != EXT4_SUPER_MAGIC {
-        count(stat::NOT_EXT4);
+    let fs = fs_kind::of_magic(magic);
+    if load_config!(fs_mask) & (1 << fs) == 0 {
+        count(stat::OTHER_FS);
         return;
     }
     // Regular files, and directories' fsyncs (runtimes fsync a directory to make a rename
-    // durable; ext4 syncs it as a file). Opening a FIFO on ext4 waits for its other end,
+    // durable; ext4 syncs it as a file). Opening a FIFO waits for its other end,
     // and reading one for data, not for the disk (containerd's stdio FIFOs "opened" for
     // 19 s).
     let mut flags = 0u32;
@@ -113,6 +114,8 @@ pub fn emit(done: &Finished, ret: i64) {
         (*ev).inode = read_at(inode, load_config!(offsets.inode_ino)).unwrap_or(0);
         (*ev).dev = read_at(sb, load_config!(offsets.sb_dev)).unwrap_or(0);
         (*ev).op = started.op;
+        (*ev).fs = fs;
+        (*ev).reserved = 0;
 
         let mut dentry: u64 = read_at(file, load_config!(offsets.file_dentry)).unwrap_or(0);
         (*ev).file_name[0] = 0;

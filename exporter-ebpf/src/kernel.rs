@@ -42,3 +42,12 @@ pub fn current_mntns() -> u32 {
     };
     inum().unwrap_or(0)
 }
+
+/// The super block magic of the file behind `fd`; `None` if any read fails.
+#[inline(always)]
+pub fn magic_of_fd(fd: u64) -> Option<u64> {
+    let file = file_of_fd(fd)?;
+    let inode: u64 = read_at(file, load_config!(offsets.file_inode))?;
+    let sb: u64 = read_at(inode, load_config!(offsets.inode_sb))?;
+    read_at(sb, load_config!(offsets.sb_magic))
+}

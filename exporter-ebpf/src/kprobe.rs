@@ -1,4 +1,6 @@
-//! kprobe mode: kprobe/kretprobe on ext4's file operations (as bcc's `ext4slower`).
+//! kprobe mode: kprobe/kretprobe on the file operations of ext4, xfs and btrfs (as bcc's
+//! `ext4slower` and libbpf-tools' `fsslower`): a kprobe program attaches to any number of
+//! functions, so one program per operation serves every filesystem of `--fs`.
 use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
@@ -51,7 +53,7 @@ pub fn kprobe_sync(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Return of `ext4_file_read_iter`, `ext4_file_write_iter` and `ext4_file_open`.
+/// Return of every filesystem's `*_file_read_iter`, `*_file_write_iter` and `*_file_open`.
 #[kretprobe]
 pub fn kretprobe_io(ctx: RetProbeContext) -> u32 {
     if let Some(done) = finish(&INFLIGHT_IO) {

@@ -1,9 +1,13 @@
-//! iostall's eBPF programs. Three families measure the same four ext4 operations
-//! (read, write, open, fsync), and userspace attaches exactly one family:
-//! - `fentry`: fentry/fexit on ext4's file operations (cheapest, needs BTF trampolines);
+//! iostall's eBPF programs. Three families measure the same four operations (read,
+//! write, open, fsync) on ext4, xfs and btrfs, and userspace attaches exactly one family:
+//! - `fentry`: fentry/fexit on the filesystems' file operations (cheapest, needs BTF
+//!   trampolines);
 //! - `kprobe`: kprobe/kretprobe on the same functions;
-//! - `tracepoint`: syscall tracepoints filtered to ext4 by super block magic, plus raw
-//!   tracepoints on `ext4_sync_file_enter/exit` for fsync.
+//! - `tracepoint`: syscall tracepoints filtered by super block magic, plus raw
+//!   tracepoints on `ext4_sync_file_enter/exit` for ext4's fsync.
+//!
+//! Every family keeps only the filesystems of `--fs` (`LoadConfig::fs_mask`), in the
+//! kernel.
 //!
 //! Beside them, `lifecycle` reports container lifecycle from the kernel's side (cgroup
 //! mkdir/rmdir, exec/exit in container cgroups and of runtime daemons, OOM kills) on

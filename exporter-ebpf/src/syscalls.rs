@@ -17,12 +17,12 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use exporter_common::{EXT4_SUPER_MAGIC, op, stat, syscall_kind, syscall_probe};
+use exporter_common::{fs_kind, op, stat, syscall_kind, syscall_probe};
 
 use crate::{
     emit::emit,
     inflight::{Finished, InFlight, finish, finished_if_slow},
-    kernel::{file_of_fd, read_at},
+    kernel::{magic_of_fd, read_at},
     maps::{INFLIGHT_IO, INFLIGHT_SLOTS, SYSCALL_KINDS, count, load_config, tgid_wanted},
 };
 
@@ -77,7 +77,7 @@ pub fn begin(op: u32, fd: u64, pos: i64, count_: u64) {
         return;
     }
     let probe = load_config!(syscall_probe);
-    if probe & syscall_probe::ENTER_FILTER != 0 && op != op::OPEN && !on_ext4(fd) {
+    if probe & syscall_probe::ENTER_FILTER != 0 && op != op::OPEN && !on_traced_fs(fd) {
         return;
     }
     let value = InFlight {
@@ -104,16 +104,11 @@ pub fn begin(op: u32, fd: u64, pos: i64, count_: u64) {
     }
 }
 
-/// Whether `fd` is an ext4 file (the enter-side filter, see `syscall_probe`).
+/// Whether `fd` is a file of a filesystem of `--fs` (the enter-side filter, see
+/// `syscall_probe`): one mask test whatever the number of filesystems.
 #[inline(always)]
-fn on_ext4(fd: u64) -> bool {
-    let magic = || -> Option<u64> {
-        let file = file_of_fd(fd)?;
-        let inode: u64 = read_at(file, load_config!(offsets.file_inode))?;
-        let sb: u64 = read_at(inode, load_config!(offsets.inode_sb))?;
-        read_at(sb, load_config!(offsets.sb_magic))
-    };
-    magic().is_none_or(|m| m == EXT4_SUPER_MAGIC)
+fn on_traced_fs(fd: u64) -> bool {
+    magic_of_fd(fd).is_none_or(|m| fs_kind::wanted(m, load_config!(fs_mask)))
 }
 
 /// Ends the current thread's read/write/open; `Some` if it crossed the threshold. The

@@ -1,5 +1,6 @@
 //! Tracepoint mode: syscall tracepoints for read/write/open, raw tracepoints on
-//! `ext4_sync_file_enter/exit` for fsync.
+//! `ext4_sync_file_enter/exit` for ext4's fsync, and the `fsync`/`fdatasync` syscall
+//! tracepoints for xfs's and btrfs's (see `sys_enter_fsync`).
 //!
 //! These per-syscall programs are the fallback of `syscalls` (which see) and share its
 //! in-flight halves; which filesystem the fd is on is only asked at exit, and only for
@@ -14,12 +15,13 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use exporter_common::op;
+use exporter_common::{fs_kind, op};
 
 use crate::{
     emit::emit,
     inflight::{finish, start, target_flags},
-    maps::INFLIGHT_SYNC,
+    kernel::magic_of_fd,
+    maps::{INFLIGHT_SYNC, load_config},
     syscalls::{begin, end},
 };
 
@@ -124,6 +126,55 @@ pub fn ext4_sync_file_exit(ctx: RawTracePointContext) -> i32 {
     if let Some(done) = finish(&INFLIGHT_SYNC) {
         let ret: u64 = ctx.arg(1);
         emit(&done, ret as u32 as i32 as i64);
+    }
+    0
+}
+
+/// Filesystems whose fsync is timed on the `fsync`/`fdatasync` syscall tracepoints.
+/// `xfs:xfs_file_fsync`, `xfs:xfs_dir_fsync` and `btrfs:btrfs_sync_file` fire when the
+/// fsync starts and have no exit tracepoint to time it against, so they do not help;
+/// ext4's fsync stays on `ext4_sync_file_enter/exit`, which also see `msync`, `O_SYNC`
+/// writes and io_uring fsyncs (on xfs and btrfs those go untimed in this mode).
+const SYSCALL_FSYNC_FS: u32 = (1 << fs_kind::XFS) | (1 << fs_kind::BTRFS);
+
+/// Starts timing an fsync of `fd` if it is on a filesystem of `SYSCALL_FSYNC_FS` and
+/// `--fs`. The file is looked up at enter (fsyncs are rare): an ext4 fsync must not be
+/// timed twice.
+#[inline(always)]
+fn start_fsync(fd: u64, flags: u32) {
+    let wanted = load_config!(fs_mask) & SYSCALL_FSYNC_FS;
+    if wanted == 0 {
+        return;
+    }
+    match magic_of_fd(fd) {
+        Some(magic) if fs_kind::wanted(magic, wanted) => {
+            start(&INFLIGHT_SYNC, op::FSYNC, fd, -1, 0, flags);
+        }
+        _ => {}
+    }
+}
+
+/// fsync(fd).
+#[tracepoint]
+pub fn sys_enter_fsync(ctx: TracePointContext) -> u32 {
+    start_fsync(arg(&ctx, 0), 0);
+    0
+}
+
+/// fdatasync(fd).
+#[tracepoint]
+pub fn sys_enter_fdatasync(ctx: TracePointContext) -> u32 {
+    start_fsync(arg(&ctx, 0), target_flags::DATASYNC);
+    0
+}
+
+/// Exit of `fsync` and `fdatasync`.
+#[tracepoint]
+pub fn sys_exit_fsync(ctx: TracePointContext) -> u32 {
+    if let Some(done) = finish(&INFLIGHT_SYNC) {
+        // SAFETY: syscall exit records hold `long ret` at this offset.
+        let ret = unsafe { *(ctx.as_ptr().add(SYSCALL_RET_OFFSET) as *const i64) };
+        emit(&done, ret);
     }
     0
 }

@@ -23,6 +23,7 @@
 //! pid: 1234                 # only this process
 //! comm: containerd          # only threads with this comm
 //! attach: auto              # auto | fentry | kprobe | tracepoint
+//! fs: [ext4, xfs, btrfs]    # filesystems traced (default: all three), filtered in the kernel
 //! duration_s: 60            # stop after this many seconds
 //! outputs: [table, otlp]    # any of table (alias console), json, otlp
 //! metrics:
@@ -79,7 +80,11 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{lifecycle::ProcessEventLimit, tracer::AttachRequest};
+use crate::{
+    event::{FsKind, FsSet},
+    lifecycle::ProcessEventLimit,
+    tracer::AttachRequest,
+};
 
 /// Default metrics listen address: Prometheus' registered port for OpenTelemetry
 /// exporters, on loopback only (a DaemonSet sets `0.0.0.0:9464` to be scraped).
@@ -392,6 +397,8 @@ pub struct FileConfig {
     pub comm: Option<String>,
     /// Attach mode.
     pub attach: Option<AttachRequest>,
+    /// Filesystems traced.
+    pub fs: Option<Vec<FsKind>>,
     /// Stop after this many seconds.
     pub duration_s: Option<f64>,
     /// Sinks.
@@ -450,6 +457,8 @@ pub struct CliOverrides {
     pub comm: Option<String>,
     /// `--attach`.
     pub attach: Option<AttachRequest>,
+    /// `--fs` (repeatable or comma-separated; empty = not given).
+    pub fs: Vec<FsKind>,
     /// `--duration`.
     pub duration_s: Option<f64>,
     /// `--output` (repeatable).
@@ -540,6 +549,8 @@ pub struct Config {
     pub comm: Option<String>,
     /// Attach mode (default auto).
     pub attach: AttachRequest,
+    /// Filesystems traced, filtered in the kernel (default: ext4, xfs and btrfs).
+    pub filesystems: FsSet,
     /// Stop after this long.
     pub duration: Option<Duration>,
     /// Sinks, without duplicates (default: table).
@@ -705,6 +716,7 @@ impl Config {
             let field = if cli.comm.is_some() { "--comm" } else { "comm" };
             return Err(invalid(field, format!("{comm:?} must be 1 to 15 bytes")));
         }
+        let filesystems = resolve_filesystems(cli, file)?;
         let empty = OtlpFile::default();
         let otlp_file = file.otlp.as_ref().unwrap_or(&empty);
         let otlp = OtlpConfig {
@@ -808,6 +820,7 @@ impl Config {
             pid: cli.pid.or(file.pid),
             comm: cli.comm.clone().or_else(|| file.comm.clone()),
             attach: cli.attach.or(file.attach).unwrap_or_default(),
+            filesystems,
             duration,
             outputs,
             otlp,
@@ -821,6 +834,22 @@ impl Config {
             startup: resolve_startup(file.startup.as_ref())?,
             notes,
         })
+    }
+}
+
+/// `--fs`, else the file's `fs`, else every filesystem; an empty list is an error (it
+/// would trace nothing).
+fn resolve_filesystems(cli: &CliOverrides, file: &FileConfig) -> Result<FsSet, ConfigError> {
+    if !cli.fs.is_empty() {
+        return Ok(FsSet::from_kinds(cli.fs.iter().copied()));
+    }
+    match &file.fs {
+        Some(kinds) if kinds.is_empty() => Err(invalid(
+            "fs",
+            "must name at least one filesystem (ext4, xfs, btrfs)",
+        )),
+        Some(kinds) => Ok(FsSet::from_kinds(kinds.iter().copied())),
+        None => Ok(FsSet::default()),
     }
 }
 
@@ -1468,6 +1497,26 @@ mod tests {
             c.metrics_listen,
             Some("127.0.0.1:9464".parse().expect("addr"))
         );
+    }
+
+    #[test]
+    fn fs_defaults_to_all_three_and_cli_beats_file() {
+        let all = resolve(&CliOverrides::default(), "", &[]).expect("ok");
+        assert_eq!(all.filesystems, FsSet::from_kinds(FsKind::ALL));
+        let file = resolve(&CliOverrides::default(), "fs: [xfs]\n", &[]).expect("ok");
+        assert_eq!(file.filesystems, FsSet::from_kinds([FsKind::Xfs]));
+        let cli = CliOverrides {
+            fs: vec![FsKind::Ext4, FsKind::Btrfs],
+            ..CliOverrides::default()
+        };
+        let both = resolve(&cli, "fs: [xfs]\n", &[]).expect("ok");
+        assert!(both.filesystems.contains(FsKind::Ext4));
+        assert!(both.filesystems.contains(FsKind::Btrfs));
+        assert!(!both.filesystems.contains(FsKind::Xfs));
+        let empty = resolve(&CliOverrides::default(), "fs: []\n", &[]).expect_err("empty fs");
+        assert!(empty.to_string().contains("fs"), "{empty}");
+        let bad = resolve(&CliOverrides::default(), "fs: [zfs]\n", &[]).expect_err("unknown fs");
+        assert!(bad.to_string().contains("zfs"), "{bad}");
     }
 
     #[test]

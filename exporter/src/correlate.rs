@@ -401,7 +401,7 @@ impl StableHasher {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::event::{AttachMode, IoOp};
+    use crate::event::{AttachMode, FsKind, IoOp};
 
     pub(crate) fn record(pid: u32, start_unix_ns: u64) -> IoRecord {
         IoRecord {
@@ -428,6 +428,7 @@ pub(crate) mod tests {
             datasync: false,
             directory: false,
             attach_mode: AttachMode::Tracepoint,
+            fs: FsKind::Ext4,
             why: Default::default(),
         }
     }

@@ -1,6 +1,7 @@
 //! Where iostall looks and cannot see, said at start so that silence is never mistaken
-//! for health: the container runtimes' and the kubelet's directories that are not on
-//! ext4 (iostall reports ext4 only), and the IO paths that tracepoint mode never times.
+//! for health: the container runtimes' and the kubelet's directories that are not on a
+//! filesystem iostall traces (ext4, xfs, btrfs, less those `--fs` leaves out), and the
+//! IO paths that tracepoint mode never times.
 //!
 //! The node's mount table is `/proc/1/mountinfo` (init's mount namespace), as in
 //! [`crate::mounts`]: in a DaemonSet pod with `hostPID` iostall's own table is the
@@ -12,6 +13,8 @@
 use std::{fs, path::Path};
 
 use serde::Serialize;
+
+use crate::event::{FsKind, FsSet};
 
 /// The directories iostall knows, with who writes there.
 pub const KNOWN_ROOTS: &[(&str, &str)] = &[
@@ -28,7 +31,8 @@ pub const KNOWN_ROOTS: &[(&str, &str)] = &[
 ];
 
 /// The IO paths that tracepoint mode never times: they do not go through the
-/// read/write/open syscalls it traces (fsync, through `ext4_sync_file`, is seen).
+/// read/write/open syscalls it traces (fsync is seen: ext4's through `ext4_sync_file`,
+/// xfs's and btrfs's through the `fsync`/`fdatasync` syscalls).
 pub const TRACEPOINT_BLIND_SPOTS: &str = "io_uring reads and writes, AIO (io_submit), \
      mmap page faults, sendfile, splice and copy_file_range";
 
@@ -45,28 +49,41 @@ pub struct RootFilesystem {
     pub mount_point: String,
     /// That mount's source (the device).
     pub source: String,
+    /// The filesystems traced (`--fs`).
+    #[serde(skip)]
+    pub traced: FsSet,
 }
 
 impl RootFilesystem {
+    /// The traced filesystem this root is on, `None` if iostall cannot trace its type.
+    #[must_use]
+    pub fn kind(&self) -> Option<FsKind> {
+        FsKind::from_mount_type(&self.fstype)
+    }
+
     /// Whether iostall sees the IO under this root.
     #[must_use]
     pub fn seen(&self) -> bool {
-        self.fstype == "ext4"
+        self.kind().is_some_and(|k| self.traced.contains(k))
     }
 
-    /// One line for the log and `iostall probe`.
+    /// One line for the log and `iostall probe`: what holds the root, or why its IO is
+    /// not seen (a filesystem iostall cannot trace, or one `--fs` leaves out).
     #[must_use]
     pub fn message(&self) -> String {
-        if self.seen() {
-            format!(
-                "{} ({}) is on ext4 ({} on {})",
-                self.root, self.owner, self.source, self.mount_point
-            )
-        } else {
-            format!(
-                "{} is on {}: iostall reports ext4 only, so {} IO there is not seen",
+        match self.kind() {
+            _ if self.seen() => format!(
+                "{} ({}) is on {} ({} on {})",
+                self.root, self.owner, self.fstype, self.source, self.mount_point
+            ),
+            Some(_) => format!(
+                "{} is on {}, which --fs leaves out (it traces {}), so {} IO there is not seen",
+                self.root, self.fstype, self.traced, self.owner
+            ),
+            None => format!(
+                "{} is on {}: iostall traces ext4, xfs and btrfs only, so {} IO there is not seen",
                 self.root, self.fstype, self.owner
-            )
+            ),
         }
     }
 }
@@ -102,10 +119,12 @@ fn under(path: &str, dir: &str) -> bool {
 
 /// The filesystem of each root in `roots` that is present, from a mountinfo text.
 /// `exists` says whether a root exists on the node; the mount table is asked too.
+/// `traced` is `--fs`.
 pub fn check_roots(
     mountinfo: &str,
     roots: &[(&str, &str)],
     exists: impl Fn(&str) -> bool,
+    traced: FsSet,
 ) -> Vec<RootFilesystem> {
     let mounts: Vec<MountLine<'_>> = mountinfo.lines().filter_map(parse_line).collect();
     let mut out = Vec::new();
@@ -132,26 +151,32 @@ pub fn check_roots(
                 fstype: m.fstype.to_owned(),
                 mount_point: m.mount_point.clone(),
                 source: m.source.to_owned(),
+                traced,
             });
         }
     }
     out
 }
 
-/// [`check_roots`] on this node, for [`KNOWN_ROOTS`].
+/// [`check_roots`] on this node, for [`KNOWN_ROOTS`], tracing `traced`.
 #[must_use]
-pub fn check_node() -> Vec<RootFilesystem> {
+pub fn check_node(traced: FsSet) -> Vec<RootFilesystem> {
     let Ok(text) = fs::read_to_string("/proc/1/mountinfo")
         .or_else(|_| fs::read_to_string("/proc/self/mountinfo"))
     else {
         return Vec::new();
     };
-    check_roots(&text, KNOWN_ROOTS, |root| {
-        Path::new(root).exists()
-            || Path::new("/proc/1/root")
-                .join(root.trim_start_matches('/'))
-                .exists()
-    })
+    check_roots(
+        &text,
+        KNOWN_ROOTS,
+        |root| {
+            Path::new(root).exists()
+                || Path::new("/proc/1/root")
+                    .join(root.trim_start_matches('/'))
+                    .exists()
+        },
+        traced,
+    )
 }
 
 #[cfg(test)]
@@ -160,7 +185,7 @@ mod tests {
 
     const NODE: &str = "\
 22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
-30 22 253:1 / /var/lib/containerd rw,relatime shared:5 - xfs /dev/mapper/data rw,attr2
+30 22 253:1 / /var/lib/containerd rw,relatime shared:5 - zfs data/containerd rw
 31 22 0:50 / /run/containerd/io.containerd.runtime.v2.task/k8s.io/abc/rootfs rw - overlay overlay rw,lowerdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/1/fs,upperdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/2/fs
 40 22 0:60 / /var/lib/kubelet/pods/uid/volumes/kubernetes.io~projected/token rw - tmpfs tmpfs rw
 41 22 0:61 / /var/lib/docker rw - ext4 /dev/sdb rw
@@ -169,15 +194,15 @@ mod tests {
 
     #[test]
     fn the_mount_holding_each_present_root() {
-        let found = check_roots(NODE, KNOWN_ROOTS, |_| false);
+        let found = check_roots(NODE, KNOWN_ROOTS, |_| false, FsSet::default());
         let by_root = |r: &str| found.iter().find(|f| f.root == r).cloned();
         let containerd = by_root("/var/lib/containerd").expect("containerd");
-        assert_eq!(containerd.fstype, "xfs");
+        assert_eq!(containerd.fstype, "zfs");
         assert!(!containerd.seen());
         assert_eq!(
             containerd.message(),
-            "/var/lib/containerd is on xfs: iostall reports ext4 only, so containerd IO \
-             there is not seen"
+            "/var/lib/containerd is on zfs: iostall traces ext4, xfs and btrfs only, so \
+             containerd IO there is not seen"
         );
         // Named only by its volume mounts: the directory itself is on the root fs.
         let kubelet = by_root("/var/lib/kubelet").expect("kubelet");
@@ -187,7 +212,9 @@ mod tests {
         );
         assert!(kubelet.seen());
         // The later of two mounts on one point is the one in use.
-        assert_eq!(by_root("/var/lib/docker").expect("docker").fstype, "btrfs");
+        let docker = by_root("/var/lib/docker").expect("docker");
+        assert_eq!(docker.fstype, "btrfs");
+        assert!(docker.seen());
         // Absent and never named: not reported.
         assert!(by_root("/var/lib/containers").is_none());
         assert!(by_root("/var/log/pods").is_none());
@@ -195,7 +222,12 @@ mod tests {
 
     #[test]
     fn a_root_that_exists_but_is_not_mounted_is_on_its_parent() {
-        let found = check_roots(NODE, &[("/var/log/pods", "pod logs")], |_| true);
+        let found = check_roots(
+            NODE,
+            &[("/var/log/pods", "pod logs")],
+            |_| true,
+            FsSet::default(),
+        );
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].fstype, "ext4");
         assert_eq!(found[0].mount_point, "/");
@@ -205,7 +237,32 @@ mod tests {
     fn a_prefix_is_not_a_parent() {
         let text = "22 1 254:0 / / rw - ext4 /dev/vda rw\n\
                     30 22 0:5 / /var/lib/containerd-old rw - xfs /dev/sdb rw\n";
-        let found = check_roots(text, &[("/var/lib/containerd", "containerd")], |_| true);
+        let found = check_roots(
+            text,
+            &[("/var/lib/containerd", "containerd")],
+            |_| true,
+            FsSet::default(),
+        );
         assert_eq!(found[0].fstype, "ext4");
+    }
+
+    #[test]
+    fn a_filesystem_left_out_by_fs_is_named_as_such() {
+        let text = "22 1 254:0 / / rw - ext4 /dev/vda rw\n\
+                    30 22 0:5 / /var/lib/containerd rw - xfs /dev/sdb rw\n";
+        let roots = [("/var/lib/containerd", "containerd")];
+        let all = check_roots(text, &roots, |_| true, FsSet::default());
+        assert!(all[0].seen());
+        assert_eq!(
+            all[0].message(),
+            "/var/lib/containerd (containerd) is on xfs (/dev/sdb on /var/lib/containerd)"
+        );
+        let ext4_only = check_roots(text, &roots, |_| true, FsSet::from_kinds([FsKind::Ext4]));
+        assert!(!ext4_only[0].seen());
+        assert_eq!(
+            ext4_only[0].message(),
+            "/var/lib/containerd is on xfs, which --fs leaves out (it traces ext4), so \
+             containerd IO there is not seen"
+        );
     }
 }

@@ -4,7 +4,7 @@ use exporter_common::{EventHeader, IoEvent, event_kind, io_flags};
 
 use crate::{
     clock::MonotonicToUnix,
-    event::{AttachMode, IoOp, IoRecord},
+    event::{AttachMode, FsKind, IoOp, IoRecord},
     mounts::{MountTable, split_kernel_dev},
 };
 
@@ -25,6 +25,9 @@ pub enum DecodeError {
     /// An operation code this build does not know.
     #[error("unknown operation code {0}")]
     UnknownOp(u32),
+    /// A filesystem code this build does not know.
+    #[error("unknown filesystem code {0}")]
+    UnknownFs(u32),
 }
 
 /// Turns raw records into [`IoRecord`]s.
@@ -54,6 +57,7 @@ impl Decoder {
         }
         let ev: IoEvent = read_pod(bytes)?;
         let op = IoOp::from_code(ev.op).ok_or(DecodeError::UnknownOp(ev.op))?;
+        let fs = FsKind::from_code(ev.fs).ok_or(DecodeError::UnknownFs(ev.fs))?;
         self.clock.refresh_if_stale();
         let start_unix_ns = self.clock.to_unix_ns(ev.header.start_ns);
         let (dev_major, dev_minor) = split_kernel_dev(ev.dev);
@@ -100,6 +104,7 @@ impl Decoder {
             datasync: ev.flags & io_flags::DATASYNC != 0,
             directory: ev.flags & io_flags::DIRECTORY != 0,
             attach_mode: self.mode,
+            fs,
             why: Default::default(),
         })
     }
@@ -139,7 +144,7 @@ fn join_path(mount_point: &str, parents_nearest_first: &[String], name: &str) ->
 
 #[cfg(test)]
 mod tests {
-    use exporter_common::{FILE_NAME_LEN, MAX_PARENTS, PARENT_NAME_LEN, op};
+    use exporter_common::{FILE_NAME_LEN, MAX_PARENTS, PARENT_NAME_LEN, fs_kind, op};
 
     use super::*;
 
@@ -172,6 +177,8 @@ mod tests {
             op: op::FSYNC,
             flags: io_flags::PATH_COMPLETE | io_flags::DATASYNC,
             parent_count: 2,
+            fs: fs_kind::XFS,
+            reserved: 0,
             file_name: name::<FILE_NAME_LEN>(".tmp-hostconfig.json378595825"),
             parents,
         }
@@ -204,6 +211,7 @@ mod tests {
         assert!(!rec.directory);
         assert_eq!(rec.offset, None, "fsync has no offset");
         assert_eq!(rec.attach_mode, AttachMode::Tracepoint);
+        assert_eq!(rec.fs, FsKind::Xfs);
     }
 
     #[test]
@@ -258,6 +266,12 @@ mod tests {
         assert_eq!(
             decoder.decode(&bytes_of(&ev)),
             Err(DecodeError::UnknownOp(9))
+        );
+        let mut ev = sample();
+        ev.fs = fs_kind::OTHER;
+        assert_eq!(
+            decoder.decode(&bytes_of(&ev)),
+            Err(DecodeError::UnknownFs(0))
         );
     }
 }

@@ -40,7 +40,7 @@ impl IoOp {
         }
     }
 
-    /// Lower-case name (`fsync`), used in span names (`ext4 fsync`).
+    /// Lower-case name (`fsync`), used in span names (`xfs fsync`).
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -52,15 +52,133 @@ impl IoOp {
     }
 }
 
+/// A filesystem iostall traces (the `--fs` setting, and every record's
+/// `system.filesystem.type`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FsKind {
+    /// ext4 (and ext2/ext3 mounted by the ext4 driver).
+    Ext4,
+    /// xfs.
+    Xfs,
+    /// btrfs.
+    Btrfs,
+}
+
+impl FsKind {
+    /// Every traced filesystem, the default of `--fs`.
+    pub const ALL: [Self; 3] = [Self::Ext4, Self::Xfs, Self::Btrfs];
+
+    /// From the kernel's `exporter_common::fs_kind` code.
+    #[must_use]
+    pub fn from_code(code: u32) -> Option<Self> {
+        use exporter_common::fs_kind;
+        match code {
+            fs_kind::EXT4 => Some(Self::Ext4),
+            fs_kind::XFS => Some(Self::Xfs),
+            fs_kind::BTRFS => Some(Self::Btrfs),
+            _ => None,
+        }
+    }
+
+    /// The kernel's `exporter_common::fs_kind` code.
+    #[must_use]
+    pub fn code(self) -> u32 {
+        use exporter_common::fs_kind;
+        match self {
+            Self::Ext4 => fs_kind::EXT4,
+            Self::Xfs => fs_kind::XFS,
+            Self::Btrfs => fs_kind::BTRFS,
+        }
+    }
+
+    /// The name `/proc/self/mountinfo` gives its mounts (`ext4`, `xfs`, `btrfs`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ext4 => "ext4",
+            Self::Xfs => "xfs",
+            Self::Btrfs => "btrfs",
+        }
+    }
+
+    /// The kind of a mount's filesystem type, if iostall can trace it (ext2 and ext3
+    /// mounts are served by the ext4 driver, whose super block magic they share).
+    #[must_use]
+    pub fn from_mount_type(fstype: &str) -> Option<Self> {
+        match fstype {
+            "ext4" | "ext3" | "ext2" => Some(Self::Ext4),
+            "xfs" => Some(Self::Xfs),
+            "btrfs" => Some(Self::Btrfs),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for FsKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of [`FsKind`]s: the filesystems of `--fs`. The default is every one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FsSet(u32);
+
+impl Default for FsSet {
+    fn default() -> Self {
+        Self::from_kinds(FsKind::ALL)
+    }
+}
+
+impl FsSet {
+    /// The set of `kinds`.
+    #[must_use]
+    pub fn from_kinds(kinds: impl IntoIterator<Item = FsKind>) -> Self {
+        Self(kinds.into_iter().fold(0, |m, k| m | (1 << k.code())))
+    }
+
+    /// Whether `kind` is in the set.
+    #[must_use]
+    pub fn contains(self, kind: FsKind) -> bool {
+        self.0 & (1 << kind.code()) != 0
+    }
+
+    /// The kernel's mask (`LoadConfig::fs_mask`): bit `1 << code` per filesystem.
+    #[must_use]
+    pub fn mask(self) -> u32 {
+        self.0
+    }
+
+    /// The members, in [`FsKind::ALL`]'s order.
+    pub fn iter(self) -> impl Iterator<Item = FsKind> {
+        FsKind::ALL.into_iter().filter(move |k| self.contains(*k))
+    }
+}
+
+impl std::fmt::Display for FsSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, kind) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(kind.as_str())?;
+        }
+        Ok(())
+    }
+}
+
 /// How the eBPF programs are attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
-    /// fentry/fexit on ext4's file operations.
+    /// fentry/fexit on the filesystems' file operations.
     Fentry,
-    /// kprobe/kretprobe on ext4's file operations.
+    /// kprobe/kretprobe on the filesystems' file operations.
     Kprobe,
-    /// Syscall tracepoints filtered to ext4, plus `ext4_sync_file_enter/exit`.
+    /// Syscall tracepoints filtered by filesystem, plus `ext4_sync_file_enter/exit`.
     Tracepoint,
 }
 
@@ -85,7 +203,7 @@ impl std::fmt::Display for AttachMode {
     }
 }
 
-/// One ext4 operation that took at least the threshold.
+/// One operation on a traced filesystem that took at least the threshold.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IoRecord {
     /// The operation.
@@ -134,6 +252,8 @@ pub struct IoRecord {
     pub directory: bool,
     /// The attach mode that measured it.
     pub attach_mode: AttachMode,
+    /// The filesystem the file is on.
+    pub fs: FsKind,
     /// Why it was slow, as far as iostall can tell (set by [`crate::why`]).
     #[serde(skip_serializing_if = "crate::why::StallContext::is_empty")]
     pub why: crate::why::StallContext,

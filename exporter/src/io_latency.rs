@@ -171,6 +171,7 @@ pub(crate) mod tests {
                 directory: false,
                 attach_mode: AttachMode::Tracepoint,
                 why: crate::why::StallContext::default(),
+                fs: crate::event::FsKind::Ext4,
             },
             trace_id: TraceId([id; 16]),
             span_id: SpanId([id; 8]),

@@ -10,6 +10,7 @@ use iostall::{
     },
     correlate::Correlator,
     enrich::Enricher,
+    event::FsKind,
     metrics::{Metrics, MetricsServer},
     otlp::resource::{Resources, host_name},
     pipeline::{self, RunOptions},
@@ -20,7 +21,7 @@ use iostall::{
 };
 use tracing_subscriber::EnvFilter;
 
-/// Slow ext4 operations, live, with the process, container and pod that did them.
+/// Slow ext4, xfs and btrfs operations, live, with the process, container and pod that did them.
 #[derive(Debug, Parser)]
 #[command(name = "iostall", version, about)]
 struct Cli {
@@ -64,6 +65,10 @@ struct RunArgs {
     /// How to attach: auto tries fentry, then kprobe, then tracepoint [default: auto].
     #[arg(long, value_enum)]
     attach: Option<AttachRequest>,
+    /// Filesystems traced, repeatable or comma-separated: ext4, xfs, btrfs; the others
+    /// are left out in the kernel [default: ext4,xfs,btrfs].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "FS")]
+    fs: Vec<FsKind>,
     /// Outputs, repeatable or comma-separated: table (alias console), json, otlp [default: table].
     #[arg(long, short = 'o', value_enum, value_delimiter = ',')]
     output: Vec<OutputKind>,
@@ -166,6 +171,7 @@ fn load_config(args: RunArgs) -> anyhow::Result<Config> {
         pid: args.pid,
         comm: args.comm,
         attach: args.attach,
+        fs: args.fs,
         duration_s: args.duration,
         outputs: args.output,
         otlp_endpoint: args.otlp_endpoint,
@@ -190,7 +196,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     preflight::check()?;
     let metrics = Metrics::new();
     // Silence must not pass for health: say where iostall cannot see.
-    let filesystems = iostall::coverage::check_node();
+    let filesystems = iostall::coverage::check_node(config.filesystems);
     for root in filesystems.iter().filter(|r| !r.seen()) {
         tracing::warn!("{}", root.message());
     }
@@ -219,6 +225,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             threshold_ns: (config.threshold_ms * 1e6) as u64,
             filter_pid: config.pid,
             filter_comm: config.comm.clone(),
+            filesystems: config.filesystems,
             syscall_probes: None,
         },
         attach: config.attach,
@@ -307,6 +314,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         inflight_full = summary.kernel.inflight_full,
         kernel_events = summary.kernel.events,
         kernel_filtered_other_comm = summary.kernel.other_comm,
+        kernel_filtered_other_fs = summary.kernel.other_fs,
         sink_queue_drops = summary.sink_queue_drops,
         decode_errors = summary.decode_errors,
         otlp_exported_spans = metrics.exported_spans(),

@@ -16,7 +16,7 @@
 //! - `iostall_kernel_events_total`: events the eBPF programs wrote to the ring buffer;
 //!   `iostall_kernel_lifecycle_events_total`: to the lifecycle ring buffer.
 //! - `iostall_kernel_filtered_total{reason}`: slow operations the kernel side left out
-//!   on purpose (`not_ext4`, `not_regular` file, `file_unresolved`, `other_comm`).
+//!   on purpose (`other_fs`, `not_regular` file, `file_unresolved`, `other_comm`).
 //! - `iostall_kernel_untimed_operations_total{reason="inflight_full"}`: operations the
 //!   kernel could not time because its in-flight map was full. Not records lost: most
 //!   of them were fast; but a slow one among them was never seen.
@@ -25,7 +25,7 @@
 //! - `iostall_input_truncated_total`: values a runtime or the API server handed over
 //!   that were cut to [`crate::bounds`]' limits (or labels left out).
 //! - `iostall_filesystem_seen{root,fstype}`: 1 when a runtime or kubelet directory
-//!   present on the node is on ext4, 0 when iostall cannot see its IO
+//!   present on the node is on a traced filesystem, 0 when iostall cannot see its IO
 //!   ([`crate::coverage`]).
 //! - `iostall_runtime_events_rate_limited_total`: container process events (execs,
 //!   exits not by a signal) held back by the per-container budget
@@ -129,7 +129,7 @@ pub struct Metrics {
     requests: [[AtomicU64; 3]; 2],
     kernel_events: AtomicU64,
     kernel_lifecycle_events: AtomicU64,
-    /// `not_ext4`, `not_regular`, `file_unresolved`, `other_comm`.
+    /// `other_fs`, `not_regular`, `file_unresolved`, `other_comm`.
     kernel_filtered: [AtomicU64; 4],
     runtime_events_rate_limited: AtomicU64,
     dropped_startup_spans: AtomicU64,
@@ -249,7 +249,7 @@ impl Metrics {
         self.kernel_lifecycle_events
             .store(stats.lifecycle_events, Ordering::Relaxed);
         for (slot, value) in self.kernel_filtered.iter().zip([
-            stats.not_ext4,
+            stats.other_fs,
             stats.not_regular,
             stats.file_unresolved,
             stats.other_comm,
@@ -453,7 +453,7 @@ impl Metrics {
             get(&self.kernel_events),
             get(&self.kernel_lifecycle_events)
         );
-        for (reason, value) in ["not_ext4", "not_regular", "file_unresolved", "other_comm"]
+        for (reason, value) in ["other_fs", "not_regular", "file_unresolved", "other_comm"]
             .into_iter()
             .zip(&self.kernel_filtered)
         {
@@ -489,7 +489,7 @@ impl Metrics {
         {
             out.push_str(
                 "# HELP iostall_filesystem_seen Whether the IO under a runtime or kubelet \
-                 directory is seen (1: on ext4; 0: iostall reports ext4 only).\n\
+                 directory is seen (1: on a traced filesystem; 0: not traced or left out by --fs).\n\
                  # TYPE iostall_filesystem_seen gauge\n",
             );
             for f in found.iter() {
@@ -784,7 +784,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("iostall_kernel_filtered_total{reason=\"not_regular\"} 2\n"));
-        assert!(text.contains("iostall_kernel_filtered_total{reason=\"not_ext4\"} 0\n"));
+        assert!(text.contains("iostall_kernel_filtered_total{reason=\"other_fs\"} 0\n"));
         assert!(text.contains("iostall_kernel_filtered_total{reason=\"other_comm\"} 9\n"));
     }
 

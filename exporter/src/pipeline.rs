@@ -143,7 +143,7 @@ pub async fn run(
     );
     if mode == AttachMode::Tracepoint {
         tracing::info!(
-            "tracepoint mode times read/write/open syscalls and ext4 fsync; it never sees {}",
+            "tracepoint mode times read/write/open syscalls and fsyncs (ext4: every one; xfs, btrfs: fsync and fdatasync); it never sees {}",
             crate::coverage::TRACEPOINT_BLIND_SPOTS
         );
     }

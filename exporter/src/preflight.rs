@@ -218,9 +218,9 @@ pub fn probe() -> ProbeReport {
             }
         }
     }
-    // What iostall would not see on this node: roots off ext4, and tracepoint mode's
+    // What iostall would not see on this node: roots off ext4/xfs/btrfs, and tracepoint mode's
     // blind spots when that is the mode it would use.
-    let roots = crate::coverage::check_node();
+    let roots = crate::coverage::check_node(crate::event::FsSet::default());
     if roots.is_empty() {
         add(
             "runtime directories",

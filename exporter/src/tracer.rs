@@ -12,7 +12,10 @@ use exporter_common::{
     syscall_probe, watch,
 };
 
-use crate::{btf_offsets, event::AttachMode};
+use crate::{
+    btf_offsets,
+    event::{AttachMode, FsKind, FsSet},
+};
 
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/iostall-ebpf"));
@@ -99,8 +102,8 @@ impl AttachRequest {
     }
 }
 
-/// How the tracepoint mode times read, write and open (fsync is always
-/// `ext4_sync_file_enter/exit`). Chosen by `IOSTALL_SYSCALL_PROBES` (`btf`, `raw`,
+/// How the tracepoint mode times read, write and open (fsync is
+/// `ext4_sync_file_enter/exit` on ext4, the `fsync`/`fdatasync` syscalls on xfs and btrfs). Chosen by `IOSTALL_SYSCALL_PROBES` (`btf`, `raw`,
 /// `per-syscall`), `IOSTALL_INFLIGHT` (`slots`, `hash`) and `IOSTALL_ENTER_FILTER=1`, so
 /// that `bench-syscalls` can compare them; the default measured cheapest (README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +158,8 @@ pub struct TracerOptions {
     pub filter_pid: Option<u32>,
     /// Only threads with this comm (at most 15 bytes; longer is cut as the kernel does).
     pub filter_comm: Option<String>,
+    /// The filesystems traced (`--fs`; default: all).
+    pub filesystems: FsSet,
     /// How read/write/open are timed in tracepoint mode; `None`: [`SyscallProbes::from_env`].
     pub syscall_probes: Option<SyscallProbes>,
 }
@@ -168,11 +173,12 @@ pub struct KernelStats {
     pub inflight_full: u64,
     /// Events written to the ring buffer.
     pub events: u64,
-    /// Slow operations on other filesystems, filtered out.
-    pub not_ext4: u64,
+    /// Slow operations on filesystems not traced (not in `--fs`, or pipes and sockets
+    /// in tracepoint mode), filtered out.
+    pub other_fs: u64,
     /// Slow operations whose file could not be resolved.
     pub file_unresolved: u64,
-    /// Slow operations on ext4 FIFOs, sockets or devices, filtered out.
+    /// Slow operations on FIFOs, sockets or devices of a traced filesystem, filtered out.
     pub not_regular: u64,
     /// Slow operations of threads other than `--comm`'s, filtered out.
     pub other_comm: u64,
@@ -199,6 +205,11 @@ pub struct Tracer {
     links: Vec<Box<dyn Send>>,
     tracepoints: TracepointFields,
     syscall_probes: SyscallProbes,
+    /// The filesystems traced.
+    filesystems: FsSet,
+    /// Traced filesystems whose file operations the kernel's BTF lacks (built as a
+    /// module, or not at all): fentry and kprobe modes leave them out.
+    missing_functions: FsSet,
 }
 
 /// Gives freed heap pages back to the kernel: a BTF parse leaves many small blocks
@@ -220,11 +231,17 @@ impl Tracer {
         raise_memlock_limit();
         // The offsets' parse (btf_rs) is dropped before anything else is loaded: it
         // and aya's parse alive at once made the start-up peak.
-        let (offsets, fentry_probe_target, syscall_regs) = {
+        let (offsets, fentry_probe_target, syscall_regs, missing_functions) = {
             let kernel_btf = btf_offsets::load_kernel_btf()?;
             let target = btf_offsets::function_id(&kernel_btf, FENTRY_PROGRAMS[0].1);
             let regs = btf_offsets::check_syscall_regs(&kernel_btf);
-            (btf_offsets::resolve(&kernel_btf)?, target, regs)
+            let missing = FsSet::from_kinds(
+                FENTRY_PROGRAMS
+                    .iter()
+                    .filter(|(_, f)| btf_offsets::function_id(&kernel_btf, f).is_none())
+                    .filter_map(|(_, f)| fs_of_function(f)),
+            );
+            (btf_offsets::resolve(&kernel_btf)?, target, regs, missing)
         };
         trim_heap();
         let mut syscall_probes = options
@@ -242,6 +259,7 @@ impl Tracer {
             self_tgid: std::process::id(),
             filter_comm: comm_filter(options.filter_comm.as_deref()),
             syscall_probe: syscall_probes.bits,
+            fs_mask: options.filesystems.mask(),
             slots_mask: slots - 1,
             offsets,
             tracepoints: lifecycle_fields(),
@@ -267,6 +285,8 @@ impl Tracer {
             links: Vec::new(),
             tracepoints: load_config.tracepoints,
             syscall_probes,
+            filesystems: options.filesystems,
+            missing_functions,
         };
         tracer.set_threshold_ns(options.threshold_ns)?;
         Ok(tracer)
@@ -329,7 +349,7 @@ impl Tracer {
             ringbuf_drops: read(stat::RINGBUF_DROPS)?,
             inflight_full: read(stat::INFLIGHT_FULL)?,
             events: read(stat::EVENTS)?,
-            not_ext4: read(stat::NOT_EXT4)?,
+            other_fs: read(stat::OTHER_FS)?,
             file_unresolved: read(stat::FILE_UNRESOLVED)?,
             not_regular: read(stat::NOT_REGULAR)?,
             other_comm: read(stat::OTHER_COMM)?,
@@ -457,19 +477,47 @@ impl Tracer {
         let Some(btf) = self.btf.as_ref() else {
             return Err("kernel BTF unavailable".into());
         };
+        let wanted = self.function_filesystems(AttachMode::Fentry);
         for (prog, function) in FENTRY_PROGRAMS {
+            if !fs_of_function(function).is_some_and(|fs| wanted.contains(fs)) {
+                continue;
+            }
             let program: &mut FEntry = program_mut(&mut self.ebpf, prog)?;
             program.load(function, btf).map_err(|e| explain(prog, &e))?;
             let link = program.attach().map_err(|e| explain(prog, &e))?;
             own(&mut self.links, program.take_link(link), prog)?;
         }
         for (prog, function) in FEXIT_PROGRAMS {
+            if !fs_of_function(function).is_some_and(|fs| wanted.contains(fs)) {
+                continue;
+            }
             let program: &mut FExit = program_mut(&mut self.ebpf, prog)?;
             program.load(function, btf).map_err(|e| explain(prog, &e))?;
             let link = program.attach().map_err(|e| explain(prog, &e))?;
             own(&mut self.links, program.take_link(link), prog)?;
         }
         Ok(())
+    }
+
+    /// The filesystems of `--fs` whose functions fentry and kprobe modes can attach to;
+    /// says which they leave out (not in the kernel's BTF: a module, or not built).
+    fn function_filesystems(&self, mode: AttachMode) -> FsSet {
+        let wanted = FsSet::from_kinds(
+            self.filesystems
+                .iter()
+                .filter(|fs| !self.missing_functions.contains(*fs)),
+        );
+        for fs in self
+            .filesystems
+            .iter()
+            .filter(|fs| self.missing_functions.contains(*fs))
+        {
+            tracing::warn!(
+                "{fs}'s file operations are not in the kernel's BTF (a module, or not \
+                 built): {mode} mode does not trace {fs}; --attach tracepoint does"
+            );
+        }
+        wanted
     }
 
     fn attach_kprobe(&mut self) -> Result<(), String> {
@@ -485,9 +533,13 @@ impl Tracer {
                     .into(),
             );
         }
+        let wanted = self.function_filesystems(AttachMode::Kprobe);
         for (prog, functions) in KPROBE_PROGRAMS {
             let program: &mut KProbe = program_mut(&mut self.ebpf, prog)?;
             for function in *functions {
+                if !fs_of_function(function).is_some_and(|fs| wanted.contains(fs)) {
+                    continue;
+                }
                 let link = program.attach(function, 0).map_err(|e| explain(prog, &e))?;
                 own(&mut self.links, program.take_link(link), prog)?;
             }
@@ -498,14 +550,22 @@ impl Tracer {
     fn attach_tracepoint(&mut self) -> Result<(), String> {
         ensure_tracefs()?;
         self.attach_syscalls()?;
-        for (prog, tp) in [
-            ("ext4_sync_file_exit", "ext4_sync_file_exit"),
-            ("ext4_sync_file_enter", "ext4_sync_file_enter"),
-        ] {
-            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, prog)?;
-            program.load().map_err(|e| explain(prog, &e))?;
-            let link = program.attach(tp).map_err(|e| explain(prog, &e))?;
-            own(&mut self.links, program.take_link(link), prog)?;
+        if self.filesystems.contains(FsKind::Ext4) {
+            for (prog, tp) in [
+                ("ext4_sync_file_exit", "ext4_sync_file_exit"),
+                ("ext4_sync_file_enter", "ext4_sync_file_enter"),
+            ] {
+                let program: &mut RawTracePoint = program_mut(&mut self.ebpf, prog)?;
+                program.load().map_err(|e| explain(prog, &e))?;
+                let link = program.attach(tp).map_err(|e| explain(prog, &e))?;
+                own(&mut self.links, program.take_link(link), prog)?;
+            }
+        }
+        // xfs's and btrfs's fsync tracepoints have no exit: their fsyncs are timed on
+        // the syscalls (see the eBPF side's `tracepoint.rs`), whichever way read/write/
+        // open are (fsyncs are rare: the per-syscall tracepoints cost nothing else).
+        if self.filesystems.contains(FsKind::Xfs) || self.filesystems.contains(FsKind::Btrfs) {
+            self.attach_tracepoint_programs(FSYNC_SYSCALL_PROGRAMS)?;
         }
         Ok(())
     }
@@ -584,9 +644,14 @@ impl Tracer {
     }
 
     fn attach_per_syscall(&mut self) -> Result<(), String> {
+        self.attach_tracepoint_programs(SYSCALL_PROGRAMS)
+    }
+
+    /// Attaches syscall tracepoint programs (enter ones listed first).
+    fn attach_tracepoint_programs(&mut self, programs: &[(&str, &[&str])]) -> Result<(), String> {
         check_syscall_layout()?;
         // Exits first, so no enter is recorded without its exit attached.
-        for (prog, tracepoints) in SYSCALL_PROGRAMS.iter().rev() {
+        for (prog, tracepoints) in programs.iter().rev() {
             let program: &mut TracePoint = program_mut(&mut self.ebpf, prog)?;
             program.load().map_err(|e| explain(prog, &e))?;
             for tp in *tracepoints {
@@ -615,6 +680,7 @@ impl Tracer {
             AttachMode::Kprobe => KPROBE_PROGRAMS.iter().map(|(p, _)| *p).collect(),
             AttachMode::Tracepoint => SYSCALL_PROGRAMS
                 .iter()
+                .chain(FSYNC_SYSCALL_PROGRAMS)
                 .map(|(p, _)| *p)
                 .chain(["ext4_sync_file_enter", "ext4_sync_file_exit"])
                 .chain([
@@ -753,12 +819,30 @@ fn lifecycle_fields() -> TracepointFields {
     fields
 }
 
-/// fentry programs and the ext4 function each attaches to.
+/// The filesystem a file operation belongs to, by its name's prefix.
+fn fs_of_function(function: &str) -> Option<FsKind> {
+    FsKind::ALL.into_iter().find(|fs| {
+        function
+            .strip_prefix(fs.as_str())
+            .is_some_and(|r| r.starts_with('_'))
+    })
+}
+
+/// fentry programs and the function each attaches to: each filesystem's file operations,
+/// as libbpf-tools' `fsslower` (ext4 first: its read is the probe of `fentry_probe`).
 const FENTRY_PROGRAMS: &[(&str, &str)] = &[
     ("fentry_read", "ext4_file_read_iter"),
     ("fentry_write", "ext4_file_write_iter"),
     ("fentry_open", "ext4_file_open"),
     ("fentry_sync", "ext4_sync_file"),
+    ("fentry_xfs_read", "xfs_file_read_iter"),
+    ("fentry_xfs_write", "xfs_file_write_iter"),
+    ("fentry_xfs_open", "xfs_file_open"),
+    ("fentry_xfs_sync", "xfs_file_fsync"),
+    ("fentry_btrfs_read", "btrfs_file_read_iter"),
+    ("fentry_btrfs_write", "btrfs_file_write_iter"),
+    ("fentry_btrfs_open", "btrfs_file_open"),
+    ("fentry_btrfs_sync", "btrfs_sync_file"),
 ];
 /// fexit programs, likewise.
 const FEXIT_PROGRAMS: &[(&str, &str)] = &[
@@ -766,6 +850,14 @@ const FEXIT_PROGRAMS: &[(&str, &str)] = &[
     ("fexit_write", "ext4_file_write_iter"),
     ("fexit_open", "ext4_file_open"),
     ("fexit_sync", "ext4_sync_file"),
+    ("fexit_xfs_read", "xfs_file_read_iter"),
+    ("fexit_xfs_write", "xfs_file_write_iter"),
+    ("fexit_xfs_open", "xfs_file_open"),
+    ("fexit_xfs_sync", "xfs_file_fsync"),
+    ("fexit_btrfs_read", "btrfs_file_read_iter"),
+    ("fexit_btrfs_write", "btrfs_file_write_iter"),
+    ("fexit_btrfs_open", "btrfs_file_open"),
+    ("fexit_btrfs_sync", "btrfs_sync_file"),
 ];
 /// kprobe/kretprobe programs and the functions each attaches to.
 const KPROBE_PROGRAMS: &[(&str, &[&str])] = &[
@@ -775,13 +867,48 @@ const KPROBE_PROGRAMS: &[(&str, &[&str])] = &[
             "ext4_file_read_iter",
             "ext4_file_write_iter",
             "ext4_file_open",
+            "xfs_file_read_iter",
+            "xfs_file_write_iter",
+            "xfs_file_open",
+            "btrfs_file_read_iter",
+            "btrfs_file_write_iter",
+            "btrfs_file_open",
         ],
     ),
-    ("kretprobe_sync", &["ext4_sync_file"]),
-    ("kprobe_read", &["ext4_file_read_iter"]),
-    ("kprobe_write", &["ext4_file_write_iter"]),
-    ("kprobe_open", &["ext4_file_open"]),
-    ("kprobe_sync", &["ext4_sync_file"]),
+    (
+        "kretprobe_sync",
+        &["ext4_sync_file", "xfs_file_fsync", "btrfs_sync_file"],
+    ),
+    (
+        "kprobe_read",
+        &[
+            "ext4_file_read_iter",
+            "xfs_file_read_iter",
+            "btrfs_file_read_iter",
+        ],
+    ),
+    (
+        "kprobe_write",
+        &[
+            "ext4_file_write_iter",
+            "xfs_file_write_iter",
+            "btrfs_file_write_iter",
+        ],
+    ),
+    (
+        "kprobe_open",
+        &["ext4_file_open", "xfs_file_open", "btrfs_file_open"],
+    ),
+    (
+        "kprobe_sync",
+        &["ext4_sync_file", "xfs_file_fsync", "btrfs_sync_file"],
+    ),
+];
+/// xfs's and btrfs's fsync, timed on the syscalls (enter ones first).
+const FSYNC_SYSCALL_PROGRAMS: &[(&str, &[&str])] = &[
+    ("sys_enter_fsync", &["sys_enter_fsync"]),
+    ("sys_enter_fdatasync", &["sys_enter_fdatasync"]),
+    ("sys_exit_fsync", &["sys_exit_fsync", "sys_exit_fdatasync"]),
 ];
 /// Syscall tracepoint programs (enter ones first) and the tracepoints each attaches to.
 const SYSCALL_PROGRAMS: &[(&str, &[&str])] = &[
@@ -984,5 +1111,32 @@ fn raise_memlock_limit() {
     // SAFETY: valid pointer to an initialised rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels ≥ 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_function_names_its_filesystem_and_each_has_all_four() {
+        assert_eq!(fs_of_function("xfs_file_fsync"), Some(FsKind::Xfs));
+        assert_eq!(fs_of_function("btrfs_sync_file"), Some(FsKind::Btrfs));
+        assert_eq!(fs_of_function("ext4_file_open"), Some(FsKind::Ext4));
+        assert_eq!(fs_of_function("ext4slower"), None);
+        for fs in FsKind::ALL {
+            for list in [FENTRY_PROGRAMS, FEXIT_PROGRAMS] {
+                let n = list
+                    .iter()
+                    .filter(|(_, f)| fs_of_function(f) == Some(fs))
+                    .count();
+                assert_eq!(n, 4, "{fs}: read, write, open, fsync");
+            }
+            let n: usize = KPROBE_PROGRAMS
+                .iter()
+                .map(|(_, fs_)| fs_.iter().filter(|f| fs_of_function(f) == Some(fs)).count())
+                .sum();
+            assert_eq!(n, 8, "{fs}: a kprobe and a kretprobe per operation");
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! Made of real parts: a FUSE filesystem served by this process ([`fuser`], no libfuse)
 //! holds one file, `disk.img`, opened in direct-IO mode so no page cache hides the
 //! requests. It serves one request at a time, at most `iops` a second, from a backing
-//! file. A loop device over `disk.img` carries a real ext4 filesystem. The cgroup
+//! file. A loop device over `disk.img` carries a real ext4 filesystem (or xfs, or btrfs:
+//! [`CappedExt4::create_fs`]). The cgroup
 //! fixture ([`crate::slowfs::SlowExt4`]) only slows its own cgroup's IO and needs cgroup
 //! v1 `blkio`; this one needs neither.
 use std::{
@@ -28,7 +29,7 @@ use fuser::{
 };
 
 use crate::slowfs::{
-    SETUP_LOCK, attach_loop, format_and_mount, make_temp_dir, mount_ext4, read_dev_numbers,
+    FsType, SETUP_LOCK, attach_loop, format_and_mount, make_temp_dir, mount_fs, read_dev_numbers,
     run_paths, unmount, wait_loop_detached,
 };
 
@@ -219,8 +220,9 @@ impl Filesystem for CappedFs {
     }
 }
 
-/// A real ext4 filesystem on a device capped at N IOPS.
+/// A real ext4 (or xfs, or btrfs) filesystem on a device capped at N IOPS.
 pub struct CappedExt4 {
+    fs_type: FsType,
     temp_dir: PathBuf,
     mount_point: PathBuf,
     loop_device: Option<PathBuf>,
@@ -235,12 +237,23 @@ impl CappedExt4 {
     /// Makes a `size_mib` ext4 filesystem (formatted uncapped), then caps its device at
     /// `iops` requests a second.
     pub fn create(size_mib: u64, iops: u64) -> Result<Self> {
-        if size_mib < 8 {
-            bail!("size_mib must be at least 8 (got {size_mib})");
+        Self::create_fs(size_mib, iops, FsType::Ext4)
+    }
+
+    /// [`CappedExt4::create`] with a filesystem of type `fs_type`; `size_mib` must be at
+    /// least [`FsType::min_size_mib`] (the backing file is sparse).
+    pub fn create_fs(size_mib: u64, iops: u64, fs_type: FsType) -> Result<Self> {
+        if size_mib < fs_type.min_size_mib() {
+            bail!(
+                "size_mib must be at least {} for {} (got {size_mib})",
+                fs_type.min_size_mib(),
+                fs_type.name()
+            );
         }
         let temp_dir = make_temp_dir("iostall-capped-")?;
         let fuse_dir = temp_dir.join("fuse");
         let mut disk = CappedExt4 {
+            fs_type,
             mount_point: temp_dir.join("mnt"),
             disk_image: fuse_dir.join(DISK_NAME),
             temp_dir,
@@ -283,7 +296,7 @@ impl CappedExt4 {
         let loop_dev = attach_loop(&disk.disk_image, false)?;
         disk.loop_device = Some(loop_dev.clone());
         disk.device = read_dev_numbers(&loop_dev)?;
-        format_and_mount(&loop_dev, &disk.mount_point)?;
+        format_and_mount(&loop_dev, &disk.mount_point, fs_type)?;
         disk.mounted = true;
         disk.set_iops(iops);
         Ok(disk)
@@ -302,7 +315,7 @@ impl CappedExt4 {
         let dev = self.loop_device.clone().context("no loop device")?;
         unmount(&self.mount_point)?;
         self.mounted = false;
-        mount_ext4(&dev, &self.mount_point)?;
+        mount_fs(&dev, &self.mount_point, self.fs_type)?;
         self.mounted = true;
         self.set_iops(iops);
         Ok(())
@@ -313,7 +326,7 @@ impl CappedExt4 {
         self.pace.served.load(Ordering::Relaxed)
     }
 
-    /// Where the ext4 filesystem is mounted.
+    /// Where the filesystem is mounted.
     pub fn mount_point(&self) -> &Path {
         &self.mount_point
     }

@@ -1,7 +1,9 @@
-//! A real, slow ext4 filesystem for end-to-end tests, and related host helpers.
+//! A real, slow ext4 (or xfs, or btrfs: [`FsType`]) filesystem for end-to-end tests, and
+//! related host helpers.
 //!
 //! [`SlowExt4`] builds a sparse backing file under `/tmp`, attaches it to a loop device
-//! with `--direct-io=on`, formats it as ext4, mounts it, and creates a leaf cgroup v1
+//! with `--direct-io=on`, formats it as ext4 ([`SlowExt4::create_fs`]: xfs or btrfs),
+//! mounts it, and creates a leaf cgroup v1
 //! blkio cgroup whose `blkio.throttle.*_iops_device` limits apply to that loop device.
 //! The limit only works for processes placed in that leaf cgroup, so the process doing
 //! the IO must be added with [`SlowExt4::add_pid`] (or write its own pid into
@@ -240,6 +242,40 @@ pub(crate) fn unmount(path: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// The filesystem a fixture formats its loop device with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsType {
+    /// ext4, 4 KiB blocks, inode tables and journal initialised at mkfs.
+    #[default]
+    Ext4,
+    /// xfs (`mkfs.xfs`, from `xfsprogs`).
+    Xfs,
+    /// btrfs (`mkfs.btrfs`, from `btrfs-progs`).
+    Btrfs,
+}
+
+impl FsType {
+    /// The name `mount -t` and `/proc/self/mountinfo` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ext4 => "ext4",
+            Self::Xfs => "xfs",
+            Self::Btrfs => "btrfs",
+        }
+    }
+
+    /// The smallest filesystem its mkfs makes, in MiB: `mkfs.xfs` refuses under 300 MiB
+    /// (xfsprogs 6.1: "Filesystem must be larger than 300MB"), `mkfs.btrfs` under
+    /// 109 MiB (btrfs-progs 6.2).
+    pub fn min_size_mib(self) -> u64 {
+        match self {
+            Self::Ext4 => 8,
+            Self::Xfs => 300,
+            Self::Btrfs => 128,
+        }
+    }
+}
+
 /// Options for [`SlowExt4::create`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlowExt4Options {
@@ -278,12 +314,23 @@ pub struct SlowExt4 {
 }
 
 impl SlowExt4 {
-    /// Builds the filesystem and its cgroup; see the module documentation.
+    /// Builds the ext4 filesystem and its cgroup; see the module documentation.
     ///
     /// On error, whatever was already set up is torn down again.
     pub fn create(opts: SlowExt4Options) -> Result<SlowExt4> {
-        if opts.size_mib < 8 {
-            bail!("size_mib must be at least 8 (got {})", opts.size_mib);
+        Self::create_fs(opts, FsType::Ext4)
+    }
+
+    /// [`SlowExt4::create`] with a filesystem of type `fs`; `size_mib` must be at least
+    /// [`FsType::min_size_mib`].
+    pub fn create_fs(opts: SlowExt4Options, fs_type: FsType) -> Result<SlowExt4> {
+        if opts.size_mib < fs_type.min_size_mib() {
+            bail!(
+                "size_mib must be at least {} for {} (got {})",
+                fs_type.min_size_mib(),
+                fs_type.name(),
+                opts.size_mib
+            );
         }
         let temp_dir = make_temp_dir("iostall-slowfs-")?;
         let mut fs = SlowExt4 {
@@ -309,7 +356,7 @@ impl SlowExt4 {
         fs.loop_device = Some(loop_dev.clone());
         fs.device = read_dev_numbers(&loop_dev)?;
 
-        format_and_mount(&loop_dev, &fs.mount_point)?;
+        format_and_mount(&loop_dev, &fs.mount_point, fs_type)?;
         fs.mounted = true;
 
         remove_stale_cgroups();
@@ -485,39 +532,69 @@ pub(crate) fn attach_loop(file: &Path, direct_io: bool) -> Result<PathBuf> {
     Ok(PathBuf::from(dev.trim()))
 }
 
-/// Formats `dev` as ext4 with 4 KiB blocks and every inode table and the journal
-/// initialised now (no ext4lazyinit IO in the background while tests measure), then
-/// mounts it on `mount_point`.
-pub(crate) fn format_and_mount(dev: &Path, mount_point: &Path) -> Result<()> {
-    run_paths(
-        "mkfs.ext4",
-        &[
-            "-q".as_ref(),
-            "-F".as_ref(),
-            // Small filesystems would get 1 KiB blocks; use what real disks use.
-            "-b".as_ref(),
-            "4096".as_ref(),
-            "-E".as_ref(),
-            "lazy_itable_init=0,lazy_journal_init=0".as_ref(),
-            dev.as_os_str(),
+/// Formats `dev` as `fs_type`, then mounts it on `mount_point`. ext4 gets 4 KiB blocks and
+/// every inode table and the journal initialised now (no ext4lazyinit IO in the
+/// background while tests measure); xfs and btrfs skip the discard of the whole device
+/// (`-K`), which a capped device would serve at its IOPS.
+pub(crate) fn format_and_mount(dev: &Path, mount_point: &Path, fs_type: FsType) -> Result<()> {
+    let args: &[&str] = match fs_type {
+        // Small filesystems would get 1 KiB blocks; use what real disks use.
+        FsType::Ext4 => &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
         ],
-    )
-    .context("formatting the loop device as ext4")?;
-    mount_ext4(dev, mount_point)
+        FsType::Xfs | FsType::Btrfs => &["-q", "-f", "-K"],
+    };
+    let mkfs = format!("mkfs.{}", fs_type.name());
+    let mut argv: Vec<&std::ffi::OsStr> = Vec::new();
+    if fs_type == FsType::Btrfs {
+        // mkfs.btrfs looks at every mount to see whether `dev` is in use, and gives up
+        // on a FUSE mount whose server died ("cannot check mount status … Transport
+        // endpoint is not connected"; a killed test leaves one). It runs in a private
+        // mount namespace with the FUSE mounts detached there, and only there.
+        argv.extend(
+            [
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "awk '$3 ~ /^fuse/ { print $2 }' /proc/self/mounts | \
+                 while read -r m; do umount -l \"$m\" 2>/dev/null || true; done; exec \"$@\"",
+                "sh",
+            ]
+            .map(std::ffi::OsStr::new),
+        );
+        argv.push(mkfs.as_ref());
+    }
+    argv.extend(args.iter().map(std::ffi::OsStr::new));
+    argv.push(dev.as_os_str());
+    let program = if fs_type == FsType::Btrfs {
+        "unshare"
+    } else {
+        mkfs.as_str()
+    };
+    run_paths(program, &argv)
+        .with_context(|| format!("formatting the loop device as {}", fs_type.name()))?;
+    mount_fs(dev, mount_point, fs_type)
 }
 
-/// Mounts the ext4 filesystem on `dev` at `mount_point`.
-pub(crate) fn mount_ext4(dev: &Path, mount_point: &Path) -> Result<()> {
+/// Mounts the `fs_type` filesystem on `dev` at `mount_point`.
+pub(crate) fn mount_fs(dev: &Path, mount_point: &Path, fs_type: FsType) -> Result<()> {
     run_paths(
         "mount",
         &[
             "-t".as_ref(),
-            "ext4".as_ref(),
+            fs_type.name().as_ref(),
             dev.as_os_str(),
             mount_point.as_os_str(),
         ],
     )
-    .context("mounting the ext4 filesystem")?;
+    .with_context(|| format!("mounting the {} filesystem", fs_type.name()))?;
     Ok(())
 }
 

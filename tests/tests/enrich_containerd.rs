@@ -11,7 +11,7 @@ use iostall::{
         path_attribution::{PathKind, PathRules},
         pid_map::{CgroupIdMap, PidMap, find_unified_root},
     },
-    event::{AttachMode, IoOp, IoRecord},
+    event::{AttachMode, FsKind, IoOp, IoRecord},
 };
 use iostall_tests::{
     containerd::{ContainerSpec, Containerd, new_pod_uid},
@@ -44,6 +44,7 @@ fn record(pid: u32, cgroup_id: u64, path: Option<String>) -> IoRecord {
         datasync: false,
         directory: false,
         attach_mode: AttachMode::Tracepoint,
+        fs: FsKind::Ext4,
         why: Default::default(),
     }
 }

@@ -40,6 +40,7 @@ fn threshold_changes_while_attached() -> Result<()> {
         filter_pid: None,
         filter_comm: None,
         syscall_probes: None,
+        ..TracerOptions::default()
     })?;
     let (mode, _) = tracer.attach(AttachRequest::Tracepoint)?;
     assert_eq!(mode, AttachMode::Tracepoint);

@@ -35,6 +35,7 @@ const JSON_FIELDS: &[&str] = &[
     "file_path",
     "datasync",
     "attach_mode",
+    "fs",
 ];
 
 fn setup() {
@@ -141,6 +142,7 @@ fn slow_write_fsync_read_open_are_reported_with_their_details() -> Result<()> {
             assert!(e.get(*key).is_some(), "event lacks {key}: {e}");
         }
         assert_eq!(s(e, "attach_mode"), "tracepoint");
+        assert_eq!(s(e, "fs"), "ext4");
         if s(e, "file_name") == ".iostall-prime" {
             continue;
         }

@@ -1,4 +1,4 @@
-//! Silent where it looks: a runtime directory that is not on ext4 is named at start and
+//! Silent where it looks: a runtime directory not on a traced filesystem is named at start and
 //! in `iostall probe`, and tracepoint mode says which IO paths it never times.
 //!
 //! The node is made in a private mount and pid namespace (`unshare`), so nothing of the
@@ -69,7 +69,7 @@ fn runtime_directories_off_ext4_are_named() {
         .nth(1)
         .expect("probe output")
         .to_owned();
-    let not_seen = "/var/lib/containerd is on tmpfs: iostall reports ext4 only, so \
+    let not_seen = "/var/lib/containerd is on tmpfs: iostall traces ext4, xfs and btrfs only, so \
                     containerd IO there is not seen";
     assert!(
         probe

@@ -2,7 +2,7 @@
 //! - `--pid` keeps every other process's slow IO out of the ring buffer: what reached
 //!   userspace (`iostall_kernel_events_total`) is exactly what was reported.
 //! - each `iostall_kernel_filtered_total{reason}` counts its own kind of slow operation:
-//!   a slow pipe read (`not_ext4`), a FIFO open on ext4 that waits for its writer
+//!   a slow pipe read (`other_fs`), a FIFO open on ext4 that waits for its writer
 //!   (`not_regular`), and a read whose fd another thread closed meanwhile
 //!   (`file_unresolved`).
 //!
@@ -38,7 +38,7 @@ def later(f):
     return t
 
 if mode == "filtered":
-    # not_ext4: a read that waits 100 ms on a pipe.
+    # other_fs: a read that waits 100 ms on a pipe.
     r, w = os.pipe()
     t = later(lambda: os.write(w, b"x"))
     os.read(r, 1)
@@ -219,7 +219,7 @@ fn each_kernel_filtered_reason_is_counted() {
         )
         .unwrap_or_else(|| panic!("no {r} series in\n{t}"))
     };
-    for r in ["not_ext4", "not_regular", "file_unresolved"] {
+    for r in ["other_fs", "not_regular", "file_unresolved"] {
         assert_eq!(
             reason(&before, r),
             0,

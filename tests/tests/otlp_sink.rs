@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use iostall::{
     config::{CliOverrides, Config, FileConfig, OtlpConfig},
     correlate::Correlator,
-    event::{AttachMode, IoOp, IoRecord},
+    event::{AttachMode, FsKind, IoOp, IoRecord},
     metrics::{DropReason, Metrics},
     otlp::resource::Resources,
     sink::{Sink, otlp::OtlpSink},
@@ -39,6 +39,7 @@ fn record(i: u64) -> IoRecord {
         datasync: false,
         directory: false,
         attach_mode: AttachMode::Tracepoint,
+        fs: FsKind::Ext4,
         why: Default::default(),
     }
 }

@@ -494,6 +494,7 @@ fn readme_metrics_are_the_ones_served() {
         fstype: "xfs".into(),
         mount_point: "/".into(),
         source: "/dev/sda1".into(),
+        traced: iostall::event::FsSet::default(),
     }]);
     // Served only where there is an AWS EBS volume.
     metrics.set_ebs(vec![iostall::ebs_nvme::EbsSample {

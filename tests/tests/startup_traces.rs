@@ -6,7 +6,8 @@
 //!
 //! - The seed's storm: containerd's root on the throttled disk, 5 pods created at once.
 //!   Each pod gets one trace whose phases hold the IO stalls, containerd's shared
-//!   `meta.db` fsyncs copied into the traces of the pods they overlapped.
+//!   `meta.db` fsyncs copied into the traces of the pods they overlapped. The same on a
+//!   disk capped at the device, with ext4 and with xfs.
 //! - Failures: a container exiting 1 at start, one OOM-killed at start, and a sandbox
 //!   stopped and re-created give ERROR roots with the reason, the re-created one a
 //!   second trace linked to the first.
@@ -17,11 +18,12 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use iostall_tests::{
+    capped_disk::CappedExt4,
     containerd::{ContainerSpec, Containerd, new_pod_uid},
     fake_kube::FakeKube,
     iostall_proc::Iostall,
     otlp_receiver::{Collected, OtlpReceiver, int_attr, str_attr},
-    slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
+    slowfs::{FsType, SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
 };
 use opentelemetry_proto::tonic::{resource::v1::Resource, trace::v1::Span};
 
@@ -93,7 +95,8 @@ struct StartupTrace {
     root: (Resource, Span),
     /// Phase spans (children of the root), by start time.
     phases: Vec<Span>,
-    /// IO spans (`ext4 …`) of the trace, with their Resources.
+    /// IO spans (`ext4 …`, `xfs …`: those with `system.filesystem.type`) of the trace,
+    /// with their Resources.
     io: Vec<(Resource, Span)>,
 }
 
@@ -117,7 +120,9 @@ fn startup_traces(all: &Collected) -> Vec<StartupTrace> {
         let io = all
             .spans
             .iter()
-            .filter(|(_, s)| in_trace(s) && s.name.starts_with("ext4 "))
+            .filter(|(_, s)| {
+                in_trace(s) && str_attr(&s.attributes, "system.filesystem.type").is_some()
+            })
             .cloned()
             .collect();
         out.push(StartupTrace {
@@ -225,8 +230,43 @@ fn the_storm_gives_one_trace_per_pod_with_the_stalls_inside() -> Result<()> {
     let ctd = Containerd::start_in(slow.mount_point())?;
     ctd.import_test_images()?;
     slow.add_pid(ctd.pid().context("containerd is not running")?)?;
+    the_storm(&ctd, "ext4")
+}
+
+/// The same storm on an xfs node (EKS on Amazon Linux 2, RHEL, OpenShift keep
+/// `/var/lib/containerd` on xfs): containerd's root on a real xfs whose device is capped
+/// at 10 IOPS, as a small cloud volume is. The traces are the same as on ext4 (next
+/// test, same disk): one per pod, its phases, the stalls under them, containerd's
+/// `meta.db` fsyncs shared into the pods' traces, now as `xfs …` spans with
+/// `system.filesystem.type=xfs`.
+#[test]
+fn the_storm_on_a_capped_xfs_gives_the_same_traces() -> Result<()> {
+    the_storm_on_a_capped(FsType::Xfs)
+}
+
+/// The storm on a capped ext4: what the xfs one is compared with.
+#[test]
+fn the_storm_on_a_capped_ext4() -> Result<()> {
+    the_storm_on_a_capped(FsType::Ext4)
+}
+
+/// The storm with containerd's root on a `fs_type` disk capped at 10 IOPS.
+fn the_storm_on_a_capped(fs_type: FsType) -> Result<()> {
+    require_root();
+    ensure_kernel_mounts()?;
+    // Uncapped while containerd starts and imports the images.
+    let disk = CappedExt4::create_fs(512, 0, fs_type)?;
+    let ctd = Containerd::start_in(disk.mount_point())?;
+    ctd.import_test_images()?;
+    disk.set_iops(10);
+    the_storm(&ctd, fs_type.name())
+}
+
+/// Creates 5 pods at once through `ctd`'s CRI with iostall attached, and checks their
+/// startup traces; `fs` is the filesystem of containerd's root.
+fn the_storm(ctd: &Containerd, fs: &str) -> Result<()> {
     let mut receiver = OtlpReceiver::grpc()?;
-    let iostall = start_iostall(&ctd, &receiver, "5")?;
+    let iostall = start_iostall(ctd, &receiver, "5")?;
     let rt = tokio::runtime::Runtime::new()?;
     const PODS: usize = 5;
     // uid → (name, wall time StartContainer was called, when each CRI call returned).
@@ -395,7 +435,22 @@ fn the_storm_gives_one_trace_per_pod_with_the_stalls_inside() -> Result<()> {
         })
         .count();
     assert!(meta_db > 0, "no meta.db fsync in any startup trace");
-    eprintln!("{shared_copies} shared copies ({meta_db} of meta.db), {own_total} own IO spans");
+    // On containerd's filesystem, and said so by the span's name and attribute.
+    let on_root = |(_, s): &&(Resource, Span)| {
+        str_attr(&s.attributes, "file.path").is_some_and(|p| p.ends_with("meta.db"))
+    };
+    for (_, io) in traces.iter().flat_map(|t| &t.io).filter(on_root) {
+        assert!(io.name.starts_with(&format!("{fs} ")), "{}", io.name);
+        assert_eq!(
+            str_attr(&io.attributes, "system.filesystem.type").as_deref(),
+            Some(fs),
+            "{}",
+            io.name
+        );
+    }
+    eprintln!(
+        "on {fs}: {shared_copies} shared copies ({meta_db} of meta.db), {own_total} own IO spans"
+    );
     assert_eq!(summaries.len(), PODS, "one startup summary line per pod");
     Ok(())
 }

@@ -323,7 +323,7 @@ mod tests {
     use std::fs;
 
     use super::{metadata::ContainerMeta, *};
-    use crate::event::{AttachMode, IoOp};
+    use crate::event::{AttachMode, FsKind, IoOp};
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const UID: &str = "8f3a2b1c-4d5e-6f70-8192-a3b4c5d6e7f8";
@@ -353,6 +353,7 @@ mod tests {
             datasync: false,
             directory: false,
             attach_mode: AttachMode::Tracepoint,
+            fs: FsKind::Ext4,
             why: Default::default(),
         }
     }

@@ -1,6 +1,6 @@
 //! Records to OTLP messages.
 //!
-//! A slow operation becomes a span named `ext4 {op}` (kind INTERNAL) whose start and end
+//! A slow operation becomes a span named `{fs} {op}` (`ext4 fsync`, `xfs write`; kind INTERNAL) whose start and end
 //! are the kernel's, and a log record carrying the same attributes and the span's ids.
 //!
 //! # Attributes
@@ -8,7 +8,9 @@
 //! OpenTelemetry semantic conventions where they exist: `process.pid` (int),
 //! `process.command` (comm), `thread.id` (int), `file.name`, `file.path` (only when the
 //! full path is known), `file.inode` (a string, per the conventions), `error.type` (the
-//! errno name, on failure). The rest live under the project prefix **`iostall.`**:
+//! errno name, on failure), `system.filesystem.type` (`ext4`, `xfs`, `btrfs`: the
+//! registry's filesystem type attribute, on every record). The rest live under the
+//! project prefix **`iostall.`**:
 //!
 //! | attribute | type | meaning |
 //! | --- | --- | --- |
@@ -73,7 +75,7 @@ use super::{ExportItem, resource::Resources};
 use crate::{
     correlate::{CorrelatedEvent, CorrelatedRecord, ResourceKey},
     enrich::cgroup_path::Runtime,
-    event::IoOp,
+    event::{FsKind, IoOp},
     runtime::{RuntimeEvent, RuntimeEventKind},
     sink::console::{format_row, format_runtime_event},
     startup::report::{SpanValue, StartupSpan},
@@ -97,14 +99,22 @@ fn kv(key: &str, value: Value) -> KeyValue {
     }
 }
 
-/// The span name: `ext4 {op}`.
+/// The span name: `{fs} {op}` (`ext4 fsync`, `xfs write`), low-cardinality.
 #[must_use]
-pub fn span_name(op: IoOp) -> &'static str {
-    match op {
-        IoOp::Read => "ext4 read",
-        IoOp::Write => "ext4 write",
-        IoOp::Open => "ext4 open",
-        IoOp::Fsync => "ext4 fsync",
+pub fn span_name(fs: FsKind, op: IoOp) -> &'static str {
+    match (fs, op) {
+        (FsKind::Ext4, IoOp::Read) => "ext4 read",
+        (FsKind::Ext4, IoOp::Write) => "ext4 write",
+        (FsKind::Ext4, IoOp::Open) => "ext4 open",
+        (FsKind::Ext4, IoOp::Fsync) => "ext4 fsync",
+        (FsKind::Xfs, IoOp::Read) => "xfs read",
+        (FsKind::Xfs, IoOp::Write) => "xfs write",
+        (FsKind::Xfs, IoOp::Open) => "xfs open",
+        (FsKind::Xfs, IoOp::Fsync) => "xfs fsync",
+        (FsKind::Btrfs, IoOp::Read) => "btrfs read",
+        (FsKind::Btrfs, IoOp::Write) => "btrfs write",
+        (FsKind::Btrfs, IoOp::Open) => "btrfs open",
+        (FsKind::Btrfs, IoOp::Fsync) => "btrfs fsync",
     }
 }
 
@@ -210,6 +220,7 @@ pub fn for_each_attribute(c: &CorrelatedRecord, mut f: impl FnMut(&'static str, 
     let mut inode = StackStr::new();
     let _ = write!(inode, "{}", r.inode);
     f("file.inode", AttrValue::Str(inode.as_str()));
+    f("system.filesystem.type", AttrValue::Str(r.fs.as_str()));
     f("iostall.io.operation", AttrValue::Str(r.op.as_str()));
     f(
         "iostall.io.latency_ms",
@@ -312,7 +323,7 @@ pub fn startup_span(s: &StartupSpan) -> Span {
 /// The attributes shared by a record's span and log record.
 #[must_use]
 pub fn attributes(c: &CorrelatedRecord) -> Vec<KeyValue> {
-    let mut a = Vec::with_capacity(19);
+    let mut a = Vec::with_capacity(20);
     for_each_attribute(c, |key, value| a.push(kv(key, owned(value))));
     a
 }
@@ -348,7 +359,7 @@ pub fn span(c: &CorrelatedRecord, attributes: Vec<KeyValue>) -> Span {
         trace_id: c.trace_id.0.to_vec(),
         span_id: c.span_id.0.to_vec(),
         parent_span_id: c.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
-        name: span_name(r.op).to_owned(),
+        name: span_name(r.fs, r.op).to_owned(),
         kind: SpanKind::Internal as i32,
         start_time_unix_nano: r.start_unix_ns,
         end_time_unix_nano: r.end_unix_ns.max(r.start_unix_ns),
@@ -807,6 +818,10 @@ pub(crate) mod tests {
             Some(&Value::StringValue("tracepoint".into()))
         );
         assert_eq!(
+            attr(a, "system.filesystem.type"),
+            Some(&Value::StringValue("ext4".into()))
+        );
+        assert_eq!(
             attr(a, "iostall.io.latency_ms"),
             Some(&Value::DoubleValue(108.0))
         );
@@ -816,13 +831,41 @@ pub(crate) mod tests {
             assert!(
                 !kv.key.contains('.')
                     || kv.key.starts_with("iostall.")
-                    || ["process.", "thread.", "file.", "error."]
-                        .iter()
-                        .any(|p| kv.key.starts_with(p)),
+                    || [
+                        "process.",
+                        "thread.",
+                        "file.",
+                        "error.",
+                        "system.filesystem."
+                    ]
+                    .iter()
+                    .any(|p| kv.key.starts_with(p)),
                 "unexpected attribute namespace: {}",
                 kv.key
             );
         }
+    }
+
+    #[test]
+    fn span_name_and_attribute_name_the_filesystem() {
+        let mut r = record(10, 1_700_000_000_000_000_000);
+        r.fs = FsKind::Xfs;
+        r.op = IoOp::Write;
+        let c = Correlator::new("n").correlate(r);
+        let (traces, logs) = build_requests(&[c.into()], &resources(), 0);
+        let s = &traces.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(s.name, "xfs write");
+        assert_eq!(
+            attr(&s.attributes, "system.filesystem.type"),
+            Some(&Value::StringValue("xfs".into()))
+        );
+        let l = &logs.resource_logs[0].scope_logs[0].log_records[0];
+        assert_eq!(
+            attr(&l.attributes, "system.filesystem.type"),
+            Some(&Value::StringValue("xfs".into()))
+        );
+        assert_eq!(span_name(FsKind::Btrfs, IoOp::Fsync), "btrfs fsync");
+        assert_eq!(span_name(FsKind::Ext4, IoOp::Read), "ext4 read");
     }
 
     #[test]

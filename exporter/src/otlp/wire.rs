@@ -197,7 +197,7 @@ impl WireEncoder {
         if let Some(parent) = &c.parent_span_id {
             bytes_field(b, 4, &parent.0);
         }
-        bytes_field(b, 5, span_name(r.op).as_bytes());
+        bytes_field(b, 5, span_name(r.fs, r.op).as_bytes());
         varint_field(b, 6, 1); // SPAN_KIND_INTERNAL
         fixed64_field(b, 7, r.start_unix_ns);
         fixed64_field(b, 8, r.end_unix_ns.max(r.start_unix_ns));

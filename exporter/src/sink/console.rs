@@ -1,5 +1,5 @@
-//! The `ext4slower` table, with the pod and container each operation belongs to:
-//! `TIME COMM PID T BYTES OFF_KB LAT(ms) POD CONTAINER FILENAME`.
+//! The `ext4slower` table, with the pod and container each operation belongs to and
+//! its filesystem: `TIME COMM PID T BYTES OFF_KB LAT(ms) POD CONTAINER FS FILENAME`.
 use std::io::Write;
 
 use super::Sink;
@@ -26,7 +26,7 @@ impl<W: Write + Send> ConsoleSink<W> {
 
     /// The header line.
     pub const HEADER: &'static str = "TIME     COMM             PID     T BYTES   OFF_KB   LAT(ms) \
-         POD                            CONTAINER        WHY                  FILENAME";
+         POD                            CONTAINER        FS    WHY                  FILENAME";
 }
 
 /// Width of the POD column (`namespace/name`, cut with `…`).
@@ -77,7 +77,7 @@ pub fn format_row(correlated: &CorrelatedRecord) -> String {
         name.push_str(&format!(" [{}]", std::io::Error::from_raw_os_error(errno)));
     }
     format!(
-        "{} {:<16} {:<7} {} {:<7} {:<8} {:>7.2} {:<pw$} {:<cw$} {:<ww$} {}",
+        "{} {:<16} {:<7} {} {:<7} {:<8} {:>7.2} {:<pw$} {:<cw$} {:<5} {:<ww$} {}",
         local_hms(record.end_unix_ns),
         printable(&record.comm),
         record.pid,
@@ -87,6 +87,7 @@ pub fn format_row(correlated: &CorrelatedRecord) -> String {
         record.latency_ns as f64 / 1e6,
         fit(&printable(&pod), POD_WIDTH),
         fit(&printable(&container), CONTAINER_WIDTH),
+        record.fs.as_str(),
         fit(&record.why.short(), WHY_WIDTH),
         name,
         pw = POD_WIDTH,
@@ -230,7 +231,7 @@ mod tests {
     use crate::{
         correlate::Correlator,
         enrich::{AttributionMethod, Enrichment},
-        event::{AttachMode, IoOp, IoRecord},
+        event::{AttachMode, FsKind, IoOp, IoRecord},
     };
 
     pub(crate) fn record() -> IoRecord {
@@ -258,6 +259,7 @@ mod tests {
             datasync: false,
             directory: false,
             attach_mode: AttachMode::Tracepoint,
+            fs: FsKind::Ext4,
             why: Default::default(),
         }
     }
@@ -267,12 +269,10 @@ mod tests {
         let row = format_row(&Correlator::new("n").correlate(record()));
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cols[1..7], ["dockerd", "3616", "W", "4096", "8", "125.43"]);
-        assert_eq!(
-            cols[7..10],
-            ["-", "-", "-"],
-            "no pod, no container, no cause"
-        );
-        assert_eq!(cols[10], "…/io.containerd.metadata.v1.bolt/meta.db");
+        assert_eq!(cols[7..9], ["-", "-"], "no pod, no container");
+        assert_eq!(cols[9], "ext4");
+        assert_eq!(cols[10], "-", "no cause");
+        assert_eq!(cols[11], "…/io.containerd.metadata.v1.bolt/meta.db");
         let mut dir_sync = record();
         dir_sync.op = crate::event::IoOp::Fsync;
         dir_sync.file_name = "containers".into();

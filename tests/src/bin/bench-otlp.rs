@@ -38,7 +38,7 @@ use clap::Parser;
 use iostall::{
     config::{CliOverrides, Config, FileConfig},
     correlate::Correlator,
-    event::{AttachMode, IoOp, IoRecord},
+    event::{AttachMode, FsKind, IoOp, IoRecord},
     metrics::{DropReason, Metrics},
     otlp::resource::Resources,
     sink::otlp::OtlpSink,
@@ -179,6 +179,7 @@ fn template() -> IoRecord {
         datasync: false,
         directory: false,
         attach_mode: AttachMode::Tracepoint,
+        fs: FsKind::Ext4,
         why: Default::default(),
     }
 }

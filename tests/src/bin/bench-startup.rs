@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use iostall::{
     enrich::Enrichment,
-    event::{AttachMode, IoOp, IoRecord},
+    event::{AttachMode, FsKind, IoOp, IoRecord},
     runtime::{EventSource, RuntimeEvent, RuntimeEventKind as K},
     startup::{StartupConfig, StartupOutput, StartupStage},
 };
@@ -62,6 +62,7 @@ fn record(comm: &str, start: u64, dur: u64, path: &str) -> IoRecord {
         datasync: false,
         directory: false,
         attach_mode: AttachMode::Tracepoint,
+        fs: FsKind::Ext4,
         why: Default::default(),
     }
 }

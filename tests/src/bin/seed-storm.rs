@@ -4,13 +4,15 @@
 //! disk's IOPS quota puts tens to hundreds of milliseconds into every fsync of the
 //! container runtime. This replays it with real parts: a private containerd whose root
 //! (its `meta.db`, snapshots, pod logs) lives on an ext4 loop filesystem throttled to
-//! `--iops` write IOPS, with containerd itself in the throttled blkio cgroup; `--pods`
+//! `--iops` write IOPS, with containerd itself in the throttled blkio cgroup (or, with
+//! `--capped`, on a device capped at `--iops` for every IO of every process, as a cloud
+//! volume is; `--fs xfs` or `--fs btrfs` for another filesystem); `--pods`
 //! pods (a busybox container each) created at once through CRI, as the kubelet would;
 //! and the `iostall` binary of this workspace attached, printing its live table (or
 //! whatever `-- <iostall args>` asks for, e.g. `-- -o otlp --otlp-endpoint http://…`).
 //!
 //! ```text
-//! sudo cargo run -p iostall-tests --bin seed-storm -- [--pods 5] [--iops 10] [-- <iostall args>]
+//! sudo cargo run -p iostall-tests --bin seed-storm -- [--pods 5] [--iops 10] [--fs xfs] [--capped] [-- <iostall args>]
 //! ```
 //! At the end it prints how long each CRI call took (on the development machine, 5 pods
 //! at 10 IOPS took 16–20 s in RunPodSandbox against 0.07 s unthrottled, and the iostall
@@ -27,9 +29,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use iostall_tests::{
+    capped_disk::CappedExt4,
     containerd::{ContainerSpec, Containerd, new_pod_uid},
     iostall_proc::{READY_MARKER, iostall_binary},
-    slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts},
+    slowfs::{FsType, SlowExt4, SlowExt4Options, ensure_kernel_mounts},
 };
 
 /// The seed's startup storm, replayed with iostall attached.
@@ -41,6 +44,13 @@ struct Args {
     /// Write IOPS allowed to containerd's disk (the cloud disk's quota).
     #[arg(long, default_value_t = 10)]
     iops: u32,
+    /// containerd's filesystem: ext4, xfs or btrfs.
+    #[arg(long, default_value = "ext4", value_parser = parse_fs)]
+    fs: FsType,
+    /// Cap the device at `--iops` (every IO, every process) instead of throttling
+    /// containerd's cgroup's writes.
+    #[arg(long)]
+    capped: bool,
     /// Arguments for iostall (default: the table, 20 ms threshold).
     #[arg(last = true)]
     iostall_args: Vec<String>,
@@ -61,21 +71,11 @@ fn main() -> Result<()> {
         bail!("seed-storm needs root (loop devices, cgroups, containerd, eBPF)");
     }
     ensure_kernel_mounts()?;
-    let slow = SlowExt4::create(SlowExt4Options {
-        size_mib: 512,
-        write_iops: Some(args.iops),
-        read_iops: None,
-    })?;
-    eprintln!(
-        "slow ext4 at {} ({} write IOPS)",
-        slow.mount_point().display(),
-        args.iops
-    );
-    let ctd = Containerd::start_in(slow.mount_point())?;
+    let disk = SlowDisk::create(&args)?;
+    let ctd = Containerd::start_in(disk.mount_point())?;
     ctd.import_test_images()?;
     let ctd_pid = ctd.pid().context("containerd is not running")?;
-    slow.add_pid(ctd_pid)?;
-    eprintln!("containerd {ctd_pid} in the throttled cgroup, root on the slow disk");
+    disk.slow_down(ctd_pid, args.iops, args.fs)?;
 
     let (mut iostall, summaries) = start_iostall(&ctd, &args.iostall_args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -126,6 +126,71 @@ fn main() -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// `--fs` as the fixtures' filesystem type.
+fn parse_fs(name: &str) -> Result<FsType, String> {
+    match name {
+        "ext4" => Ok(FsType::Ext4),
+        "xfs" => Ok(FsType::Xfs),
+        "btrfs" => Ok(FsType::Btrfs),
+        other => Err(format!("{other:?} is not ext4, xfs or btrfs")),
+    }
+}
+
+/// containerd's disk: throttled for its cgroup, or capped at the device.
+enum SlowDisk {
+    Throttled(SlowExt4),
+    Capped(CappedExt4),
+}
+
+impl SlowDisk {
+    /// The disk, not slow yet (containerd starts and imports its images at full speed).
+    fn create(args: &Args) -> Result<Self> {
+        let size_mib = 512;
+        Ok(if args.capped {
+            Self::Capped(CappedExt4::create_fs(size_mib, 0, args.fs)?)
+        } else {
+            Self::Throttled(SlowExt4::create_fs(
+                SlowExt4Options {
+                    size_mib,
+                    ..SlowExt4Options::default()
+                },
+                args.fs,
+            )?)
+        })
+    }
+
+    fn mount_point(&self) -> &std::path::Path {
+        match self {
+            Self::Throttled(d) => d.mount_point(),
+            Self::Capped(d) => d.mount_point(),
+        }
+    }
+
+    /// Slows the disk to `iops`: containerd's writes (its cgroup), or the device's.
+    fn slow_down(&self, containerd: u32, iops: u32, fs: FsType) -> Result<()> {
+        let fs = fs.name();
+        match self {
+            Self::Throttled(d) => {
+                d.set_write_iops(iops)?;
+                d.add_pid(containerd)?;
+                eprintln!(
+                    "slow {fs} at {}: containerd {containerd} in the cgroup throttled to \
+                     {iops} write IOPS",
+                    d.mount_point().display()
+                );
+            }
+            Self::Capped(d) => {
+                d.set_iops(u64::from(iops));
+                eprintln!(
+                    "slow {fs} at {}: its device capped at {iops} IOPS",
+                    d.mount_point().display()
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Starts iostall on the test containerd; its stdout (the table) goes to ours, and its
