@@ -226,20 +226,39 @@ impl Default for DetectorConfig {
     }
 }
 
-/// Whether `seconds` (oldest first) show the throttle signature: completions flat near
-/// the window's highest for most of it, a request in flight nearly all the time in
-/// those seconds, and their await well above `unloaded_await_ms` (the device's await
-/// when nothing queues; `None` if never seen).
+/// Whether `seconds` (oldest first) end in the throttle signature: over the window or
+/// its latest `min_seconds` or more, completions flat near that span's highest for most
+/// of it, a request in flight nearly all the time in those seconds, and their await well
+/// above `unloaded_await_ms` (the device's await when nothing queues; `None` if never
+/// seen). The latest second must still have a queue: saturated says "now".
+///
+/// Looking at the latest seconds too, not only the whole window, finds a cap that began
+/// mid-window after `min_seconds`, not once the window has forgotten the faster past.
 #[must_use]
 pub fn assess(
     seconds: &[Second],
     unloaded_await_ms: Option<f64>,
     config: &DetectorConfig,
 ) -> Saturation {
-    let not = Saturation::default();
-    if seconds.len() < config.min_seconds {
-        return not;
+    if seconds.len() < config.min_seconds.max(1)
+        || seconds.last().is_none_or(|s| s.busy < config.busy)
+    {
+        return Saturation::default();
     }
+    (config.min_seconds.max(1)..=seconds.len())
+        .rev()
+        .map(|k| assess_span(&seconds[seconds.len() - k..], unloaded_await_ms, config))
+        .find(|s| s.saturated)
+        .unwrap_or_default()
+}
+
+/// [`assess`] over exactly `seconds`.
+fn assess_span(
+    seconds: &[Second],
+    unloaded_await_ms: Option<f64>,
+    config: &DetectorConfig,
+) -> Saturation {
+    let not = Saturation::default();
     let max = seconds.iter().map(|s| s.iops).fold(0.0, f64::max);
     if max < config.min_iops {
         return not;
@@ -510,6 +529,21 @@ mod tests {
         assert!(assess(&s, None, &c).saturated);
         // Too few seconds say nothing yet.
         assert!(!assess(&s[..4], Some(0.8), &c).saturated);
+    }
+
+    #[test]
+    fn a_cap_that_begins_mid_window_is_found_after_min_seconds() {
+        let c = DetectorConfig::default();
+        let mut s: Vec<Second> = (0..3).map(|_| second(230.0, 0.1, 0.2)).collect();
+        s.extend((0..4).map(|_| second(10.0, 0.99, 135.0)));
+        assert!(!assess(&s, Some(0.2), &c).saturated, "4 capped seconds");
+        s.push(second(10.0, 0.99, 135.0));
+        let got = assess(&s, Some(0.2), &c);
+        assert!(got.saturated, "5 capped seconds: {got:?}");
+        assert_eq!(got.ceiling_iops, Some(10.0));
+        // The queue gone (the writers stopped), it is no longer saturated now.
+        s.push(second(3.0, 0.1, 1.0));
+        assert!(!assess(&s, Some(0.2), &c).saturated);
     }
 
     #[test]
