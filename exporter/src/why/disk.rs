@@ -295,10 +295,13 @@ struct Device {
     /// The lowest await of a second with requests but no queue: the device unloaded.
     unloaded_await_ms: Option<f64>,
     saturation: Saturation,
+    /// Whether it ever completed a request while watched (only those go on `/metrics`).
+    did_io: bool,
 }
 
 impl Device {
     fn push(&mut self, second: Second, config: &DetectorConfig) {
+        self.did_io |= second.iops > 0.0;
         // Unloaded: requests completed, but the device was idle most of the second.
         if second.iops > 0.0 && second.busy < 0.5 && second.await_ms > 0.0 {
             let u = self.unloaded_await_ms.get_or_insert(second.await_ms);
@@ -354,13 +357,14 @@ impl DiskState {
         }
     }
 
-    /// The devices that have done IO since iostall started, by device number.
+    /// The devices that have done IO since iostall started (a series does not come and
+    /// go with the device's idle spells), by device number.
     #[must_use]
     pub fn snapshot(&self) -> Vec<DeviceSnapshot> {
         let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<DeviceSnapshot> = devices
             .iter()
-            .filter(|(_, d)| d.seconds.iter().any(|s| s.iops > 0.0))
+            .filter(|(_, d)| d.did_io)
             .filter_map(|(dev, d)| {
                 Some(DeviceSnapshot {
                     dev: *dev,
