@@ -254,7 +254,7 @@ fn random_writes(file: &File, blocks: u64, seconds: f64, seed: &mut u64) -> Resu
     let deadline = Duration::from_secs_f64(seconds);
     let mut n = 0u64;
     let result = loop {
-        if n % 64 == 0 && started.elapsed() >= deadline {
+        if n.is_multiple_of(64) && started.elapsed() >= deadline {
             let cpu = (thread_cpu_ns() - cpu0) as f64 / 1e3 / n as f64;
             break Ok((cpu, started.elapsed().as_secs_f64() * 1e6 / n as f64));
         }
