@@ -68,6 +68,10 @@
 //!                           # container started, if nothing new came
 //!   timeout_s: 300          # a startup open this long ends as failed (timeout)
 //!   max_open: 1024          # startups followed at once; the oldest is evicted past it
+//! why:
+//!   disk:
+//!     enabled: true         # per-device IOPS, in flight, await and saturation on each record
+//!     window_s: 8           # seconds the saturation detector looks at (5 to 60)
 //! ```
 //!
 //! Unknown keys are errors that name the key.
@@ -418,6 +422,54 @@ pub struct FileConfig {
     pub lifecycle: Option<LifecycleFile>,
     /// Pod startup traces.
     pub startup: Option<StartupFile>,
+    /// Why each slow operation was slow.
+    pub why: Option<WhyFile>,
+}
+
+/// The `why:` section: what is put beside each slow operation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhyFile {
+    /// The block device's rolling view.
+    pub disk: Option<WhyDiskFile>,
+}
+
+/// `why.disk`: the per-device view from `/proc/diskstats`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhyDiskFile {
+    /// On (default true: it costs one file read a second).
+    pub enabled: Option<bool>,
+    /// Seconds the saturation detector looks at.
+    pub window_s: Option<u64>,
+}
+
+/// Settings of the `why` stage (`why:` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhyConfig {
+    /// The disk part; `None` when `why.disk.enabled: false`.
+    pub disk: Option<WhyDiskConfig>,
+}
+
+impl Default for WhyConfig {
+    fn default() -> Self {
+        Self {
+            disk: Some(WhyDiskConfig::default()),
+        }
+    }
+}
+
+/// Settings of the disk part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhyDiskConfig {
+    /// Seconds the saturation detector looks at. Default 8.
+    pub window_s: u64,
+}
+
+impl Default for WhyDiskConfig {
+    fn default() -> Self {
+        Self { window_s: 8 }
+    }
 }
 
 impl FileConfig {
@@ -573,6 +625,8 @@ pub struct Config {
     pub process_event_limit: ProcessEventLimit,
     /// Pod startup traces; `None` when `startup.enabled: false`.
     pub startup: Option<StartupConfig>,
+    /// What is put beside each slow operation (`why:`).
+    pub why: WhyConfig,
     /// What resolving decided that a user may not expect (an endpoint turning OTLP on,
     /// or left unused): said once at start.
     pub notes: Vec<String>,
@@ -832,6 +886,7 @@ impl Config {
             kube: resolve_kube(cli, file.kube.as_ref(), env)?,
             process_event_limit: resolve_process_event_limit(file.lifecycle.as_ref())?,
             startup: resolve_startup(file.startup.as_ref())?,
+            why: resolve_why(file.why.as_ref())?,
             notes,
         })
     }
@@ -885,6 +940,25 @@ fn resolve_startup(file: Option<&StartupFile>) -> Result<Option<StartupConfig>, 
         max_open,
         ..default
     }))
+}
+
+fn resolve_why(file: Option<&WhyFile>) -> Result<WhyConfig, ConfigError> {
+    let Some(disk) = file.and_then(|w| w.disk.as_ref()) else {
+        return Ok(WhyConfig::default());
+    };
+    if disk.enabled == Some(false) {
+        return Ok(WhyConfig { disk: None });
+    }
+    let window_s = disk.window_s.unwrap_or(WhyDiskConfig::default().window_s);
+    if !(5..=60).contains(&window_s) {
+        return Err(invalid(
+            "why.disk.window_s",
+            format!("must be between 5 and 60, got {window_s}"),
+        ));
+    }
+    Ok(WhyConfig {
+        disk: Some(WhyDiskConfig { window_s }),
+    })
 }
 
 fn resolve_process_event_limit(
@@ -1988,6 +2062,27 @@ mod tests {
         assert!(e.contains("unknown field `settle`"), "{e}");
         let e = err("startup:\n  settle_ms: soon\n");
         assert!(e.contains("settle_ms"), "{e}");
+    }
+
+    #[test]
+    fn why_disk_is_on_by_default_turns_off_and_names_bad_fields() {
+        let none = CliOverrides::default();
+        let got = |yaml: &str| resolve(&none, yaml, &[]).expect("valid").why;
+        assert_eq!(got(""), WhyConfig::default());
+        assert_eq!(got("").disk, Some(WhyDiskConfig { window_s: 8 }));
+        assert_eq!(got("why:\n  disk:\n    enabled: false\n").disk, None);
+        assert_eq!(
+            got("why:\n  disk:\n    window_s: 12\n").disk,
+            Some(WhyDiskConfig { window_s: 12 })
+        );
+        let e = resolve(&none, "why:\n  disk:\n    window_s: 2\n", &[])
+            .expect_err("too short")
+            .to_string();
+        assert!(e.starts_with("why.disk.window_s: "), "{e}");
+        let e = resolve(&none, "why:\n  disk:\n    windows: 2\n", &[])
+            .expect_err("unknown")
+            .to_string();
+        assert!(e.contains("unknown field `windows`"), "{e}");
     }
 
     #[test]

@@ -188,6 +188,26 @@ fn load_config(args: RunArgs) -> anyhow::Result<Config> {
         .map_err(|e| anyhow!("config error: {e}"))
 }
 
+/// The `why` sources the configuration turns on. One that cannot start is said once
+/// and left off: the records still go out, without that part.
+fn explainer(config: &Config, metrics: &Metrics) -> iostall::why::Explainer {
+    let mut explainer = iostall::why::Explainer::default();
+    if let Some(disk) = &config.why.disk {
+        let detector = iostall::why::disk::DetectorConfig {
+            window: usize::try_from(disk.window_s).unwrap_or(8),
+            ..Default::default()
+        };
+        match iostall::why::DiskView::start(detector) {
+            Ok(view) => {
+                metrics.set_disks(view.state());
+                explainer.disk = Some(view);
+            }
+            Err(e) => tracing::warn!("no disk context (why.disk): {e}"),
+        }
+    }
+    explainer
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
     for note in &config.notes {
@@ -238,7 +258,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         startup: config.startup.clone(),
         explainer: iostall::why::Explainer {
             ebs: ebs_view,
-            ..iostall::why::Explainer::default()
+            ..explainer(&config, &metrics)
         },
     };
     let metrics_server = match config.metrics_listen.map(MetricsServer::bind) {

@@ -30,6 +30,11 @@
 //! - `iostall_runtime_events_rate_limited_total`: container process events (execs,
 //!   exits not by a signal) held back by the per-container budget
 //!   ([`crate::lifecycle::ProcessEventLimit`]): left out on purpose, not lost.
+//! - `iostall_disk_iops{device,name}`, `iostall_disk_bytes_per_second`,
+//!   `iostall_disk_in_flight`, `iostall_disk_await_seconds`, `iostall_disk_saturated`
+//!   (1 when flat at a ceiling while requests wait) and `iostall_disk_ceiling_iops`
+//!   (while saturated): each whole block device's last second, from the `why.disk`
+//!   view ([`crate::why::disk`]).
 //! - `iostall_io_latency_seconds{device,op}`: a histogram of the slow operations'
 //!   latency per filesystem device and operation, with exemplars in OpenMetrics
 //!   ([`crate::io_latency`]).
@@ -145,6 +150,8 @@ pub struct Metrics {
     ebs: std::sync::Mutex<Vec<crate::ebs_nvme::EbsSample>>,
     /// Failed reads of an EBS volume's log page.
     ebs_errors: AtomicU64,
+    /// The per-device view, when `why.disk` is on.
+    disks: std::sync::OnceLock<Arc<crate::why::disk::DiskState>>,
 }
 
 /// Upper bounds (seconds) of the startup histograms' buckets: the kubelet's own
@@ -274,6 +281,11 @@ impl Metrics {
         if let Ok(mut f) = self.filesystems.lock() {
             *f = found;
         }
+    }
+
+    /// Serves the per-device view's last second on `/metrics`.
+    pub fn set_disks(&self, state: Arc<crate::why::disk::DiskState>) {
+        let _ = self.disks.set(state);
     }
 
     /// Container process events held back so far.
@@ -515,7 +527,61 @@ impl Metrics {
         if let Ok(ebs) = self.ebs.lock() {
             crate::ebs_nvme::render(&mut out, &ebs, self.ebs_errors.load(Ordering::Relaxed));
         }
+        self.render_disks(&mut out);
         out
+    }
+
+    /// The per-device gauges (families always named, series per device with IO).
+    fn render_disks(&self, out: &mut String) {
+        let devices = self.disks.get().map(|d| d.snapshot()).unwrap_or_default();
+        type Value = fn(&crate::why::disk::DeviceSnapshot) -> Option<f64>;
+        let families: [(&str, &str, Value); 6] = [
+            (
+                "iostall_disk_iops",
+                "Requests the whole block device completed per second (last second).",
+                |d| Some(d.last.iops),
+            ),
+            (
+                "iostall_disk_bytes_per_second",
+                "Bytes the device read and wrote per second (last second).",
+                |d| Some(d.last.bytes_per_second),
+            ),
+            (
+                "iostall_disk_in_flight",
+                "Requests in flight on the device at the last sample.",
+                |d| Some(d.last.in_flight as f64),
+            ),
+            (
+                "iostall_disk_await_seconds",
+                "Mean time of the requests completed in the last second, queue and device.",
+                |d| Some(d.last.await_ms / 1000.0),
+            ),
+            (
+                "iostall_disk_saturated",
+                "1 when the device's completions sit flat at a ceiling while requests \
+                 queue and wait longer than unloaded (a throttled cloud disk).",
+                |d| Some(f64::from(u8::from(d.saturation.saturated))),
+            ),
+            (
+                "iostall_disk_ceiling_iops",
+                "The IOPS ceiling a saturated device sits at.",
+                |d| d.saturation.ceiling_iops,
+            ),
+        ];
+        for (name, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for d in &devices {
+                if let Some(v) = value(d) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{device=\"{}:{}\",name=\"{}\"}} {v}",
+                        d.dev.0,
+                        d.dev.1,
+                        label_value(&d.name)
+                    );
+                }
+            }
+        }
     }
 
     fn render_startups(&self, out: &mut String) {
@@ -900,5 +966,51 @@ mod tests {
                 assert!(out.contains(want), "{out}");
             }
         });
+    }
+
+    #[test]
+    fn per_device_gauges_render_each_device_with_io() {
+        use crate::why::disk::{Counters, DetectorConfig, DiskState};
+        let m = Metrics::new();
+        let empty = m.render();
+        assert!(
+            empty.contains("# TYPE iostall_disk_saturated gauge"),
+            "{empty}"
+        );
+        assert!(!empty.contains("iostall_disk_saturated{"), "{empty}");
+        let state = Arc::new(DiskState::default());
+        let c = DetectorConfig::default();
+        // A device flat at 10 IOPS, busy, each request ~150 ms: saturated after 5 s.
+        for i in 0..=8u64 {
+            let at = |ios: u64, busy_ms: u64| Counters {
+                ios,
+                sectors: ios * 8,
+                time_ms: ios * 150,
+                in_flight: 2,
+                busy_ms,
+            };
+            state.update(
+                vec![
+                    ((7, 3), "loop3".into(), at(10 * i, 1000 * i)),
+                    ((7, 4), "loop4".into(), at(0, 0)),
+                ],
+                Duration::from_secs(1),
+                &c,
+            );
+        }
+        m.set_disks(state);
+        let text = m.render();
+        for line in [
+            "iostall_disk_iops{device=\"7:3\",name=\"loop3\"} 10",
+            "iostall_disk_in_flight{device=\"7:3\",name=\"loop3\"} 2",
+            "iostall_disk_await_seconds{device=\"7:3\",name=\"loop3\"} 0.15",
+            "iostall_disk_saturated{device=\"7:3\",name=\"loop3\"} 1",
+            "iostall_disk_ceiling_iops{device=\"7:3\",name=\"loop3\"} 10",
+            "iostall_disk_bytes_per_second{device=\"7:3\",name=\"loop3\"} 40960",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        // A device that did nothing adds no series.
+        assert!(!text.contains("loop4"), "{text}");
     }
 }

@@ -259,7 +259,7 @@ impl IoForwarder {
         while let Some(item) = ring.next() {
             match self.decoder.decode(&item) {
                 Ok(record) => {
-                    if tx.try_send(SinkItem::Io(record)).is_err() {
+                    if tx.try_send(SinkItem::Io(Box::new(record))).is_err() {
                         self.sink_queue_drops += 1;
                         self.metrics.add_dropped(DropReason::SinkQueueFull, 1);
                     }
@@ -390,8 +390,9 @@ fn start_lifecycle(
 /// What the sink thread takes from its queue.
 #[derive(Debug)]
 pub enum SinkItem {
-    /// A slow operation, to enrich and correlate.
-    Io(IoRecord),
+    /// A slow operation, to enrich and correlate (boxed: with its why, a record is
+    /// several times a runtime event's size, and the queue holds thousands).
+    Io(Box<IoRecord>),
     /// A runtime lifecycle event, to enrich (its container and pod) and correlate (the
     /// trace of its container's IO).
     Runtime(RuntimeEvent),
@@ -451,7 +452,8 @@ fn spawn_sinks(
         };
         while let Some(item) = rx.blocking_recv() {
             match item {
-                SinkItem::Io(mut record) => {
+                SinkItem::Io(record) => {
+                    let mut record = *record;
                     records.fetch_add(1, Ordering::Relaxed);
                     metrics.add_records(1);
                     explainer.explain(&mut record);

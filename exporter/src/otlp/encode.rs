@@ -29,8 +29,21 @@
 //!
 //! Then why it was slow ([`crate::why`]): the device's state, the journal commit an fsync
 //! waited for, and the IO pressure, each only when known (see README's attribute
-//! reference); on an AWS EBS volume over its limits in the last interval,
-//! `iostall.ebs.exceeded` (string: which limits) and `iostall.ebs.exceeded_ratio` (double).
+//! reference). The disk's, when `why.disk` knows the device:
+//!
+//! | key | type | meaning |
+//! | --- | --- | --- |
+//! | `iostall.disk.device` | string | `major:minor` of the whole device (a partition's disk) |
+//! | `iostall.disk.name` | string | its kernel name (`sda`, `loop3`) |
+//! | `iostall.disk.iops` | double | requests completed per second, last second |
+//! | `iostall.disk.bytes_per_second` | double | bytes read and written per second |
+//! | `iostall.disk.in_flight` | int | requests in flight at the last sample |
+//! | `iostall.disk.await_ms` | double | mean request time, queue and device, last second |
+//! | `iostall.disk.saturated` | bool | flat at a ceiling while requests wait |
+//! | `iostall.disk.ceiling_iops` | double | the ceiling's IOPS (only while saturated) |
+//!
+//! On an AWS EBS volume over its limits in the last interval, `iostall.ebs.exceeded`
+//! (string: which limits) and `iostall.ebs.exceeded_ratio` (double).
 //!
 //! # Runtime events
 //!

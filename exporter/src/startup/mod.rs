@@ -926,6 +926,9 @@ fn place(attempt: &mut Attempt, i: usize, held: HeldIo, out: &mut Vec<StartupOut
         .add(span_duration(&record), shared_by.is_some(), || {
             worst_of(&record, shared_by)
         });
+    attempt.phases[i]
+        .io
+        .add_why(span_duration(&record), &record.why);
     let placement = Placement {
         trace_id: attempt.trace_id,
         parent,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::{
     correlate::{ResourceKey, SpanId, TraceId},
     event::IoOp,
+    why::{CauseTally, Dominant, StallContext},
 };
 
 /// A span attribute value the startup stage sets.
@@ -115,6 +116,8 @@ pub struct IoTally {
     pub shared_ops: u32,
     /// The slowest of either kind.
     pub worst: Option<WorstIo>,
+    /// The same time by cause ([`crate::why`]), own and shared alike.
+    pub causes: CauseTally,
 }
 
 impl IoTally {
@@ -136,8 +139,20 @@ impl IoTally {
         }
     }
 
+    /// Counts why one operation of `duration_ns` (already [`IoTally::add`]ed) was slow.
+    pub fn add_why(&mut self, duration_ns: u64, why: &StallContext) {
+        self.causes.add(duration_ns, why);
+    }
+
+    /// The cause behind most of the stall time, if any operation had one.
+    #[must_use]
+    pub fn dominant(&self) -> Option<Dominant> {
+        self.causes.dominant(self.total_ns())
+    }
+
     /// Adds another tally (a phase's, into the root's).
     pub fn merge(&mut self, other: &Self) {
+        self.causes.merge(&other.causes);
         self.own_ns += other.own_ns;
         self.own_ops += other.own_ops;
         self.shared_ns += other.shared_ns;
@@ -181,6 +196,16 @@ impl IoTally {
             ]);
             if let Some(n) = w.shared_by {
                 out.push(("iostall.stall.worst.shared_by_pods", n.into()));
+            }
+        }
+        if let Some(d) = self.dominant() {
+            out.extend([
+                ("iostall.stall.cause", d.cause.as_str().into()),
+                ("iostall.stall.cause_ns", d.ns.into()),
+                ("iostall.stall.cause_text", d.text().into()),
+            ]);
+            if let Some(c) = d.ceiling_iops {
+                out.push(("iostall.stall.cause_ceiling_iops", c.into()));
             }
         }
         out
@@ -296,6 +321,9 @@ impl StartupSummary {
             }
             out.push(')');
         }
+        if let Some(d) = self.io.dominant() {
+            let _ = write!(out, "; {}", d.text());
+        }
         match &self.error {
             Some(e) => {
                 let _ = write!(out, " FAILED: {e}");
@@ -353,6 +381,46 @@ mod tests {
              (0.0s own, 0.9s shared), worst 948ms fsync /var/lib/containerd/meta.db \
              (containerd, shared by 5 pods) [settled]"
         );
+        // What the IO waited for, when its context says.
+        let mut with_cause = summary.clone();
+        with_cause.io.add_why(
+            948_000_000,
+            &StallContext {
+                disk: Some(crate::why::DiskContext {
+                    device: "8:0".into(),
+                    name: "sda".into(),
+                    iops: 10.0,
+                    bytes_per_second: 40960.0,
+                    in_flight: 3,
+                    await_ms: 290.0,
+                    saturated: true,
+                    ceiling_iops: Some(10.0),
+                }),
+                ..Default::default()
+            },
+        );
+        assert!(
+            with_cause.line().ends_with(
+                "(containerd, shared by 5 pods); mostly: disk saturated at 10 IOPS [settled]"
+            ),
+            "{}",
+            with_cause.line()
+        );
+        let attrs = with_cause.io.attributes();
+        let get = |k: &str| attrs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("iostall.stall.cause"), Some("disk_saturated".into()));
+        assert_eq!(get("iostall.stall.cause_ceiling_iops"), Some(10u64.into()));
+        assert_eq!(get("iostall.stall.cause_ns"), Some(948_000_000u64.into()));
+        assert_eq!(
+            summary
+                .io
+                .attributes()
+                .iter()
+                .find(|(n, _)| *n == "iostall.stall.cause"),
+            None
+        );
+        let json = serde_json::to_value(&with_cause).expect("json");
+        assert_eq!(json["io"]["causes"]["ceiling_iops"], 10);
         let json = serde_json::to_value(&summary).expect("json");
         assert_eq!(json["type"], "startup");
         assert_eq!(json["k8s.pod.name"], "web-0");

@@ -758,3 +758,45 @@ fn with_the_api_container_statuses_end_the_startup() {
         .expect("the start phase went out");
     assert_eq!(start.end_unix_ns, T0 + 3 * S);
 }
+
+#[test]
+fn the_root_and_the_summary_name_the_dominant_cause_of_the_stall() {
+    let mut run = Run::new();
+    let c = container("u9", "c-u9", "app");
+    run.start_pod("u9", T0);
+    let saturated = crate::why::StallContext {
+        disk: Some(crate::why::DiskContext {
+            device: "7:3".into(),
+            name: "loop3".into(),
+            iops: 10.0,
+            bytes_per_second: 40960.0,
+            in_flight: 2,
+            await_ms: 140.0,
+            saturated: true,
+            ceiling_iops: Some(10.0),
+        }),
+        ..Default::default()
+    };
+    // 600 ms of the startup's 700 ms of stall waited on the saturated disk.
+    for (i, dur) in [300, 300, 100].into_iter().enumerate() {
+        let mut r = io("app", T0 + 3 * S + (i as u64) * 110 * MS, dur * MS);
+        if dur == 300 {
+            r.why = saturated.clone();
+        }
+        run.io(r, c.clone());
+    }
+    run.settle(T0 + 9 * S);
+    let root = run.root();
+    assert_eq!(string(&root, "iostall.stall.cause"), "disk_saturated");
+    assert_eq!(int(&root, "iostall.stall.cause_ns"), (600 * MS) as i64);
+    assert_eq!(int(&root, "iostall.stall.cause_ceiling_iops"), 10);
+    assert_eq!(
+        string(&root, "iostall.stall.cause_text"),
+        "mostly: disk saturated at 10 IOPS"
+    );
+    let line = run.summaries()[0].line();
+    assert!(
+        line.contains("; mostly: disk saturated at 10 IOPS [settled]"),
+        "{line}"
+    );
+}
