@@ -11,7 +11,7 @@ use containerd_client::{
     types::Envelope,
 };
 use exporter_common::{
-    CgroupEvent, EventHeader, ExecEvent, ExitEvent, IoEvent, OomEvent, event_kind, op,
+    CgroupEvent, EventHeader, ExecEvent, ExitEvent, IoEvent, OomEvent, event_kind, fs_kind, op,
 };
 use k8s_cri::v1::{
     ContainerMetadata, ListContainersResponse, ListPodSandboxResponse, PodSandbox,
@@ -64,6 +64,11 @@ fn ring() {
         ev.header = header(event_kind::IO);
         ev.latency_ns = 125_000_000;
         ev.op = op;
+        ev.fs = if op == op::FSYNC {
+            fs_kind::XFS
+        } else {
+            fs_kind::EXT4
+        };
         ev.bytes = 4096;
         ev.inode = 12;
         ev.dev = (7 << 20) | 3;
