@@ -17,7 +17,9 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use exporter_common::{EXT4_SUPER_MAGIC, op, stat, syscall_kind, syscall_probe};
+use exporter_common::{
+    EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, op, stat, syscall_kind, syscall_probe,
+};
 
 use crate::{
     emit::emit,
@@ -104,7 +106,8 @@ pub fn begin(op: u32, fd: u64, pos: i64, count_: u64) {
     }
 }
 
-/// Whether `fd` is an ext4 file (the enter-side filter, see `syscall_probe`).
+/// Whether `fd` is an ext4 file, or an overlayfs one that may be ext4 below (the
+/// enter-side filter, see `syscall_probe`; `emit` follows overlay files).
 #[inline(always)]
 fn on_ext4(fd: u64) -> bool {
     let magic = || -> Option<u64> {
@@ -113,7 +116,7 @@ fn on_ext4(fd: u64) -> bool {
         let sb: u64 = read_at(inode, load_config!(offsets.inode_sb))?;
         read_at(sb, load_config!(offsets.sb_magic))
     };
-    magic().is_none_or(|m| m == EXT4_SUPER_MAGIC)
+    magic().is_none_or(|m| m == EXT4_SUPER_MAGIC || m == OVERLAYFS_SUPER_MAGIC)
 }
 
 /// Ends the current thread's read/write/open; `Some` if it crossed the threshold. The
