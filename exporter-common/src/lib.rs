@@ -21,6 +21,9 @@ pub const MAX_PARENTS: usize = 6;
 pub const COMM_LEN: usize = 16;
 /// `s_magic` of an ext4 (and ext2/ext3, which ext4 mounts) super block.
 pub const EXT4_SUPER_MAGIC: u64 = 0xEF53;
+/// `s_magic` of an overlayfs super block (a container's root filesystem): its regular
+/// files are followed to the real file below (see [`io_flags::VIA_OVERLAYFS`]).
+pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794C_7630;
 /// `s_magic` of an xfs super block (`XFS_SUPER_MAGIC`, "XFSB").
 pub const XFS_SUPER_MAGIC: u64 = 0x5846_5342;
 /// `s_magic` of a btrfs super block (`BTRFS_SUPER_MAGIC`).
@@ -118,6 +121,9 @@ pub mod io_flags {
     pub const DATASYNC: u32 = 1 << 2;
     /// The fsync was of a directory (runtimes fsync one to make a rename in it durable).
     pub const DIRECTORY: u32 = 1 << 3;
+    /// The file was reached through overlayfs (a container's root filesystem): the
+    /// inode, device and path are those of the real (upper or lower) file below it.
+    pub const VIA_OVERLAYFS: u32 = 1 << 4;
 }
 
 /// What a syscall number is to the generic syscall tracepoints' programs: the values of
@@ -236,6 +242,20 @@ pub struct KernelOffsets {
     pub task_exit_code: u32,
     /// `inode.i_mode` (a `u16`: file type and permissions).
     pub inode_mode: u32,
+    /// `file.private_data`: for an overlayfs regular file, its `struct ovl_file` (or,
+    /// where [`Self::ovl_file_realfile`] is unknown, the real `struct file` itself).
+    /// Unknown when overlayfs's layout could not be told: overlay files are then not
+    /// followed.
+    pub file_private_data: u32,
+    /// `ovl_file.realfile` (kernels from 6.13, where `private_data` is a `struct
+    /// ovl_file`); unknown on older kernels, whose `private_data` is the real file.
+    pub ovl_file_realfile: u32,
+    /// `ovl_file.upperfile`: the upper file opened after a copy-up that came after the
+    /// open, used in place of `realfile` when set.
+    pub ovl_file_upperfile: u32,
+    /// `dentry.d_sb`: tells whether a backing file's dentry is the real one (from 6.8)
+    /// or overlayfs's own (before, a "fake path").
+    pub dentry_sb: u32,
 }
 
 impl KernelOffsets {
@@ -264,6 +284,10 @@ impl KernelOffsets {
         kiocb_pos: Self::UNKNOWN,
         task_exit_code: Self::UNKNOWN,
         inode_mode: Self::UNKNOWN,
+        file_private_data: Self::UNKNOWN,
+        ovl_file_realfile: Self::UNKNOWN,
+        ovl_file_upperfile: Self::UNKNOWN,
+        dentry_sb: Self::UNKNOWN,
     };
 }
 

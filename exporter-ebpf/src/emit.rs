@@ -1,13 +1,17 @@
 //! The end half shared by every attach mode: check that the file is on a filesystem of
-//! `--fs`, then fill an `IoEvent` in the ring buffer. Runs only for operations that crossed the threshold.
+//! `--fs` (through overlayfs to the real file, for a container's root filesystem), then
+//! fill an `IoEvent` in the ring buffer. Runs only for operations that crossed the
+//! threshold.
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_cgroup_id,
 };
-use exporter_common::{IoEvent, MAX_PARENTS, event_kind, fs_kind, io_flags, op, stat};
+use exporter_common::{
+    IoEvent, MAX_PARENTS, OVERLAYFS_SUPER_MAGIC, event_kind, fs_kind, io_flags, op, stat,
+};
 
 use crate::{
     inflight::{Finished, target_flags},
-    kernel::{current_mntns, file_of_fd, read_at},
+    kernel::{current_mntns, file_of_fd, overlay_real_file, read_at},
     maps::{EVENTS, comm_wanted, count, load_config},
 };
 
@@ -42,12 +46,22 @@ pub fn emit(done: &Finished, ret: i64) {
         count(stat::FILE_UNRESOLVED);
         return;
     };
-    let Some(inode) = read_at::<u64>(file, load_config!(offsets.file_inode)) else {
+    let Some(mut inode) = read_at::<u64>(file, load_config!(offsets.file_inode)) else {
         count(stat::FILE_UNRESOLVED);
         return;
     };
-    let sb: u64 = read_at(inode, load_config!(offsets.inode_sb)).unwrap_or(0);
-    let magic: u64 = read_at(sb, load_config!(offsets.sb_magic)).unwrap_or(0);
+    let mut sb: u64 = read_at(inode, load_config!(offsets.inode_sb)).unwrap_or(0);
+    let mut magic: u64 = read_at(sb, load_config!(offsets.sb_magic)).unwrap_or(0);
+    // A container's root filesystem: what waits is the real file below overlayfs, whose
+    // inode, device and path are reported (the position stays the overlay file's).
+    let mut real = file;
+    let mut flags = 0u32;
+    if magic == OVERLAYFS_SUPER_MAGIC
+        && let Some(below) = below_overlay(file, inode)
+    {
+        (real, inode, sb, magic) = below;
+        flags |= io_flags::VIA_OVERLAYFS;
+    }
     let fs = fs_kind::of_magic(magic);
     if load_config!(fs_mask) & (1 << fs) == 0 {
         count(stat::OTHER_FS);
@@ -57,7 +71,6 @@ pub fn emit(done: &Finished, ret: i64) {
     // durable; ext4 syncs it as a file). Opening a FIFO waits for its other end,
     // and reading one for data, not for the disk (containerd's stdio FIFOs "opened" for
     // 19 s).
-    let mut flags = 0u32;
     if let Some(mode) = read_at::<u16>(inode, load_config!(offsets.inode_mode)) {
         let kind = mode & S_IFMT;
         if kind == S_IFDIR && started.op == op::FSYNC {
@@ -117,7 +130,11 @@ pub fn emit(done: &Finished, ret: i64) {
         (*ev).fs = fs;
         (*ev).reserved = 0;
 
-        let mut dentry: u64 = read_at(file, load_config!(offsets.file_dentry)).unwrap_or(0);
+        let mut dentry: u64 = read_at(real, load_config!(offsets.file_dentry)).unwrap_or(0);
+        // Before 6.8 a backing file's path was overlayfs's own (the container's view),
+        // not a path on the real file's device: then it is not joined to a mount point.
+        let path_on_device = flags & io_flags::VIA_OVERLAYFS == 0
+            || read_at::<u64>(dentry, load_config!(offsets.dentry_sb)) == Some(sb);
         (*ev).file_name[0] = 0;
         if let Some(name) = read_at::<u64>(dentry, load_config!(offsets.dentry_name)) {
             let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*ev).file_name);
@@ -150,9 +167,28 @@ pub fn emit(done: &Finished, ret: i64) {
         if parents > 0 && flags & io_flags::PATH_COMPLETE != 0 {
             parents -= 1;
         }
+        if !path_on_device {
+            flags &= !io_flags::PATH_COMPLETE;
+        }
         (*ev).parent_count = parents;
         (*ev).flags = flags;
     }
     entry.submit(0);
     count(stat::EVENTS);
+}
+
+/// The real file below overlayfs regular file `file` (inode `inode`), with its inode, super
+/// block and super block magic; `None` for anything else overlayfs holds (directories,
+/// devices, FIFOs: their `private_data` is not overlayfs's file) or when it cannot be read.
+#[inline(always)]
+fn below_overlay(file: u64, inode: u64) -> Option<(u64, u64, u64, u64)> {
+    let mode: u16 = read_at(inode, load_config!(offsets.inode_mode))?;
+    if mode & S_IFMT != S_IFREG {
+        return None;
+    }
+    let real = overlay_real_file(file)?;
+    let inode: u64 = read_at(real, load_config!(offsets.file_inode))?;
+    let sb: u64 = read_at(inode, load_config!(offsets.inode_sb))?;
+    let magic: u64 = read_at(sb, load_config!(offsets.sb_magic))?;
+    Some((real, inode, sb, magic))
 }

@@ -51,3 +51,27 @@ pub fn magic_of_fd(fd: u64) -> Option<u64> {
     let sb: u64 = read_at(inode, load_config!(offsets.inode_sb))?;
     read_at(sb, load_config!(offsets.sb_magic))
 }
+
+/// The real file below an overlayfs regular file `file` (a container's root
+/// filesystem): the upper file, or the lower one it was opened on. `None` when
+/// overlayfs's layout is unknown here or the read fails.
+///
+/// From 6.13 `file->private_data` is a `struct ovl_file { realfile; upperfile; }`, where
+/// `upperfile` is set once the file was copied up after it was opened (reads and writes
+/// then go there); before, `private_data` is the real file itself. Userspace tells which
+/// from BTF. The caller checks that `file` is a regular file: a directory's
+/// `private_data` is another struct, a device's belongs to its driver.
+#[inline(always)]
+pub fn overlay_real_file(file: u64) -> Option<u64> {
+    let private: u64 = read_at(file, load_config!(offsets.file_private_data))?;
+    let realfile = load_config!(offsets.ovl_file_realfile);
+    let real = if realfile == KernelOffsets::UNKNOWN {
+        private
+    } else {
+        match read_at::<u64>(private, load_config!(offsets.ovl_file_upperfile)) {
+            Some(upper) if upper != 0 => upper,
+            _ => read_at(private, realfile)?,
+        }
+    };
+    if real == 0 { None } else { Some(real) }
+}

@@ -17,7 +17,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use exporter_common::{fs_kind, op, stat, syscall_kind, syscall_probe};
+use exporter_common::{OVERLAYFS_SUPER_MAGIC, fs_kind, op, stat, syscall_kind, syscall_probe};
 
 use crate::{
     emit::emit,
@@ -104,11 +104,13 @@ pub fn begin(op: u32, fd: u64, pos: i64, count_: u64) {
     }
 }
 
-/// Whether `fd` is a file of a filesystem of `--fs` (the enter-side filter, see
-/// `syscall_probe`): one mask test whatever the number of filesystems.
+/// Whether `fd` is a file of a filesystem of `--fs`, or an overlayfs one that may be on
+/// one below (the enter-side filter, see `syscall_probe`; `emit` follows overlay files):
+/// one mask test whatever the number of filesystems.
 #[inline(always)]
 fn on_traced_fs(fd: u64) -> bool {
-    magic_of_fd(fd).is_none_or(|m| fs_kind::wanted(m, load_config!(fs_mask)))
+    magic_of_fd(fd)
+        .is_none_or(|m| m == OVERLAYFS_SUPER_MAGIC || fs_kind::wanted(m, load_config!(fs_mask)))
 }
 
 /// Ends the current thread's read/write/open; `Some` if it crossed the threshold. The

@@ -8,6 +8,9 @@ use exporter_common::KernelOffsets;
 
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Where the overlay module's BTF (split on vmlinux's) is, when overlayfs is a module
+/// and loaded.
+pub const OVERLAY_MODULE_BTF: &str = "/sys/kernel/btf/overlay";
 
 /// Errors while resolving offsets.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +60,14 @@ pub fn function_id(btf: &Btf, name: &str) -> Option<u32> {
 }
 
 /// Resolves every offset iostall uses. Offsets that every mode needs are required; the
-/// others (`f_pos`, mount namespace, `kiocb`) become [`KernelOffsets::UNKNOWN`] when absent
-/// and the kernel side then leaves the matching field empty.
+/// others (`f_pos`, mount namespace, `kiocb`, overlayfs's) become
+/// [`KernelOffsets::UNKNOWN`] when absent and the kernel side then leaves the matching
+/// field empty (or, for overlayfs, does not follow its files).
 pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
     let required = |s: &str, path: &[&str]| member_offset(btf, s, path);
     let optional =
         |s: &str, path: &[&str]| member_offset(btf, s, path).unwrap_or(KernelOffsets::UNKNOWN);
+    let overlay = overlay_layout(btf, Path::new(OVERLAY_MODULE_BTF));
     Ok(KernelOffsets {
         task_files: required("task_struct", &["files"])?,
         files_fdt: required("files_struct", &["fdt"])?,
@@ -84,7 +89,69 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         kiocb_pos: optional("kiocb", &["ki_pos"]),
         task_exit_code: optional("task_struct", &["exit_code"]),
         inode_mode: optional("inode", &["i_mode"]),
+        file_private_data: overlay.private_data,
+        ovl_file_realfile: overlay.realfile,
+        ovl_file_upperfile: overlay.upperfile,
+        dentry_sb: optional("dentry", &["d_sb"]),
     })
+}
+
+/// How an open overlayfs regular file leads to its real file: offsets of
+/// `file.private_data`, then of `ovl_file.realfile` and `.upperfile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlayLayout {
+    /// `file.private_data`; unknown when overlayfs's layout could not be told (then
+    /// overlay files are not followed).
+    pub private_data: u32,
+    /// `ovl_file.realfile`; unknown where `private_data` is the real file itself.
+    pub realfile: u32,
+    /// `ovl_file.upperfile`; unknown where the kernel has none.
+    pub upperfile: u32,
+}
+
+impl OverlayLayout {
+    /// Overlay files are not followed.
+    pub const UNKNOWN: Self = Self {
+        private_data: KernelOffsets::UNKNOWN,
+        realfile: KernelOffsets::UNKNOWN,
+        upperfile: KernelOffsets::UNKNOWN,
+    };
+}
+
+/// Tells overlayfs's layout from BTF: from 6.13 an overlay file's `private_data` is a
+/// `struct ovl_file` holding the real file; from 4.19 to 6.12 it is the real file
+/// itself. Overlayfs built as a module has its types in `module_btf` (split on
+/// vmlinux's), present once the module is loaded; without either, the layout is unknown
+/// and overlay files are left alone rather than read wrongly.
+pub fn overlay_layout(vmlinux: &Btf, module_btf: &Path) -> OverlayLayout {
+    let Ok(private_data) = member_offset(vmlinux, "file", &["private_data"]) else {
+        return OverlayLayout::UNKNOWN;
+    };
+    let from = |btf: &Btf| -> Option<OverlayLayout> {
+        if let Ok(realfile) = member_offset(btf, "ovl_file", &["realfile"]) {
+            return Some(OverlayLayout {
+                private_data,
+                realfile,
+                upperfile: member_offset(btf, "ovl_file", &["upperfile"])
+                    .unwrap_or(KernelOffsets::UNKNOWN),
+            });
+        }
+        // Overlayfs is here but has no `struct ovl_file`: the older layout.
+        struct_by_name(btf, "ovl_fs").map(|_| OverlayLayout {
+            private_data,
+            ..OverlayLayout::UNKNOWN
+        })
+    };
+    if let Some(layout) = from(vmlinux) {
+        return layout;
+    }
+    if module_btf.exists()
+        && let Ok(module) = Btf::from_split_file(module_btf, vmlinux)
+        && let Some(layout) = from(&module)
+    {
+        return layout;
+    }
+    OverlayLayout::UNKNOWN
 }
 
 /// Checks that `struct pt_regs` has the x86-64 layout the generic syscall programs read
@@ -196,6 +263,26 @@ mod tests {
         // exit_code sits right before exit_signal (both int) in task_struct.
         let exit_signal = member_offset(&btf, "task_struct", &["exit_signal"]).expect("signal");
         assert_eq!(offsets.task_exit_code + 4, exit_signal);
+    }
+
+    /// This 6.18 kernel has overlayfs built in, with `struct ovl_file { realfile;
+    /// upperfile; }` behind an overlay file's `private_data`.
+    #[test]
+    fn this_kernels_overlay_layout_is_ovl_file() {
+        let btf = load_kernel_btf().expect("this machine's kernel has BTF");
+        let layout = overlay_layout(&btf, Path::new("/nonexistent"));
+        let private = member_offset(&btf, "file", &["private_data"]).expect("private_data");
+        assert_eq!(
+            layout,
+            OverlayLayout {
+                private_data: private,
+                realfile: 0,
+                upperfile: 8,
+            }
+        );
+        let offsets = resolve(&btf).expect("offsets resolve");
+        assert_eq!(offsets.file_private_data, private);
+        assert_ne!(offsets.dentry_sb, KernelOffsets::UNKNOWN);
     }
 
     #[test]

@@ -427,6 +427,7 @@ pub(crate) mod tests {
             file_path: Some("/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db".into()),
             datasync: false,
             directory: false,
+            via_overlayfs: false,
             attach_mode: AttachMode::Tracepoint,
             fs: FsKind::Ext4,
             why: Default::default(),

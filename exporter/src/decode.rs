@@ -103,6 +103,7 @@ impl Decoder {
             file_path,
             datasync: ev.flags & io_flags::DATASYNC != 0,
             directory: ev.flags & io_flags::DIRECTORY != 0,
+            via_overlayfs: ev.flags & io_flags::VIA_OVERLAYFS != 0,
             attach_mode: self.mode,
             fs,
             why: Default::default(),
@@ -209,6 +210,7 @@ mod tests {
         assert_eq!(rec.parents, vec!["containers", "docker"]);
         assert!(rec.path_complete && rec.datasync);
         assert!(!rec.directory);
+        assert!(!rec.via_overlayfs);
         assert_eq!(rec.offset, None, "fsync has no offset");
         assert_eq!(rec.attach_mode, AttachMode::Tracepoint);
         assert_eq!(rec.fs, FsKind::Xfs);
@@ -222,6 +224,17 @@ mod tests {
             .decode(&bytes_of(&ev))
             .expect("decodes");
         assert!(rec.directory && rec.datasync);
+    }
+
+    #[test]
+    fn via_overlayfs_flag_decodes() {
+        let mut ev = sample();
+        ev.op = op::WRITE;
+        ev.flags |= io_flags::VIA_OVERLAYFS;
+        let rec = Decoder::new(AttachMode::Tracepoint)
+            .decode(&bytes_of(&ev))
+            .expect("decodes");
+        assert!(rec.via_overlayfs && !rec.directory);
     }
 
     #[test]

@@ -250,6 +250,9 @@ pub struct IoRecord {
     pub datasync: bool,
     /// An fsync of a directory (not of a file).
     pub directory: bool,
+    /// Reached through overlayfs (a file of a container's root filesystem): the inode,
+    /// device and path are those of the real file below it.
+    pub via_overlayfs: bool,
     /// The attach mode that measured it.
     pub attach_mode: AttachMode,
     /// The filesystem the file is on.

@@ -172,6 +172,7 @@ pub(crate) mod tests {
                 attach_mode: AttachMode::Tracepoint,
                 why: crate::why::StallContext::default(),
                 fs: crate::event::FsKind::Ext4,
+                via_overlayfs: false,
             },
             trace_id: TraceId([id; 16]),
             span_id: SpanId([id; 8]),

@@ -43,6 +43,7 @@ fn record(pid: u32, cgroup_id: u64, path: Option<String>) -> IoRecord {
         file_path: path,
         datasync: false,
         directory: false,
+        via_overlayfs: false,
         attach_mode: AttachMode::Tracepoint,
         fs: FsKind::Ext4,
         why: Default::default(),

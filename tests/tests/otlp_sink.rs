@@ -38,6 +38,7 @@ fn record(i: u64) -> IoRecord {
         file_path: Some(format!("/mnt/dir/f{i}")),
         datasync: false,
         directory: false,
+        via_overlayfs: false,
         attach_mode: AttachMode::Tracepoint,
         fs: FsKind::Ext4,
         why: Default::default(),

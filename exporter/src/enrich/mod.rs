@@ -352,6 +352,7 @@ mod tests {
             file_path: path.map(str::to_owned),
             datasync: false,
             directory: false,
+            via_overlayfs: false,
             attach_mode: AttachMode::Tracepoint,
             fs: FsKind::Ext4,
             why: Default::default(),

@@ -590,6 +590,25 @@ mod tests {
         assert_eq!(got.container_name.as_deref(), Some("app"));
     }
 
+    /// A container's own file reached through overlayfs is reported at its real path, in
+    /// a snapshot directory: it names no container (the writer's cgroup does), and must
+    /// not be taken for one, whole or as the kernel's partial walk.
+    #[test]
+    fn overlay_snapshot_paths_name_no_container() {
+        let rules = PathRules::default();
+        let snapshot = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs";
+        for file in ["etc/app.conf", "tmp/out", "var/lib/app/data/db"] {
+            let path = format!("{snapshot}/{file}");
+            assert_eq!(rules.attribute(&path), None, "{path}");
+            // Nearest parent first, as many as the kernel walks.
+            let mut parents: Vec<String> = path[1..].split('/').map(str::to_owned).collect();
+            let name = parents.pop().unwrap_or_default();
+            parents.reverse();
+            parents.truncate(exporter_common::MAX_PARENTS);
+            assert_eq!(rules.attribute_partial(&parents, &name), None, "{path}");
+        }
+    }
+
     #[test]
     fn containerd_dirs_under_other_roots() {
         let rules = PathRules::default();

@@ -22,6 +22,7 @@
 //! | `iostall.io.datasync` | bool | fdatasync rather than fsync (fsync only) |
 //! | `iostall.fsync.directory` | bool | the fsync was of a directory (only set when true) |
 //! | `iostall.file.device` | string | `major:minor` of the filesystem |
+//! | `iostall.file.via_overlayfs` | bool | reached through overlayfs (a container's root filesystem): the file, inode and device are the real ones below it (only set when true) |
 //! | `iostall.file.partial_path` | string | `…/parent/name` when the full path is unknown |
 //! | `iostall.cgroup.id` | int | cgroup v2 id of the thread |
 //! | `iostall.mntns` | int | mount namespace inode |
@@ -255,6 +256,9 @@ pub fn for_each_attribute(c: &CorrelatedRecord, mut f: impl FnMut(&'static str, 
     let mut dev = StackStr::new();
     let _ = write!(dev, "{}:{}", r.dev_major, r.dev_minor);
     f("iostall.file.device", AttrValue::Str(dev.as_str()));
+    if r.via_overlayfs {
+        f("iostall.file.via_overlayfs", AttrValue::Bool(true));
+    }
     f("iostall.cgroup.id", AttrValue::Int(r.cgroup_id as i64));
     f("iostall.mntns", AttrValue::Int(i64::from(r.mntns)));
     f(
@@ -1001,6 +1005,20 @@ pub(crate) mod tests {
         let a = attributes(&Correlator::new("n").correlate(r));
         assert_eq!(
             attr(&a, "iostall.fsync.directory"),
+            Some(&Value::BoolValue(true))
+        );
+    }
+
+    #[test]
+    fn io_through_overlayfs_is_marked_and_other_io_is_not() {
+        let mut r = record(10, 1);
+        r.op = IoOp::Write;
+        let a = attributes(&Correlator::new("n").correlate(r.clone()));
+        assert!(attr(&a, "iostall.file.via_overlayfs").is_none());
+        r.via_overlayfs = true;
+        let a = attributes(&Correlator::new("n").correlate(r));
+        assert_eq!(
+            attr(&a, "iostall.file.via_overlayfs"),
             Some(&Value::BoolValue(true))
         );
     }

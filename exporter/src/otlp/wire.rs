@@ -397,6 +397,7 @@ mod tests {
                     r.op = IoOp::Write;
                     r.bytes = 4096;
                     r.offset = Some(-1 + i as i64 * 4096);
+                    r.via_overlayfs = true;
                 }
                 1 => r.ret = -i64::from(libc::ENOSPC),
                 2 => {

@@ -73,6 +73,11 @@ pub fn format_row(correlated: &CorrelatedRecord) -> String {
     if record.directory {
         name.push('/');
     }
+    // The path is the real file's, under the runtime's snapshot directory: say that the
+    // process saw it through its container's overlayfs root.
+    if record.via_overlayfs {
+        name.push_str(" (via overlayfs)");
+    }
     if let Some(errno) = record.errno() {
         name.push_str(&format!(" [{}]", std::io::Error::from_raw_os_error(errno)));
     }
@@ -258,6 +263,7 @@ mod tests {
             file_path: None,
             datasync: false,
             directory: false,
+            via_overlayfs: false,
             attach_mode: AttachMode::Tracepoint,
             fs: FsKind::Ext4,
             why: Default::default(),
@@ -281,6 +287,13 @@ mod tests {
         assert!(
             row.ends_with("/containers/"),
             "a directory is marked: {row}"
+        );
+        let mut rootfs_write = record();
+        rootfs_write.via_overlayfs = true;
+        let row = format_row(&Correlator::new("n").correlate(rootfs_write));
+        assert!(
+            row.ends_with("/meta.db (via overlayfs)"),
+            "overlayfs is marked: {row}"
         );
         let in_pod = Enrichment {
             method: AttributionMethod::Cgroup,

@@ -178,6 +178,7 @@ fn template() -> IoRecord {
         file_path: Some("/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db".into()),
         datasync: false,
         directory: false,
+        via_overlayfs: false,
         attach_mode: AttachMode::Tracepoint,
         fs: FsKind::Ext4,
         why: Default::default(),

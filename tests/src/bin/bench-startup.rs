@@ -61,6 +61,7 @@ fn record(comm: &str, start: u64, dur: u64, path: &str) -> IoRecord {
         file_path: Some(path.into()),
         datasync: false,
         directory: false,
+        via_overlayfs: false,
         attach_mode: AttachMode::Tracepoint,
         fs: FsKind::Ext4,
         why: Default::default(),
