@@ -67,6 +67,9 @@
 //!                           # container started, if nothing new came
 //!   timeout_s: 300          # a startup open this long ends as failed (timeout)
 //!   max_open: 1024          # startups followed at once; the oldest is evicted past it
+//! why:
+//!   journal: true           # the jbd2 commit each slow fsync waited for
+//!   pressure: true          # the cgroup's and the node's IO pressure (PSI) on each record
 //! ```
 //!
 //! Unknown keys are errors that name the key.
@@ -380,6 +383,35 @@ impl Default for StartupConfig {
     }
 }
 
+/// The `why:` section: the sources that say why an operation was slow.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhyFile {
+    /// The jbd2 commit each slow fsync waited for (default true).
+    pub journal: Option<bool>,
+    /// cgroup and node IO pressure (PSI) on each record (default true).
+    pub pressure: Option<bool>,
+}
+
+/// Which "why" sources are on (`why:` in the config file). Each is cheap, so each is on
+/// by default: the point is that the why is there without asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WhyConfig {
+    /// jbd2 commits (two tracepoints that run once per commit).
+    pub journal: bool,
+    /// PSI files, read at most once a second per cgroup.
+    pub pressure: bool,
+}
+
+impl Default for WhyConfig {
+    fn default() -> Self {
+        Self {
+            journal: true,
+            pressure: true,
+        }
+    }
+}
+
 /// The YAML config file, as written (every key optional).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -411,6 +443,8 @@ pub struct FileConfig {
     pub lifecycle: Option<LifecycleFile>,
     /// Pod startup traces.
     pub startup: Option<StartupFile>,
+    /// Why slow operations were slow.
+    pub why: Option<WhyFile>,
 }
 
 impl FileConfig {
@@ -558,6 +592,8 @@ pub struct Config {
     pub process_event_limit: ProcessEventLimit,
     /// Pod startup traces; `None` when `startup.enabled: false`.
     pub startup: Option<StartupConfig>,
+    /// The "why" sources on.
+    pub why: WhyConfig,
     /// What resolving decided that a user may not expect (an endpoint turning OTLP on,
     /// or left unused): said once at start.
     pub notes: Vec<String>,
@@ -804,6 +840,13 @@ impl Config {
             kube: resolve_kube(cli, file.kube.as_ref(), env)?,
             process_event_limit: resolve_process_event_limit(file.lifecycle.as_ref())?,
             startup: resolve_startup(file.startup.as_ref())?,
+            why: file
+                .why
+                .as_ref()
+                .map_or_else(WhyConfig::default, |w| WhyConfig {
+                    journal: w.journal.unwrap_or(true),
+                    pressure: w.pressure.unwrap_or(true),
+                }),
             notes,
         })
     }
@@ -1876,6 +1919,25 @@ mod tests {
             ],
         );
         assert!(c.is_ok());
+    }
+
+    #[test]
+    fn why_sources_are_on_by_default_and_turn_off_by_name() {
+        let none = CliOverrides::default();
+        let got = |yaml: &str| resolve(&none, yaml, &[]).expect("valid").why;
+        assert_eq!(got(""), WhyConfig::default());
+        assert!(got("").journal && got("").pressure);
+        assert_eq!(
+            got("why:\n  journal: false\n"),
+            WhyConfig {
+                journal: false,
+                pressure: true
+            }
+        );
+        let e = resolve(&none, "why:\n  jornal: false\n", &[])
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("jornal"), "{e}");
     }
 
     #[test]

@@ -219,7 +219,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         process_event_limit: config.process_event_limit,
         unannounced_hold: config.sources.unannounced_hold,
         startup: config.startup.clone(),
-        explainer: iostall::why::Explainer::default(),
+        explainer: iostall::why::Explainer {
+            journal: config.why.journal.then(iostall::why::JournalView::new),
+            pressure: config
+                .why
+                .pressure
+                .then(iostall::why::PressureReader::discover),
+            ..Default::default()
+        },
     };
     let metrics_server = match config.metrics_listen.map(MetricsServer::bind) {
         Some(Ok(server)) => Some(server),

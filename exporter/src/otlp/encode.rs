@@ -29,6 +29,15 @@
 //! waited for, and the IO pressure, each only when known (see README's attribute
 //! reference).
 //!
+//! | `iostall.journal.commit_ms` | double | the fsync's own jbd2 commit, ms |
+//! | `iostall.journal.{tid,blocks,handles}` | int | its transaction id, metadata blocks, handles |
+//! | `iostall.journal.commit_began_before` | bool | it was running when the fsync began |
+//! | `iostall.journal.commits` | int | commits that ended during the fsync |
+//! | `iostall.journal.wait_ms`, `…wait_share` | double | fsync time they covered (ms, 0–1) |
+//! | `iostall.journal.{blocks_total,handles_total}` | int | summed over those commits |
+//! | `iostall.psi.io.{some,full}_avg10` | double | the cgroup's `io.pressure`, % |
+//! | `iostall.psi.node.io.{some,full}_avg10` | double | `/proc/pressure/io`, % |
+//!
 //! # Runtime events
 //!
 //! A runtime lifecycle event becomes a log record only (no span): event name
