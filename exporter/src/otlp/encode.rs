@@ -37,6 +37,7 @@
 //! | `iostall.journal.{blocks_total,handles_total}` | int | summed over those commits |
 //! | `iostall.psi.io.{some,full}_avg10` | double | the cgroup's `io.pressure`, % |
 //! | `iostall.psi.node.io.{some,full}_avg10` | double | `/proc/pressure/io`, % |
+//! | `iostall.psi.io.some_avg10_max` | double | startup and phase spans: the highest cgroup PSI on the pod's own IO |
 //!
 //! # Runtime events
 //!
@@ -281,6 +282,7 @@ pub fn for_each_startup_attribute(s: &StartupSpan, mut f: impl FnMut(&str, AttrV
             SpanValue::Str(v) => AttrValue::Str(v),
             SpanValue::Int(v) => AttrValue::Int(*v),
             SpanValue::Bool(v) => AttrValue::Bool(*v),
+            SpanValue::Double(v) => AttrValue::Double(*v),
         };
         f(key, v);
     }

@@ -926,6 +926,11 @@ fn place(attempt: &mut Attempt, i: usize, held: HeldIo, out: &mut Vec<StartupOut
         .add(span_duration(&record), shared_by.is_some(), || {
             worst_of(&record, shared_by)
         });
+    if shared_by.is_none() {
+        // The pod's own operations ran in its cgroup: their PSI is the pod's.
+        let psi = record.why.pressure.as_ref().and_then(|p| p.cgroup);
+        attempt.phases[i].io.note_psi(psi.map(|p| p.some_avg10));
+    }
     let placement = Placement {
         trace_id: attempt.trace_id,
         parent,
