@@ -83,6 +83,9 @@ pub mod event_kind {
     pub const EXIT: u32 = 5;
     /// An [`OomEvent`](super::OomEvent).
     pub const OOM: u32 = 6;
+    /// A [`JournalCommitEvent`](super::JournalCommitEvent): a jbd2 commit ended. It
+    /// travels in the IO ring, so it arrives before the fsyncs that waited for it.
+    pub const JOURNAL_COMMIT: u32 = 7;
 }
 
 /// Why a process's exec or exit was reported: bits of [`ExecEvent::why`] and
@@ -346,6 +349,43 @@ impl TracepointFields {
     };
 }
 
+/// Byte offsets of the fields the journal programs read from the `jbd2` tracepoints'
+/// records, from tracefs at load time ([`KernelOffsets::UNKNOWN`] when absent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalFields {
+    /// `jbd2:jbd2_start_commit` `dev_t dev` (the filesystem's device, `j_fs_dev`).
+    pub start_dev: u32,
+    /// `… char sync_commit`.
+    pub start_sync: u32,
+    /// `… tid_t transaction`.
+    pub start_tid: u32,
+    /// `jbd2:jbd2_run_stats` `dev_t dev`.
+    pub stats_dev: u32,
+    /// `… tid_t tid`.
+    pub stats_tid: u32,
+    /// `… __u32 handle_count`.
+    pub stats_handle_count: u32,
+    /// `… __u32 blocks`.
+    pub stats_blocks: u32,
+    /// `… __u32 blocks_logged`.
+    pub stats_blocks_logged: u32,
+}
+
+impl JournalFields {
+    /// Every field unknown: the value the eBPF object is built with.
+    pub const ALL_UNKNOWN: Self = Self {
+        start_dev: KernelOffsets::UNKNOWN,
+        start_sync: KernelOffsets::UNKNOWN,
+        start_tid: KernelOffsets::UNKNOWN,
+        stats_dev: KernelOffsets::UNKNOWN,
+        stats_tid: KernelOffsets::UNKNOWN,
+        stats_handle_count: KernelOffsets::UNKNOWN,
+        stats_blocks: KernelOffsets::UNKNOWN,
+        stats_blocks_logged: KernelOffsets::UNKNOWN,
+    };
+}
+
 /// Read-only settings fixed when the programs load (globals, so the verifier sees them
 /// as constants and prunes the branches they disable).
 #[repr(C)]
@@ -508,6 +548,30 @@ pub struct OomEvent {
     pub victim_comm: [u8; COMM_LEN],
 }
 
+/// A jbd2 transaction finished committing (`jbd2_run_stats`, which the kernel fires
+/// before it marks the transaction committed and wakes the fsyncs waiting on it).
+/// The header is the journal thread's; `start_ns` is `jbd2_start_commit`'s time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct JournalCommitEvent {
+    /// Common header; `kind` is [`event_kind::JOURNAL_COMMIT`].
+    pub header: EventHeader,
+    /// `CLOCK_MONOTONIC` nanoseconds when the commit's work was done.
+    pub end_ns: u64,
+    /// Kernel `dev_t` of the filesystem the journal belongs to (major << 20 | minor).
+    pub dev: u32,
+    /// The transaction's id.
+    pub tid: u32,
+    /// Handles (filesystem operations) the transaction gathered.
+    pub handles: u32,
+    /// Metadata blocks it carried.
+    pub blocks: u32,
+    /// Blocks written to the journal (with descriptors and the commit block).
+    pub blocks_logged: u32,
+    /// Whether the commit was a synchronous one (someone asked and waits: an fsync).
+    pub sync_commit: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data `#[repr(C)]` types made only of integers and byte arrays.
@@ -528,6 +592,10 @@ mod user {
     unsafe impl aya::Pod for super::ExitEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OomEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::JournalFields {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::JournalCommitEvent {}
 }
 
 #[cfg(test)]
@@ -586,6 +654,11 @@ mod tests {
             assert_eq!(size % 8, 0, "records keep 8-byte alignment");
         }
         assert_eq!(size_of::<TracepointFields>(), 13 * 4);
+        assert_eq!(size_of::<JournalFields>(), 8 * 4);
+        assert_eq!(offset_of!(JournalCommitEvent, end_ns), 48);
+        assert_eq!(offset_of!(JournalCommitEvent, dev), 56);
+        assert_eq!(offset_of!(JournalCommitEvent, sync_commit), 76);
+        assert_eq!(size_of::<JournalCommitEvent>(), 80);
         assert_eq!(
             size_of::<LoadConfig>(),
             20 + COMM_LEN + size_of::<KernelOffsets>() + size_of::<TracepointFields>()

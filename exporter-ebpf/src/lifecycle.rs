@@ -31,7 +31,7 @@ use crate::{
 
 /// Reads a `T` at `offset` into the tracepoint record; `None` when the field is unknown.
 #[inline(always)]
-fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+pub(crate) fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     if offset == KernelOffsets::UNKNOWN {
         return None;
     }
@@ -53,7 +53,7 @@ fn data_loc_str<const N: usize>(ctx: &TracePointContext, offset: u32, out: &mut 
 
 /// Fills the common header for the current task.
 #[inline(always)]
-fn header(kind: u32) -> EventHeader {
+pub(crate) fn header(kind: u32) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     EventHeader {
         kind,

@@ -11,7 +11,8 @@
 //!
 //! Beside them, `lifecycle` reports container lifecycle from the kernel's side (cgroup
 //! mkdir/rmdir, exec/exit in container cgroups and of runtime daemons, OOM kills) on
-//! plain tracepoints, attached in every mode.
+//! plain tracepoints, attached in every mode; `journal` reports jbd2 commits the same
+//! way, into the IO ring.
 //!
 //! All three share one in-flight protocol (`inflight`) and one emitter (`emit`), so an
 //! event looks the same whichever family produced it.
@@ -23,6 +24,7 @@
 mod emit;
 mod fentry;
 mod inflight;
+mod journal;
 mod kernel;
 mod kprobe;
 mod lifecycle;

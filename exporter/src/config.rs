@@ -72,6 +72,8 @@
 //!   disk:
 //!     enabled: true         # per-device IOPS, in flight, await and saturation on each record
 //!     window_s: 8           # seconds the saturation detector looks at (5 to 60)
+//!   journal: true           # the jbd2 commit each slow fsync waited for
+//!   pressure: true          # the cgroup's and the node's IO pressure (PSI) on each record
 //! ```
 //!
 //! Unknown keys are errors that name the key.
@@ -432,6 +434,10 @@ pub struct FileConfig {
 pub struct WhyFile {
     /// The block device's rolling view.
     pub disk: Option<WhyDiskFile>,
+    /// The jbd2 commit each slow fsync waited for (default true).
+    pub journal: Option<bool>,
+    /// cgroup and node IO pressure (PSI) on each record (default true).
+    pub pressure: Option<bool>,
 }
 
 /// `why.disk`: the per-device view from `/proc/diskstats`.
@@ -444,17 +450,24 @@ pub struct WhyDiskFile {
     pub window_s: Option<u64>,
 }
 
-/// Settings of the `why` stage (`why:` in the config file).
+/// Settings of the `why` stage (`why:` in the config file). Each source is cheap, so
+/// each is on by default: the point is that the why is there without asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WhyConfig {
     /// The disk part; `None` when `why.disk.enabled: false`.
     pub disk: Option<WhyDiskConfig>,
+    /// jbd2 commits (two tracepoints that run once per commit).
+    pub journal: bool,
+    /// PSI files, read at most once a second per cgroup.
+    pub pressure: bool,
 }
 
 impl Default for WhyConfig {
     fn default() -> Self {
         Self {
             disk: Some(WhyDiskConfig::default()),
+            journal: true,
+            pressure: true,
         }
     }
 }
@@ -943,21 +956,28 @@ fn resolve_startup(file: Option<&StartupFile>) -> Result<Option<StartupConfig>, 
 }
 
 fn resolve_why(file: Option<&WhyFile>) -> Result<WhyConfig, ConfigError> {
-    let Some(disk) = file.and_then(|w| w.disk.as_ref()) else {
-        return Ok(WhyConfig::default());
+    let default = WhyConfig::default();
+    let Some(file) = file else {
+        return Ok(default);
     };
-    if disk.enabled == Some(false) {
-        return Ok(WhyConfig { disk: None });
-    }
-    let window_s = disk.window_s.unwrap_or(WhyDiskConfig::default().window_s);
-    if !(5..=60).contains(&window_s) {
-        return Err(invalid(
-            "why.disk.window_s",
-            format!("must be between 5 and 60, got {window_s}"),
-        ));
-    }
+    let disk = match &file.disk {
+        None => default.disk,
+        Some(disk) if disk.enabled == Some(false) => None,
+        Some(disk) => {
+            let window_s = disk.window_s.unwrap_or(WhyDiskConfig::default().window_s);
+            if !(5..=60).contains(&window_s) {
+                return Err(invalid(
+                    "why.disk.window_s",
+                    format!("must be between 5 and 60, got {window_s}"),
+                ));
+            }
+            Some(WhyDiskConfig { window_s })
+        }
+    };
     Ok(WhyConfig {
-        disk: Some(WhyDiskConfig { window_s }),
+        disk,
+        journal: file.journal.unwrap_or(default.journal),
+        pressure: file.pressure.unwrap_or(default.pressure),
     })
 }
 
@@ -2032,6 +2052,25 @@ mod tests {
             ],
         );
         assert!(c.is_ok());
+    }
+
+    #[test]
+    fn why_sources_are_on_by_default_and_turn_off_by_name() {
+        let none = CliOverrides::default();
+        let got = |yaml: &str| resolve(&none, yaml, &[]).expect("valid").why;
+        assert_eq!(got(""), WhyConfig::default());
+        assert!(got("").journal && got("").pressure);
+        assert_eq!(
+            got("why:\n  journal: false\n"),
+            WhyConfig {
+                journal: false,
+                ..WhyConfig::default()
+            }
+        );
+        let e = resolve(&none, "why:\n  jornal: false\n", &[])
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("jornal"), "{e}");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Ring-buffer bytes → [`IoRecord`]: length and kind checks, C strings, kernel time to
 //! wall-clock time (once, here), and the full path from the mount table.
-use exporter_common::{EventHeader, IoEvent, event_kind, io_flags};
+use exporter_common::{EventHeader, IoEvent, JournalCommitEvent, event_kind, io_flags};
 
 use crate::{
     clock::MonotonicToUnix,
     event::{AttachMode, FsKind, IoOp, IoRecord},
     mounts::{MountTable, split_kernel_dev},
+    why::journal::JournalCommit,
 };
 
 /// A record the decoder rejected.
@@ -107,6 +108,35 @@ impl Decoder {
             attach_mode: self.mode,
             fs,
             why: Default::default(),
+        })
+    }
+}
+
+/// The kind of a ring-buffer record, if it is long enough to have a header.
+#[must_use]
+pub fn record_kind(bytes: &[u8]) -> Option<u32> {
+    read_pod::<EventHeader>(bytes).ok().map(|h| h.kind)
+}
+
+impl Decoder {
+    /// Decodes a [`event_kind::JOURNAL_COMMIT`] record, with the same clock as the IO
+    /// records beside it.
+    pub fn decode_commit(&mut self, bytes: &[u8]) -> Result<JournalCommit, DecodeError> {
+        let ev: JournalCommitEvent = read_pod(bytes)?;
+        if ev.header.kind != event_kind::JOURNAL_COMMIT {
+            return Err(DecodeError::UnknownKind(ev.header.kind));
+        }
+        self.clock.refresh_if_stale();
+        let (dev_major, dev_minor) = split_kernel_dev(ev.dev);
+        Ok(JournalCommit {
+            dev_major,
+            dev_minor,
+            tid: ev.tid,
+            start_unix_ns: self.clock.to_unix_ns(ev.header.start_ns),
+            end_unix_ns: self.clock.to_unix_ns(ev.end_ns),
+            handles: ev.handles,
+            blocks: ev.blocks,
+            blocks_logged: ev.blocks_logged,
         })
     }
 }
@@ -254,6 +284,51 @@ mod tests {
             rec.display_path(),
             "…/docker/containers/.tmp-hostconfig.json378595825"
         );
+    }
+
+    #[test]
+    fn journal_commits_decode_with_the_io_clock() {
+        let ev = JournalCommitEvent {
+            header: EventHeader {
+                kind: event_kind::JOURNAL_COMMIT,
+                pid: 300,
+                tid: 300,
+                mntns: 0,
+                start_ns: 1_000_000_000,
+                cgroup_id: 1,
+                comm: name("jbd2/loop3-8"),
+            },
+            end_ns: 1_200_000_000,
+            dev: (7 << 20) | 3,
+            tid: 42,
+            handles: 9,
+            blocks: 6,
+            blocks_logged: 8,
+            sync_commit: 0,
+        };
+        // SAFETY: plain old data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&ev as *const JournalCommitEvent).cast::<u8>(),
+                size_of::<JournalCommitEvent>(),
+            )
+        };
+        assert_eq!(record_kind(bytes), Some(event_kind::JOURNAL_COMMIT));
+        let mut decoder = Decoder::new(AttachMode::Tracepoint);
+        let commit = decoder.decode_commit(bytes).expect("decodes");
+        assert_eq!((commit.dev_major, commit.dev_minor, commit.tid), (7, 3, 42));
+        assert_eq!(commit.end_unix_ns - commit.start_unix_ns, 200_000_000);
+        assert_eq!(
+            (commit.handles, commit.blocks, commit.blocks_logged),
+            (9, 6, 8)
+        );
+        let io = decoder.decode(&bytes_of(&sample())).expect("decodes");
+        // Same clock: 1 s of monotonic time is the same wall-clock instant for both.
+        assert_eq!(io.start_unix_ns, commit.start_unix_ns);
+        assert!(matches!(
+            decoder.decode_commit(&bytes[..60]),
+            Err(DecodeError::Short { len: 60, .. })
+        ));
     }
 
     #[test]

@@ -191,7 +191,14 @@ fn load_config(args: RunArgs) -> anyhow::Result<Config> {
 /// The `why` sources the configuration turns on. One that cannot start is said once
 /// and left off: the records still go out, without that part.
 fn explainer(config: &Config, metrics: &Metrics) -> iostall::why::Explainer {
-    let mut explainer = iostall::why::Explainer::default();
+    let mut explainer = iostall::why::Explainer {
+        journal: config.why.journal.then(iostall::why::JournalView::new),
+        pressure: config
+            .why
+            .pressure
+            .then(iostall::why::PressureReader::discover),
+        ..Default::default()
+    };
     if let Some(disk) = &config.why.disk {
         let detector = iostall::why::disk::DetectorConfig {
             window: usize::try_from(disk.window_s).unwrap_or(8),

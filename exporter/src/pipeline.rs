@@ -114,6 +114,17 @@ pub async fn run(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // jbd2 commits share the IO ring (so each arrives before the fsyncs that waited
+    // for it); an extra, like the lifecycle signals.
+    let journal = options.explainer.journal.as_ref().map(|j| j.feed());
+    let journal = match journal.map(|feed| tracer.attach_journal().map(|()| feed)) {
+        Some(Err(e)) => {
+            tracing::warn!("journal commits not traced: {e}");
+            None
+        }
+        Some(Ok(feed)) => Some(feed),
+        None => None,
+    };
     let ring = tracer.take_events()?;
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -180,6 +191,7 @@ pub async fn run(
 
     let mut io = IoForwarder {
         decoder: Decoder::new(mode),
+        journal,
         metrics: metrics.clone(),
         sink_queue_drops: 0,
         decode_errors: 0,
@@ -248,6 +260,8 @@ pub async fn run(
 /// it cannot decode and what the queue has no room for.
 struct IoForwarder {
     decoder: Decoder,
+    /// Where jbd2 commits go (read by [`crate::why::JournalView`] on the sink thread).
+    journal: Option<crate::why::journal::JournalFeed>,
     metrics: Arc<Metrics>,
     sink_queue_drops: u64,
     decode_errors: u64,
@@ -257,6 +271,20 @@ impl IoForwarder {
     /// Forwards every record now in `ring`.
     fn forward(&mut self, ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<SinkItem>) {
         while let Some(item) = ring.next() {
+            if crate::decode::record_kind(&item)
+                == Some(exporter_common::event_kind::JOURNAL_COMMIT)
+            {
+                match (self.decoder.decode_commit(&item), &self.journal) {
+                    (Ok(commit), Some(journal)) => journal.push(commit),
+                    (Ok(_), None) => {}
+                    (Err(e), _) => {
+                        self.decode_errors += 1;
+                        self.metrics.add_dropped(DropReason::DecodeError, 1);
+                        tracing::warn!(error = %e, "dropping undecodable journal commit");
+                    }
+                }
+                continue;
+            }
             match self.decoder.decode(&item) {
                 Ok(record) => {
                     if tx.try_send(SinkItem::Io(Box::new(record))).is_err() {
@@ -389,6 +417,9 @@ fn start_lifecycle(
 
 /// What the sink thread takes from its queue.
 #[derive(Debug)]
+// Nearly every item is an `Io`: boxing it to shrink the rare others would cost an
+// allocation per record for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SinkItem {
     /// A slow operation, to enrich and correlate (boxed: with its why, a record is
     /// several times a runtime event's size, and the queue holds thousands).

@@ -8,8 +8,8 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use exporter_common::{
-    CONFIG_THRESHOLD_NS, KernelOffsets, LoadConfig, TracepointFields, stat, syscall_kind,
-    syscall_probe, watch,
+    CONFIG_THRESHOLD_NS, JournalFields, KernelOffsets, LoadConfig, TracepointFields, stat,
+    syscall_kind, syscall_probe, watch,
 };
 
 use crate::{
@@ -204,6 +204,7 @@ pub struct Tracer {
     /// once ([`detach_concurrently`]).
     links: Vec<Box<dyn Send>>,
     tracepoints: TracepointFields,
+    journal: JournalFields,
     syscall_probes: SyscallProbes,
     /// The filesystems traced.
     filesystems: FsSet,
@@ -267,9 +268,11 @@ impl Tracer {
         // No kernel BTF for the loader: the programs read kernel structures at the
         // offsets above (no CO-RE relocations), and aya's parse of the kernel's BTF was
         // the start-up peak (~25 MiB). Only fentry programs need it, parsed then.
+        let journal = journal_fields();
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .override_global("LOAD_CONFIG", &load_config, true)
+            .override_global("JOURNAL_FIELDS", &journal, true)
             .map_max_entries("INFLIGHT_SLOTS", slots)
             .load(EBPF_OBJECT)
             .map_err(|e| TracerError::Load(Box::new(e)))?;
@@ -284,6 +287,7 @@ impl Tracer {
             mode: None,
             links: Vec::new(),
             tracepoints: load_config.tracepoints,
+            journal,
             syscall_probes,
             filesystems: options.filesystems,
             missing_functions,
@@ -398,6 +402,36 @@ impl Tracer {
         }
         trim_heap();
         refused
+    }
+
+    /// Attaches the jbd2 commit programs ([`crate::why::journal`]): their records join
+    /// the IO ring. An extra like the lifecycle signals: `Err` says why it is off.
+    pub fn attach_journal(&mut self) -> Result<(), String> {
+        ensure_tracefs()?;
+        let known = |offset: u32| offset != KernelOffsets::UNKNOWN;
+        let f = self.journal;
+        if ![f.start_dev, f.start_tid, f.stats_dev, f.stats_tid]
+            .into_iter()
+            .all(known)
+        {
+            return Err(
+                "jbd2/jbd2_start_commit or jbd2_run_stats is missing or its record \
+                        lacks dev and tid (no ext4/jbd2 in this kernel?)"
+                    .into(),
+            );
+        }
+        // run_stats first: a commit start is never kept without its end attached.
+        for prog in ["jbd2_run_stats", "jbd2_start_commit"] {
+            let links = &mut self.links;
+            program_mut::<TracePoint>(&mut self.ebpf, prog).and_then(|program| {
+                program.load().map_err(|e| explain(prog, &e))?;
+                let link = program
+                    .attach("jbd2", prog)
+                    .map_err(|e| explain(&format!("{prog} on jbd2/{prog}"), &e))?;
+                own(links, program.take_link(link), prog)
+            })?;
+        }
+        Ok(())
     }
 
     fn fill_daemon_comms(&mut self) -> Result<(), TracerError> {
@@ -816,6 +850,35 @@ fn lifecycle_fields() -> TracepointFields {
     fields.oom_file_rss = offset(&oom, "file_rss");
     fields.oom_shmem_rss = offset(&oom, "shmem_rss");
     fields.oom_score_adj = offset(&oom, "oom_score_adj");
+    fields
+}
+
+/// Offsets of the jbd2 tracepoints' fields from tracefs (unknown where absent).
+fn journal_fields() -> JournalFields {
+    use crate::tracefs_format::field_offset;
+    let mut fields = JournalFields::ALL_UNKNOWN;
+    if ensure_tracefs().is_err() {
+        return fields;
+    }
+    let format = |tp: &str| {
+        fs::read_to_string(Path::new(TRACEFS).join(format!("events/jbd2/{tp}/format")))
+            .unwrap_or_default()
+    };
+    let offset = |text: &str, name: &str| {
+        field_offset(text, name)
+            .and_then(|o| u32::try_from(o).ok())
+            .unwrap_or(KernelOffsets::UNKNOWN)
+    };
+    let start = format("jbd2_start_commit");
+    fields.start_dev = offset(&start, "dev");
+    fields.start_sync = offset(&start, "sync_commit");
+    fields.start_tid = offset(&start, "transaction");
+    let stats = format("jbd2_run_stats");
+    fields.stats_dev = offset(&stats, "dev");
+    fields.stats_tid = offset(&stats, "tid");
+    fields.stats_handle_count = offset(&stats, "handle_count");
+    fields.stats_blocks = offset(&stats, "blocks");
+    fields.stats_blocks_logged = offset(&stats, "blocks_logged");
     fields
 }
 

@@ -46,6 +46,16 @@
 //! On an AWS EBS volume over its limits in the last interval, `iostall.ebs.exceeded`
 //! (string: which limits) and `iostall.ebs.exceeded_ratio` (double).
 //!
+//! | `iostall.journal.commit_ms` | double | the fsync's own jbd2 commit, ms |
+//! | `iostall.journal.{tid,blocks,handles}` | int | its transaction id, metadata blocks, handles |
+//! | `iostall.journal.commit_began_before` | bool | it was running when the fsync began |
+//! | `iostall.journal.commits` | int | commits that ended during the fsync |
+//! | `iostall.journal.wait_ms`, `…wait_share` | double | fsync time they covered (ms, 0–1) |
+//! | `iostall.journal.{blocks_total,handles_total}` | int | summed over those commits |
+//! | `iostall.psi.io.{some,full}_avg10` | double | the cgroup's `io.pressure`, % |
+//! | `iostall.psi.node.io.{some,full}_avg10` | double | `/proc/pressure/io`, % |
+//! | `iostall.psi.io.some_avg10_max` | double | startup and phase spans: the highest cgroup PSI on the pod's own IO |
+//!
 //! # Runtime events
 //!
 //! A runtime lifecycle event becomes a log record only (no span): event name
@@ -301,6 +311,7 @@ pub fn for_each_startup_attribute(s: &StartupSpan, mut f: impl FnMut(&str, AttrV
             SpanValue::Str(v) => AttrValue::Str(v),
             SpanValue::Int(v) => AttrValue::Int(*v),
             SpanValue::Bool(v) => AttrValue::Bool(*v),
+            SpanValue::Double(v) => AttrValue::Double(*v),
         };
         f(key, v);
     }

@@ -929,6 +929,11 @@ fn place(attempt: &mut Attempt, i: usize, held: HeldIo, out: &mut Vec<StartupOut
     attempt.phases[i]
         .io
         .add_why(span_duration(&record), &record.why);
+    if shared_by.is_none() {
+        // The pod's own operations ran in its cgroup: their PSI is the pod's.
+        let psi = record.why.pressure.as_ref().and_then(|p| p.cgroup);
+        attempt.phases[i].io.note_psi(psi.map(|p| p.some_avg10));
+    }
     let placement = Placement {
         trace_id: attempt.trace_id,
         parent,

@@ -20,6 +20,8 @@ pub enum SpanValue {
     Int(i64),
     /// A boolean.
     Bool(bool),
+    /// A float.
+    Double(f64),
 }
 
 impl From<&str> for SpanValue {
@@ -118,9 +120,23 @@ pub struct IoTally {
     pub worst: Option<WorstIo>,
     /// The same time by cause ([`crate::why`]), own and shared alike.
     pub causes: CauseTally,
+    /// The highest IO pressure (`some avg10` of the operation's cgroup,
+    /// [`crate::why::pressure`]) seen on the pod's own operations, in hundredths of a
+    /// percent (PSI files give two decimals): how stalled the pod's cgroup was while
+    /// it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psi_some_max_centi: Option<u32>,
 }
 
 impl IoTally {
+    /// Keeps `psi` (a cgroup's `some avg10`, percent) if it is the highest seen.
+    pub fn note_psi(&mut self, psi: Option<f64>) {
+        let Some(centi) = psi.map(|p| (p * 100.0).round().clamp(0.0, 10_000.0) as u32) else {
+            return;
+        };
+        self.psi_some_max_centi = Some(self.psi_some_max_centi.map_or(centi, |m| m.max(centi)));
+    }
+
     /// Counts one operation of `duration_ns`.
     pub fn add(&mut self, duration_ns: u64, shared: bool, worst: impl FnOnce() -> WorstIo) {
         if shared {
@@ -157,6 +173,7 @@ impl IoTally {
         self.own_ops += other.own_ops;
         self.shared_ns += other.shared_ns;
         self.shared_ops += other.shared_ops;
+        self.note_psi(other.psi_some_max_centi.map(|c| f64::from(c) / 100.0));
         if let Some(w) = &other.worst
             && self
                 .worst
@@ -207,6 +224,12 @@ impl IoTally {
             if let Some(c) = d.ceiling_iops {
                 out.push(("iostall.stall.cause_ceiling_iops", c.into()));
             }
+        }
+        if let Some(centi) = self.psi_some_max_centi {
+            out.push((
+                "iostall.psi.io.some_avg10_max",
+                SpanValue::Double(f64::from(centi) / 100.0),
+            ));
         }
         out
     }
@@ -342,6 +365,30 @@ fn secs(ns: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_highest_pressure_on_the_pods_io_goes_on_its_spans() {
+        let mut phase = super::IoTally::default();
+        phase.note_psi(Some(12.5));
+        phase.note_psi(None);
+        phase.note_psi(Some(3.0));
+        let mut root = super::IoTally::default();
+        assert!(
+            !root
+                .attributes()
+                .iter()
+                .any(|(k, _)| *k == "iostall.psi.io.some_avg10_max"),
+            "no PSI seen, none said"
+        );
+        root.note_psi(Some(7.25));
+        root.merge(&phase);
+        let psi = root
+            .attributes()
+            .into_iter()
+            .find(|(k, _)| *k == "iostall.psi.io.some_avg10_max")
+            .map(|(_, v)| v);
+        assert_eq!(psi, Some(super::SpanValue::Double(12.5)));
+    }
+
     use super::*;
 
     #[test]

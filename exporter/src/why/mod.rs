@@ -301,13 +301,25 @@ mod tests {
     fn journal() -> Option<JournalContext> {
         Some(JournalContext {
             commit_ms: 310.0,
+            tid: 7,
             blocks: 40,
+            handles: 12,
+            commit_began_before: true,
+            commits: 1,
+            wait_ms: 310.0,
+            wait_share: 0.9,
+            blocks_total: 40,
+            handles_total: 12,
         })
     }
 
     fn pressure(avg10: f64) -> Option<PressureContext> {
         Some(PressureContext {
-            cgroup_some_avg10: Some(avg10),
+            cgroup: Some(pressure::Psi {
+                some_avg10: avg10,
+                full_avg10: Some(avg10 / 2.0),
+            }),
+            node: None,
         })
     }
 
