@@ -189,8 +189,14 @@ pub mod stat {
     pub const NOT_REGULAR: u32 = 7;
     /// Operations over the threshold of threads whose comm is not the `--comm` filter's.
     pub const OTHER_COMM: u32 = 8;
+    /// jbd2 commit records written into the ring buffer (apart from [`EVENTS`], which
+    /// counts the slow operations: one printed record each).
+    pub const JOURNAL_COMMITS: u32 = 9;
+    /// jbd2 commit records lost because the ring buffer was full (no slow operation
+    /// lost: an fsync then goes without its journal context).
+    pub const JOURNAL_DROPS: u32 = 10;
     /// Number of counters.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 11;
 }
 
 /// Index of the threshold (nanoseconds, `u64`) in the `CONFIG` array map.

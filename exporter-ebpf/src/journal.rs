@@ -97,7 +97,7 @@ pub fn jbd2_run_stats(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<JournalCommitEvent>(0) else {
-        count(stat::RINGBUF_DROPS);
+        count(stat::JOURNAL_DROPS);
         return 0;
     };
     let ev = entry.as_mut_ptr();
@@ -115,6 +115,6 @@ pub fn jbd2_run_stats(ctx: TracePointContext) -> u32 {
         (*ev).sync_commit = start.sync_commit;
     }
     entry.submit(0);
-    count(stat::EVENTS);
+    count(stat::JOURNAL_COMMITS);
     0
 }

@@ -14,7 +14,9 @@
 //! - `iostall_dropped_runtime_events_total{reason}`: runtime lifecycle events lost
 //!   (`ringbuf_full`: the kernel's lifecycle ring; the queues as above).
 //! - `iostall_kernel_events_total`: events the eBPF programs wrote to the ring buffer;
-//!   `iostall_kernel_lifecycle_events_total`: to the lifecycle ring buffer.
+//!   `iostall_kernel_lifecycle_events_total`: to the lifecycle ring buffer;
+//!   `iostall_kernel_journal_commits_total{result="written|dropped"}`: the jbd2 commits
+//!   (`why.journal`) written to the ring buffer beside the slow operations, or lost.
 //! - `iostall_kernel_filtered_total{reason}`: slow operations the kernel side left out
 //!   on purpose (`other_fs`, `not_regular` file, `file_unresolved`, `other_comm`).
 //! - `iostall_kernel_untimed_operations_total{reason="inflight_full"}`: operations the
@@ -134,6 +136,8 @@ pub struct Metrics {
     requests: [[AtomicU64; 3]; 2],
     kernel_events: AtomicU64,
     kernel_lifecycle_events: AtomicU64,
+    /// [jbd2 commit records written, lost] (`why.journal`).
+    kernel_journal: [AtomicU64; 2],
     /// `other_fs`, `not_regular`, `file_unresolved`, `other_comm`.
     kernel_filtered: [AtomicU64; 4],
     runtime_events_rate_limited: AtomicU64,
@@ -255,6 +259,10 @@ impl Metrics {
             .store(stats.lifecycle_drops, Ordering::Relaxed);
         self.kernel_lifecycle_events
             .store(stats.lifecycle_events, Ordering::Relaxed);
+        self.kernel_journal
+            .iter()
+            .zip([stats.journal_commits, stats.journal_drops])
+            .for_each(|(slot, v)| slot.store(v, Ordering::Relaxed));
         for (slot, value) in self.kernel_filtered.iter().zip([
             stats.other_fs,
             stats.not_regular,
@@ -460,10 +468,16 @@ impl Metrics {
              # HELP iostall_kernel_lifecycle_events_total Events the eBPF programs wrote to the lifecycle ring buffer.\n\
              # TYPE iostall_kernel_lifecycle_events_total counter\n\
              iostall_kernel_lifecycle_events_total {}\n\
+             # HELP iostall_kernel_journal_commits_total jbd2 commits the eBPF programs wrote to the ring buffer (why.journal), by outcome.\n\
+             # TYPE iostall_kernel_journal_commits_total counter\n\
+             iostall_kernel_journal_commits_total{{result=\"written\"}} {}\n\
+             iostall_kernel_journal_commits_total{{result=\"dropped\"}} {}\n\
              # HELP iostall_kernel_filtered_total Slow operations left out in the kernel, by reason.\n\
              # TYPE iostall_kernel_filtered_total counter",
             get(&self.kernel_events),
-            get(&self.kernel_lifecycle_events)
+            get(&self.kernel_lifecycle_events),
+            get(&self.kernel_journal[0]),
+            get(&self.kernel_journal[1])
         );
         for (reason, value) in ["other_fs", "not_regular", "file_unresolved", "other_comm"]
             .into_iter()

@@ -186,6 +186,10 @@ pub struct KernelStats {
     pub lifecycle_drops: u64,
     /// Lifecycle events written to their ring buffer.
     pub lifecycle_events: u64,
+    /// jbd2 commit records written to the ring buffer (`why.journal`).
+    pub journal_commits: u64,
+    /// jbd2 commit records lost because the ring buffer was full.
+    pub journal_drops: u64,
 }
 
 /// The loaded object; programs attach with [`Tracer::attach`].
@@ -359,6 +363,8 @@ impl Tracer {
             other_comm: read(stat::OTHER_COMM)?,
             lifecycle_drops: read(stat::LIFECYCLE_DROPS)?,
             lifecycle_events: read(stat::LIFECYCLE_EVENTS)?,
+            journal_commits: read(stat::JOURNAL_COMMITS)?,
+            journal_drops: read(stat::JOURNAL_DROPS)?,
         })
     }
 

@@ -45,7 +45,9 @@ struct Args {
     #[arg(long, default_value_t = 200_000)]
     pipes: u64,
     /// iostall variants, comma-separated: `btf`, `raw` or `per-syscall`, then `+slots` or
-    /// `+hash`, then optionally `+enter-filter`; `default` is iostall as shipped.
+    /// `+hash`, then optionally `+enter-filter`; `default` is iostall as shipped
+    /// (ext4, xfs and btrfs); `ext4-only` is it with `--fs ext4` (the same run then shows
+    /// whether tracing three filesystems costs a syscall more than one).
     #[arg(long, value_delimiter = ',', default_value = "default")]
     variants: Vec<String>,
     /// Threshold iostall and bpftrace run with, in milliseconds.
@@ -91,10 +93,22 @@ fn variant_env(variant: &str) -> Result<Vec<(&'static str, &'static str)>> {
             "slots" => ("IOSTALL_INFLIGHT", "slots"),
             "hash" => ("IOSTALL_INFLIGHT", "hash"),
             "enter-filter" => ("IOSTALL_ENTER_FILTER", "1"),
+            // A flag, not a variable: see `variant_args`.
+            "ext4-only" => continue,
             other => bail!("unknown variant part {other:?} in {variant:?}"),
         });
     }
     Ok(env)
+}
+
+/// The flags that select an iostall variant: `ext4-only` traces one filesystem
+/// (`--fs ext4`), to show the per-syscall cost does not grow with the number traced.
+fn variant_args(variant: &str) -> Vec<&'static str> {
+    if variant.split('+').any(|p| p == "ext4-only") {
+        vec!["--fs", "ext4"]
+    } else {
+        Vec::new()
+    }
 }
 
 /// The syscalls iostall's tracepoint mode times (bpftrace gets the same ones).
@@ -153,6 +167,7 @@ impl Running {
                     .args(["--threshold-ms", &threshold_ms.to_string()])
                     .args(["--metrics-listen", "off"])
                     .args(["--containerd-socket", "off", "--docker-socket", "off"])
+                    .args(variant_args(variant))
                     .envs(variant_env(variant)?)
                     .env("IOSTALL_LOG", "info")
                     .stdout(Stdio::piped())
