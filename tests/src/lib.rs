@@ -12,5 +12,6 @@ pub mod iostall_proc;
 pub mod log_capture;
 pub mod otlp_receiver;
 pub mod peers;
+pub mod records;
 pub mod slowfs;
 pub mod workload;

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use iostall_tests::{
     iostall_proc::{Finished, Iostall},
+    records::stopped_field,
     slowfs::{SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
 };
 use serde_json::Value;
@@ -45,18 +46,6 @@ fn io_records(finished: &Finished) -> Vec<Value> {
         .into_iter()
         .filter(|r| r["op"].is_string())
         .collect()
-}
-
-/// An integer field of the "stopped" log line.
-fn stopped_field(stderr: &str, key: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("stopped"))
-        .unwrap_or_else(|| panic!("no 'stopped' line in:\n{stderr}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use iostall_tests::{
     iostall_proc::{Finished, Iostall},
+    records::{iostall_op, matching, str_field as s, u64_field as n},
     slowfs::{SlowExt4, SlowExt4Options, TmpfsDir, ensure_kernel_mounts, require_root},
     workload::{WorkloadOp, run_workload},
 };
@@ -41,34 +42,6 @@ const JSON_FIELDS: &[&str] = &[
 fn setup() {
     require_root();
     ensure_kernel_mounts().expect("tracefs and bpffs mount");
-}
-
-fn s(v: &Value, key: &str) -> String {
-    v[key].as_str().unwrap_or_default().to_owned()
-}
-
-fn n(v: &Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or(u64::MAX)
-}
-
-/// iostall's name for a workload op.
-fn iostall_op(workload_op: &str) -> &str {
-    match workload_op {
-        "pread" | "read" => "read",
-        other => other,
-    }
-}
-
-/// The iostall event that measured `op`: same thread, operation and file, and a kernel
-/// interval inside the interval the workload measured around the syscall.
-fn matching<'a>(events: &'a [Value], op: &WorkloadOp) -> Option<&'a Value> {
-    events.iter().find(|e| {
-        s(e, "op") == iostall_op(&op.op)
-            && n(e, "tid") == op.tid
-            && s(e, "file_name") == op.file_name
-            && n(e, "start_unix_ns") + 2_000_000 >= op.start_unix_ns
-            && n(e, "start_unix_ns") <= op.start_unix_ns + op.duration_ns
-    })
 }
 
 fn events_of(finished: &Finished, comm: &str) -> Vec<Value> {

@@ -6,6 +6,7 @@
 use anyhow::Result;
 use iostall_tests::{
     iostall_proc::{Finished, Iostall},
+    records::{iostall_op, matching, stopped_field, str_field as s, u64_field as n},
     slowfs::{FsType, SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
     workload::{WorkloadOp, run_workload},
 };
@@ -16,34 +17,6 @@ fn setup() {
     ensure_kernel_mounts().expect("tracefs and bpffs mount");
 }
 
-fn s(v: &Value, key: &str) -> String {
-    v[key].as_str().unwrap_or_default().to_owned()
-}
-
-fn n(v: &Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or(u64::MAX)
-}
-
-/// iostall's name for a workload op.
-fn iostall_op(workload_op: &str) -> &str {
-    match workload_op {
-        "pread" | "read" => "read",
-        other => other,
-    }
-}
-
-/// The iostall event that measured `op`: same thread, operation and file, and a kernel
-/// interval inside the interval the workload measured around the syscall.
-fn matching<'a>(events: &'a [Value], op: &WorkloadOp) -> Option<&'a Value> {
-    events.iter().find(|e| {
-        s(e, "op") == iostall_op(&op.op)
-            && n(e, "tid") == op.tid
-            && s(e, "file_name") == op.file_name
-            && n(e, "start_unix_ns") + 2_000_000 >= op.start_unix_ns
-            && n(e, "start_unix_ns") <= op.start_unix_ns + op.duration_ns
-    })
-}
-
 fn events_of(finished: &Finished, comm: &str) -> Vec<Value> {
     assert!(finished.success, "iostall failed: {}", finished.stderr);
     finished
@@ -52,18 +25,6 @@ fn events_of(finished: &Finished, comm: &str) -> Vec<Value> {
         .into_iter()
         .filter(|e| s(e, "comm") == comm)
         .collect()
-}
-
-/// An integer field of the "stopped" log line.
-fn stopped_field(stderr: &str, key: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("stopped"))
-        .unwrap_or_else(|| panic!("no 'stopped' line in:\n{stderr}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
 /// Slow buffered writes + fsyncs, O_DIRECT writes and O_DIRECT reads on a throttled
