@@ -98,6 +98,15 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`printable`] for a value already owned: plain text is returned as is, not copied.
+#[must_use]
+pub fn into_printable(s: String) -> String {
+    match printable(&s) {
+        Cow::Borrowed(_) => s,
+        Cow::Owned(escaped) => escaped,
+    }
+}
+
 /// Control characters, and the Unicode bidirectional controls ("Trojan Source").
 fn needs_escape(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')

@@ -141,39 +141,17 @@ pub(crate) mod tests {
     use crate::{
         correlate::{ResourceKey, SpanId, TraceId},
         enrich::Enrichment,
-        event::{AttachMode, IoRecord},
     };
 
     pub(crate) fn record(op: IoOp, dev: (u32, u32), latency_ms: u64, id: u8) -> CorrelatedRecord {
+        let start = 1_700_000_000_000_000_000;
+        let mut record = crate::correlate::tests::record(1, start);
+        record.op = op;
+        record.end_unix_ns = start + latency_ms * 1_000_000;
+        record.latency_ns = latency_ms * 1_000_000;
+        (record.dev_major, record.dev_minor) = dev;
         CorrelatedRecord {
-            record: IoRecord {
-                op,
-                start_unix_ns: 1_700_000_000_000_000_000,
-                end_unix_ns: 1_700_000_000_000_000_000 + latency_ms * 1_000_000,
-                latency_ns: latency_ms * 1_000_000,
-                pid: 1,
-                tid: 1,
-                comm: "t".into(),
-                cgroup_id: 0,
-                mntns: 0,
-                bytes: 0,
-                offset: None,
-                ret: 0,
-                inode: 1,
-                dev_major: dev.0,
-                dev_minor: dev.1,
-                file_name: "f".into(),
-                parents: Vec::new(),
-                path_complete: false,
-                mount_point: None,
-                file_path: None,
-                datasync: false,
-                directory: false,
-                attach_mode: AttachMode::Tracepoint,
-                why: crate::why::StallContext::default(),
-                fs: crate::event::FsKind::Ext4,
-                via_overlayfs: false,
-            },
+            record,
             trace_id: TraceId([id; 16]),
             span_id: SpanId([id; 8]),
             parent_span_id: None,

@@ -477,25 +477,9 @@ impl Drop for OtlpReceiver {
     }
 }
 
-/// `GET /metrics` (or any path) from iostall's metrics endpoint at `addr`.
+/// `GET /metrics` (or any path) from iostall's metrics endpoint at `addr`: the body.
 pub fn scrape(addr: SocketAddr, path: &str) -> Result<String> {
-    use std::io::Write as _;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let (head, body) = out
-        .split_once("\r\n\r\n")
-        .context("no HTTP header/body separator")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        anyhow::bail!("GET {path}: {head}");
-    }
-    Ok(body.to_owned())
+    crate::exposition::scrape_as(addr, path, None).map(|(_content_type, body)| body)
 }
 
 /// The value of one series (`name` or `name{labels}` exactly as exposed) in a

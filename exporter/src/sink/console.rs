@@ -4,7 +4,7 @@ use std::io::Write;
 
 use super::Sink;
 use crate::{
-    bounds::printable,
+    bounds::{into_printable, printable},
     correlate::{CorrelatedEvent, CorrelatedRecord},
     runtime::RuntimeEvent,
 };
@@ -68,7 +68,7 @@ pub fn format_row(correlated: &CorrelatedRecord) -> String {
     let off_kb = record
         .offset
         .map_or_else(|| "-".to_owned(), |o| (o / 1024).to_string());
-    let mut name = printable(&record.display_path()).into_owned();
+    let mut name = into_printable(record.display_path());
     // `ls -F`'s mark: a directory's fsync (its name alone reads like a file's).
     if record.directory {
         name.push('/');
@@ -176,7 +176,7 @@ pub fn format_runtime_event(event: &RuntimeEvent) -> String {
         line.push_str(&format!(" image={image}"));
     }
     // Labels and names are what a container's creator wrote.
-    printable(&line).into_owned()
+    into_printable(line)
 }
 
 /// What a kernel lifecycle event adds to its line: pod uid (when no label named the
