@@ -82,6 +82,38 @@ fn run_to_stdout(args: &[&str]) -> Result<String> {
     String::from_utf8(out.stdout).context("workload output is not UTF-8")
 }
 
+/// The three slow operations a throttled filesystem shows, each three times, run as
+/// `comm` in the fixture's throttled `cgroup` (throttle primed): buffered writes whose
+/// fsyncs wait for the disk, O_DIRECT writes that wait themselves (`direct-*`), and
+/// O_DIRECT reads of `dir/data`. Returns what the workload measured of each.
+pub fn throttled_slow_ops(
+    cgroup: &str,
+    comm: &str,
+    dir: &std::path::Path,
+) -> Result<Vec<WorkloadOp>> {
+    let dir_s = dir.to_string_lossy().into_owned();
+    let throttled = |args: &[&str]| {
+        let mut all = vec!["--cgroup", cgroup, "--comm", comm, "--prime-throttle"];
+        all.extend_from_slice(args);
+        run_workload(&all)
+    };
+    let sized = ["--count", "3", "--size", "4096"];
+    let mut ops = throttled(&[&["write-fsync", "--dir", &dir_s][..], &sized].concat())?;
+    ops.extend(throttled(
+        &[
+            &["write-fsync", "--dir", &dir_s][..],
+            &sized,
+            &["--direct", "--name-prefix", "direct-"],
+        ]
+        .concat(),
+    )?);
+    let data = dir.join("data").to_string_lossy().into_owned();
+    ops.extend(throttled(
+        &[&["read-direct", "--file", &data][..], &sized].concat(),
+    )?);
+    Ok(ops)
+}
+
 /// Runs the workload with `args` and returns the operations it reported.
 pub fn run_workload(args: &[&str]) -> Result<Vec<WorkloadOp>> {
     run_to_stdout(args)?

@@ -8,7 +8,7 @@ use iostall_tests::{
     iostall_proc::{Finished, Iostall},
     records::{iostall_op, matching, str_field as s, u64_field as n},
     slowfs::{SlowExt4, SlowExt4Options, TmpfsDir, ensure_kernel_mounts, require_root},
-    workload::{WorkloadOp, run_workload},
+    workload::{WorkloadOp, run_workload, throttled_slow_ops},
 };
 use serde_json::Value;
 
@@ -81,29 +81,8 @@ fn slow_write_fsync_read_open_are_reported_with_their_details() -> Result<()> {
         "--comm",
         comm,
     ])?;
-    let dir_s = dir.to_string_lossy().into_owned();
-    // Every run joins the throttled cgroup under the test's comm, throttle primed.
-    let throttled = |args: &[&str]| {
-        let mut all = vec!["--cgroup", &cgroup, "--comm", comm, "--prime-throttle"];
-        all.extend_from_slice(args);
-        run_workload(&all)
-    };
-    let sized = ["--count", "3", "--size", "4096"];
-    // Buffered writes + fsync: the fsyncs wait for the disk.
-    let mut ops = throttled(&[&["write-fsync", "--dir", &dir_s][..], &sized].concat())?;
-    // O_DIRECT writes: the writes themselves wait for the disk.
-    ops.extend(throttled(
-        &[
-            &["write-fsync", "--dir", &dir_s][..],
-            &sized,
-            &["--direct", "--name-prefix", "direct-"],
-        ]
-        .concat(),
-    )?);
-    let data = dir.join("data").to_string_lossy().into_owned();
-    ops.extend(throttled(
-        &[&["read-direct", "--file", &data][..], &sized].concat(),
-    )?);
+    // Buffered writes + fsync, O_DIRECT writes, O_DIRECT reads, on the throttled disk.
+    let ops = throttled_slow_ops(&cgroup, comm, &dir)?;
     let finished = iostall.stop()?;
     assert!(finished.success, "iostall failed: {}", finished.stderr);
     let events = events_of(&finished, comm);

@@ -8,7 +8,7 @@ use iostall_tests::{
     iostall_proc::{Finished, Iostall},
     records::{iostall_op, matching, stopped_field, str_field as s, u64_field as n},
     slowfs::{FsType, SlowExt4, SlowExt4Options, ensure_kernel_mounts, require_root},
-    workload::{WorkloadOp, run_workload},
+    workload::{WorkloadOp, run_workload, throttled_slow_ops},
 };
 use serde_json::Value;
 
@@ -56,26 +56,8 @@ fn slow_operations_are_reported_on(fs_type: FsType, comm: &str) -> Result<()> {
         "--comm",
         comm,
     ])?;
-    let dir_s = dir.to_string_lossy().into_owned();
-    let throttled = |args: &[&str]| {
-        let mut all = vec!["--cgroup", &cgroup, "--comm", comm, "--prime-throttle"];
-        all.extend_from_slice(args);
-        run_workload(&all)
-    };
-    let sized = ["--count", "3", "--size", "4096"];
-    let mut ops = throttled(&[&["write-fsync", "--dir", &dir_s][..], &sized].concat())?;
-    ops.extend(throttled(
-        &[
-            &["write-fsync", "--dir", &dir_s][..],
-            &sized,
-            &["--direct", "--name-prefix", "direct-"],
-        ]
-        .concat(),
-    )?);
-    let data = dir.join("data").to_string_lossy().into_owned();
-    ops.extend(throttled(
-        &[&["read-direct", "--file", &data][..], &sized].concat(),
-    )?);
+    // Buffered writes + fsync, O_DIRECT writes, O_DIRECT reads, on the throttled disk.
+    let ops = throttled_slow_ops(&cgroup, comm, &dir)?;
     let events = events_of(&iostall.stop()?, comm);
 
     for e in &events {
