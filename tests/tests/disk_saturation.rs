@@ -21,7 +21,7 @@ use iostall_tests::{
     capped_disk::CappedExt4,
     iostall_proc::Iostall,
     otlp_receiver::{OtlpReceiver, metrics_addr_from_log, scrape, str_attr},
-    slowfs::{ensure_kernel_mounts, require_root},
+    slowfs::{FsType, ensure_kernel_mounts, require_root},
 };
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
 
@@ -79,10 +79,22 @@ fn gauge(text: &str, name: &str, device: &str) -> Option<f64> {
 }
 
 #[test]
-fn spans_say_the_disk_is_saturated_at_its_cap_and_not_once_it_lifts() {
+fn ext4_spans_say_the_disk_is_saturated_at_its_cap_and_not_once_it_lifts() {
+    saturated_at_the_cap_and_not_once_it_lifts(FsType::Ext4);
+}
+
+/// The same on xfs: what the detector sees is the device, whatever filesystem issues
+/// the requests, and xfs issues them differently (its log, its own fsync path).
+#[test]
+fn xfs_spans_say_the_disk_is_saturated_at_its_cap_and_not_once_it_lifts() {
+    saturated_at_the_cap_and_not_once_it_lifts(FsType::Xfs);
+}
+
+fn saturated_at_the_cap_and_not_once_it_lifts(fs: FsType) {
     require_root();
     ensure_kernel_mounts().expect("tracefs and bpffs");
-    let disk = CappedExt4::create(64, CAP).expect("capped disk");
+    let disk = CappedExt4::create_fs(fs.min_size_mib().max(64), CAP, fs).expect("capped disk");
+    let span_name = format!("{} fsync", fs.name());
     disk.set_iops(0);
     let (major, minor) = disk.device();
     let device = format!("{major}:{minor}");
@@ -152,7 +164,7 @@ fn spans_say_the_disk_is_saturated_at_its_cap_and_not_once_it_lifts() {
     monitor.join().expect("monitor");
 
     let is_ours = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
-        s.name == "ext4 fsync" && str_attr(&s.attributes, "file.name").as_deref() == Some("data")
+        s.name == span_name && str_attr(&s.attributes, "file.name").as_deref() == Some("data")
     };
     // Everything up to the last fsync's span.
     let last_end = unix_ns();

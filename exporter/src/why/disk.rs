@@ -191,8 +191,8 @@ pub struct DetectorConfig {
     pub window: usize,
     /// Fewer seconds than this say nothing (a device just seen, a window just begun).
     pub min_seconds: usize,
-    /// A second is "at the ceiling" when its IOPS are at least this fraction of the
-    /// window's highest.
+    /// A second is "at the ceiling" when its IOPS are within `1 - near_max` of the
+    /// span's median, either way, plus one completion (0.85: 7.5 to 12.5 around 10).
     pub near_max: f64,
     /// This fraction of the window's seconds must be at the ceiling and busy.
     pub flat_fraction: f64,
@@ -215,7 +215,7 @@ impl Default for DetectorConfig {
         Self {
             window: 8,
             min_seconds: 5,
-            near_max: 0.8,
+            near_max: 0.85,
             flat_fraction: 0.7,
             busy: 0.8,
             await_factor: 4.0,
@@ -227,13 +227,17 @@ impl Default for DetectorConfig {
 }
 
 /// Whether `seconds` (oldest first) end in the throttle signature: over the window or
-/// its latest `min_seconds` or more, completions flat near that span's highest for most
+/// its latest `min_seconds` or more, completions flat around that span's median for most
 /// of it, a request in flight nearly all the time in those seconds, and their await well
 /// above `unloaded_await_ms` (the device's await when nothing queues; `None` if never
-/// seen). The latest second must still have a queue: saturated says "now".
+/// seen). The latest second must itself be queued and at the ceiling: saturated says
+/// "now", and a cap that lifted under a still-busy device ends at the first fast second.
 ///
 /// Looking at the latest seconds too, not only the whole window, finds a cap that began
 /// mid-window after `min_seconds`, not once the window has forgotten the faster past.
+/// Flatness is judged around the median, not the highest second: one burst second (the
+/// backend catching up, an xfs log flush merged into fewer larger requests) must not hide
+/// eight flat ones.
 #[must_use]
 pub fn assess(
     seconds: &[Second],
@@ -252,6 +256,18 @@ pub fn assess(
         .unwrap_or_default()
 }
 
+/// The median of `values` (the mean of the middle two for an even count); `None` when
+/// empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some(f64::midpoint(values[n / 2 - 1], values[n / 2])),
+    }
+}
+
 /// [`assess`] over exactly `seconds`.
 fn assess_span(
     seconds: &[Second],
@@ -259,30 +275,36 @@ fn assess_span(
     config: &DetectorConfig,
 ) -> Saturation {
     let not = Saturation::default();
-    let max = seconds.iter().map(|s| s.iops).fold(0.0, f64::max);
-    if max < config.min_iops {
+    let Some(center) = median(seconds.iter().map(|s| s.iops).collect()) else {
+        return not;
+    };
+    if center < config.min_iops {
+        return not;
+    }
+    // One completion either way is sampling, not variation: a backend at exactly 10/s
+    // reads 9, 11, 9, 11 when the second's boundary falls between two completions.
+    let tolerance = center * (1.0 - config.near_max) + 1.0;
+    let near = |iops: f64| (iops - center).abs() <= tolerance;
+    let at_ceiling: Vec<&Second> = seconds
+        .iter()
+        .filter(|s| near(s.iops) && s.busy >= config.busy)
+        .collect();
+    if (at_ceiling.len() as f64) < config.flat_fraction * seconds.len() as f64
+        || seconds.last().is_none_or(|s| !near(s.iops))
+    {
         return not;
     }
     let unloaded = unloaded_await_ms.unwrap_or(config.default_unloaded_await_ms);
     let slow = (unloaded * config.await_factor).max(unloaded + config.await_margin_ms);
-    let at_ceiling: Vec<&Second> = seconds
-        .iter()
-        .filter(|s| s.iops >= max * config.near_max && s.busy >= config.busy)
-        .collect();
-    if (at_ceiling.len() as f64) < config.flat_fraction * seconds.len() as f64 {
-        return not;
-    }
     // Latency must have risen: the await of the flat seconds, weighted by requests.
     let ios: f64 = at_ceiling.iter().map(|s| s.iops).sum();
     let await_ms = at_ceiling.iter().map(|s| s.iops * s.await_ms).sum::<f64>() / ios;
     if await_ms < slow {
         return not;
     }
-    let mut iops: Vec<f64> = at_ceiling.iter().map(|s| s.iops).collect();
-    iops.sort_by(f64::total_cmp);
     Saturation {
         saturated: true,
-        ceiling_iops: Some(iops[iops.len() / 2]),
+        ceiling_iops: median(at_ceiling.iter().map(|s| s.iops).collect()),
     }
 }
 
@@ -539,15 +561,52 @@ mod tests {
     fn a_cap_that_begins_mid_window_is_found_after_min_seconds() {
         let c = DetectorConfig::default();
         let mut s: Vec<Second> = (0..3).map(|_| second(230.0, 0.1, 0.2)).collect();
-        s.extend((0..4).map(|_| second(10.0, 0.99, 135.0)));
-        assert!(!assess(&s, Some(0.2), &c).saturated, "4 capped seconds");
+        s.extend((0..3).map(|_| second(10.0, 0.99, 135.0)));
+        assert!(!assess(&s, Some(0.2), &c).saturated, "3 capped seconds");
         s.push(second(10.0, 0.99, 135.0));
+        // Four of the latest five: flat enough.
         let got = assess(&s, Some(0.2), &c);
-        assert!(got.saturated, "5 capped seconds: {got:?}");
+        assert!(got.saturated, "4 capped seconds: {got:?}");
         assert_eq!(got.ceiling_iops, Some(10.0));
         // The queue gone (the writers stopped), it is no longer saturated now.
         s.push(second(3.0, 0.1, 1.0));
         assert!(!assess(&s, Some(0.2), &c).saturated);
+    }
+
+    #[test]
+    fn one_burst_second_does_not_hide_a_flat_cap() {
+        let c = DetectorConfig::default();
+        // What a capped xfs looked like: flat at 10 with jitter, and one second where
+        // the backend caught up.
+        let s: Vec<Second> = [10.0, 11.95, 9.0, 24.0, 10.0, 11.0, 9.0, 10.0]
+            .iter()
+            .map(|&iops| second(iops, 1.0, 144.5))
+            .collect();
+        let got = assess(&s, Some(0.3), &c);
+        assert!(got.saturated, "{got:?}");
+        assert_eq!(got.ceiling_iops, Some(10.0));
+    }
+
+    #[test]
+    fn a_cap_sampled_out_of_phase_alternates_and_is_still_flat() {
+        let c = DetectorConfig::default();
+        // Seen on a capped xfs: one-second samples of a 10/s backend read 9, 11, 9, 11.
+        let s: Vec<Second> = (0..8)
+            .map(|i| second(if i % 2 == 0 { 9.0 } else { 11.0 }, 1.0, 145.0))
+            .collect();
+        let got = assess(&s, Some(0.3), &c);
+        assert!(got.saturated, "{got:?}");
+        assert_eq!(got.ceiling_iops, Some(10.0));
+    }
+
+    #[test]
+    fn a_cap_lifted_under_a_busy_device_ends_at_the_first_fast_second() {
+        let c = DetectorConfig::default();
+        let mut s: Vec<Second> = (0..7).map(|_| second(10.0, 1.0, 150.0)).collect();
+        assert!(assess(&s, Some(0.3), &c).saturated);
+        // Still a queue, but 60 times the completions: the ceiling is gone.
+        s.push(second(600.0, 1.0, 3.0));
+        assert!(!assess(&s, Some(0.3), &c).saturated);
     }
 
     #[test]
