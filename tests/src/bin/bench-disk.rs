@@ -17,7 +17,10 @@
 //! (the block layer's submission work and any program on its tracepoints run in it; a
 //! shared machine does not inflate it as it does wall time, which is printed beside),
 //! and of its ratio to the reference side in the same round (view on ÷ view off; block
-//! tracepoints ÷ bare); and the CPU the view's own sampler thread used, per second.
+//! tracepoints ÷ bare); the CPU the view's own sampler thread used, per second; and
+//! the block tracepoint programs' own time per write as the kernel counts it
+//! (`kernel.bpf_stats_enabled`, on for that side only), which resolves what the
+//! per-write ratio cannot on a shared machine.
 use std::{
     fs::File,
     io::{BufRead, BufReader, Write as _},
@@ -177,6 +180,53 @@ impl Running {
     }
 }
 
+/// `(run_time_ns, run_cnt)` summed over the BPF programs process `pid` holds, from
+/// `/proc/<pid>/fdinfo` (the kernel fills them only while `kernel.bpf_stats_enabled`).
+fn bpf_program_stats(pid: u32) -> Option<(u64, u64)> {
+    let mut total = (0u64, 0u64);
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        if !info.contains("prog_type:") {
+            continue;
+        }
+        let field = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total.0 += field("run_time_ns:");
+        total.1 += field("run_cnt:");
+    }
+    Some(total)
+}
+
+/// `kernel.bpf_stats_enabled` set for as long as it lives, then put back: the kernel
+/// then times every program run, which costs two clock reads a run, so only the block
+/// tracepoint side runs with it.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Result<Self> {
+        let before = std::fs::read_to_string(Self::PATH).context("bpf_stats_enabled")?;
+        std::fs::write(Self::PATH, "1").context("enabling bpf_stats")?;
+        Ok(Self(before.trim().to_owned()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
 impl Running {
     fn start(side: Side, config: &std::path::Path) -> Result<Self> {
         let child = match side {
@@ -237,8 +287,14 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// O_DIRECT 4 KiB writes at random offsets for `seconds`; (CPU, wall) µs per write.
-fn random_writes(file: &File, blocks: u64, seconds: f64, seed: &mut u64) -> Result<(f64, f64)> {
+/// O_DIRECT 4 KiB writes at random offsets for `seconds`; (CPU, wall) µs per write, and
+/// how many writes.
+fn random_writes(
+    file: &File,
+    blocks: u64,
+    seconds: f64,
+    seed: &mut u64,
+) -> Result<(f64, f64, u64)> {
     use std::os::unix::fs::FileExt as _;
     // O_DIRECT wants an aligned buffer.
     let layout = std::alloc::Layout::from_size_align(4096, 4096)?;
@@ -256,7 +312,7 @@ fn random_writes(file: &File, blocks: u64, seconds: f64, seed: &mut u64) -> Resu
     let result = loop {
         if n.is_multiple_of(64) && started.elapsed() >= deadline {
             let cpu = (thread_cpu_ns() - cpu0) as f64 / 1e3 / n as f64;
-            break Ok((cpu, started.elapsed().as_secs_f64() * 1e6 / n as f64));
+            break Ok((cpu, started.elapsed().as_secs_f64() * 1e6 / n as f64, n));
         }
         // xorshift: cheap, and the same sequence for every side.
         *seed ^= *seed << 13;
@@ -300,18 +356,40 @@ fn main() -> Result<()> {
     let mut us = vec![vec![f64::NAN; args.rounds]; sides.len()];
     let mut wall = vec![vec![f64::NAN; args.rounds]; sides.len()];
     let mut sampler_cpu = Vec::new();
+    // The block tracepoint programs' own time per write, and per run.
+    let mut program_ns_per_write = Vec::new();
+    let mut program_ns_per_run = Vec::new();
     for round in 0..args.rounds {
         for k in 0..sides.len() {
             let s = (k + round) % sides.len();
+            let stats = if sides[s] == Side::BlockTracepoints {
+                Some(BpfStats::enable()?)
+            } else {
+                None
+            };
             let running = Running::start(sides[s], config.path())?;
             let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ round as u64;
             let before = running.thread_cpu_s("iostall-disksta");
+            let programs_before = running.0.as_ref().and_then(|c| bpf_program_stats(c.id()));
             let t0 = Instant::now();
-            (us[s][round], wall[s][round]) = random_writes(&file, blocks, args.seconds, &mut seed)?;
+            let writes;
+            (us[s][round], wall[s][round], writes) =
+                random_writes(&file, blocks, args.seconds, &mut seed)?;
             if let (Some(b), Some(a)) = (before, running.thread_cpu_s("iostall-disksta")) {
                 sampler_cpu.push((a - b) / t0.elapsed().as_secs_f64());
             }
+            if stats.is_some()
+                && let (Some(b), Some(a)) = (
+                    programs_before,
+                    running.0.as_ref().and_then(|c| bpf_program_stats(c.id())),
+                )
+                && a.1 > b.1
+            {
+                program_ns_per_write.push((a.0 - b.0) as f64 / writes.max(1) as f64);
+                program_ns_per_run.push((a.0 - b.0) as f64 / (a.1 - b.1) as f64);
+            }
             drop(running);
+            drop(stats);
         }
         eprintln!("round {} of {} done", round + 1, args.rounds);
     }
@@ -342,6 +420,20 @@ fn main() -> Result<()> {
             },
             median(&mut w),
             if r == s { "" } else { sides[r].name() }
+        );
+    }
+    if !program_ns_per_write.is_empty() {
+        let bare = sides
+            .iter()
+            .position(|x| *x == Side::Bare)
+            .map(|b| median(&mut us[b].clone()));
+        let per_write = median(&mut program_ns_per_write);
+        println!(
+            "the block tracepoint programs' own time (kernel.bpf_stats_enabled): {:.0} ns per \
+             write ({:.0} ns per program run), {:.2}% of bare's CPU per write",
+            per_write,
+            median(&mut program_ns_per_run),
+            bare.map_or(f64::NAN, |b| per_write / (b * 1e3) * 100.0)
         );
     }
     if !sampler_cpu.is_empty() {
