@@ -9,7 +9,12 @@
 //! - each outage is one warning and one recovery line per source in iostall's own log,
 //!   never one per retry (retries are DEBUG);
 //! - nothing leaks: iostall's file descriptors (`/proc/<pid>/fd`) and threads
-//!   (`/proc/<pid>/task`) end where they were before the first outage.
+//!   (`/proc/<pid>/task`) end where they were before the first outage (a leaked task
+//!   holds its connection, so it shows as an fd). Fewer is allowed, not more: a
+//!   connection cut by the last outage that its client re-dials only when it next
+//!   needs it is one socket less (the CRI poller's, until its next 10 s poll; the kube
+//!   client's pooled connection for owner lookups, idle since the owners are cached);
+//!   the test prints which kinds of fd differ.
 //!
 //! "Down" is [`FlapProxy`]: the test's own proxy in front of the peer's socket, which
 //! closes its listener (a unix socket's file stays, stale, so connecting is refused as
@@ -125,7 +130,8 @@ fn fd_diff(before: &[String], now: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Every runtime line iostall printed for container `id` (read while waiting).
+/// Whether `line` is a runtime (lifecycle) line of container `value`, or one whose
+/// attribute `key` is `value` (a pod's `uid`).
 fn is_runtime_line_of(line: &str, key: &str, value: &str) -> bool {
     serde_json::from_str::<Json>(line).is_ok_and(|v| {
         v["type"] == "runtime"
