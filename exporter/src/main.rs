@@ -123,8 +123,10 @@ fn main() -> anyhow::Result<()> {
 /// pod index already reports each outage once with its cause, so they stay quiet unless
 /// `IOSTALL_LOG` names them.
 fn log_filter() -> EnvFilter {
-    const KUBE_QUIET: [&str; 2] = [
+    const KUBE_QUIET: [&str; 3] = [
         "kube_client::client::builder=off",
+        // A WARN ("eof in poll") each time a watch stream is cut: the outage's own line.
+        "kube_client::client=error",
         "kube_runtime::watcher=off",
     ];
     let spec = std::env::var("IOSTALL_LOG").unwrap_or_default();

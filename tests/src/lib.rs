@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod dockerd;
 pub mod exposition;
 pub mod fake_kube;
+pub mod flap_proxy;
 pub mod image;
 pub mod iostall_proc;
 pub mod log_capture;

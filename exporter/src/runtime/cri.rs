@@ -31,7 +31,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 use tonic::transport::Channel;
 
 use super::{
-    Connection, ConnectionSettings, Reconnect,
+    Connection, ConnectionSettings, Reconnect, SocketOutage,
     containerd::{SharedMetadata, merge_metadata},
     forget_after,
 };
@@ -255,6 +255,8 @@ pub struct CriPoller {
     stats: Arc<CriStats>,
     /// Ids listed by the last poll.
     known: HashSet<String>,
+    /// Outages of the containerd events source on the same socket.
+    covered_by: Option<SocketOutage>,
 }
 
 impl CriPoller {
@@ -267,7 +269,16 @@ impl CriPoller {
             refresh: Arc::new(Notify::new()),
             stats: Arc::default(),
             known: HashSet::new(),
+            covered_by: None,
         }
+    }
+
+    /// Logs an outage that begins while `outage` (the containerd events source on the
+    /// same socket) is down at DEBUG only: that source already warned about the socket.
+    #[must_use]
+    pub fn covered_by(mut self, outage: SocketOutage) -> Self {
+        self.covered_by = Some(outage);
+        self
     }
 
     /// A handle to request polls.
@@ -291,6 +302,9 @@ impl CriPoller {
     /// Polls forever (abort the task to stop), reconnecting with backoff.
     pub async fn run(mut self) {
         let mut reconnect = self.config.connection.reconnect("CRI");
+        if let Some(outage) = &self.covered_by {
+            reconnect = reconnect.covered_by(outage.clone());
+        }
         let mut try_events = true;
         loop {
             let error = self.connection(&mut reconnect, &mut try_events).await;

@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -485,6 +485,19 @@ impl Backoff {
     }
 }
 
+/// Whether a socket is down, as the source that speaks for it saw last: two sources on
+/// one socket (containerd's events API and its CRI) then log one outage, not two.
+#[derive(Debug, Clone, Default)]
+pub struct SocketOutage(Arc<AtomicBool>);
+
+impl SocketOutage {
+    /// Whether the reporting source is in an outage now.
+    #[must_use]
+    pub fn is_down(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Reconnect helper shared by the sources: backoff between attempts, and one log line
 /// when an outage starts and one when it ends — never one per retry.
 #[derive(Debug)]
@@ -496,6 +509,12 @@ pub struct Reconnect {
     down_since: Option<Instant>,
     failures: u64,
     outages: u64,
+    /// Published: this source's outages (it speaks for its socket).
+    reports: Option<SocketOutage>,
+    /// Read: another source's outages on the same socket.
+    covered_by: Option<SocketOutage>,
+    /// The current outage began while `covered_by` was down: logged at DEBUG only.
+    covered: bool,
 }
 
 impl Reconnect {
@@ -526,7 +545,26 @@ impl Reconnect {
             down_since: None,
             failures: 0,
             outages: 0,
+            reports: None,
+            covered_by: None,
+            covered: false,
         }
+    }
+
+    /// Publishes this source's outages to `outage` (for [`Reconnect::covered_by`]).
+    #[must_use]
+    pub fn reporting(mut self, outage: SocketOutage) -> Self {
+        self.reports = Some(outage);
+        self
+    }
+
+    /// An outage that begins while `outage` is down (another source on the same socket
+    /// already warned) is logged at DEBUG, its end too; one that begins while the other
+    /// source is connected (this source's own trouble) is logged as usual.
+    #[must_use]
+    pub fn covered_by(mut self, outage: SocketOutage) -> Self {
+        self.covered_by = Some(outage);
+        self
     }
 
     /// Records a failure (logged only if it starts an outage) and returns how long to
@@ -537,7 +575,17 @@ impl Reconnect {
         if self.down_since.is_none() {
             self.down_since = Some(Instant::now());
             self.outages += 1;
-            if self.runtime_absent() {
+            if let Some(r) = &self.reports {
+                r.0.store(true, Ordering::Relaxed);
+            }
+            self.covered = self.covered_by.as_ref().is_some_and(SocketOutage::is_down);
+            if self.covered {
+                tracing::debug!(
+                    source = %self.what,
+                    "{} unavailable (its socket's outage is already reported): {error}",
+                    self.what
+                );
+            } else if self.runtime_absent() {
                 // A node without this runtime is normal (docker-less nodes, CRI-O nodes):
                 // worth a line, not a warning. A runtime that was reached and went away
                 // is still a warning.
@@ -575,14 +623,26 @@ impl Reconnect {
         }
         self.ever_connected = true;
         self.backoff.reset();
+        if let Some(r) = &self.reports {
+            r.0.store(false, Ordering::Relaxed);
+        }
         if let Some(since) = self.down_since.take() {
-            tracing::info!(
-                source = %self.what,
-                "{} available again after {:.1?} ({} failed attempts)",
-                self.what,
-                since.elapsed(),
-                self.failures
-            );
+            let took = since.elapsed();
+            if std::mem::take(&mut self.covered) {
+                tracing::debug!(
+                    source = %self.what,
+                    "{} available again after {took:.1?} ({} failed attempts)",
+                    self.what,
+                    self.failures
+                );
+            } else {
+                tracing::info!(
+                    source = %self.what,
+                    "{} available again after {took:.1?} ({} failed attempts)",
+                    self.what,
+                    self.failures
+                );
+            }
         }
         self.failures = 0;
     }
@@ -627,6 +687,25 @@ mod tests {
         r.connected();
         let _ = r.failed(&"refused");
         assert_eq!(r.outages(), 2);
+    }
+
+    #[test]
+    fn a_second_source_on_a_socket_is_quiet_while_the_first_reports_its_outage() {
+        let outage = SocketOutage::default();
+        let mut events = Reconnect::new("events", Backoff::default()).reporting(outage.clone());
+        let mut cri = Reconnect::new("cri", Backoff::default()).covered_by(outage.clone());
+        let _ = events.failed(&"refused");
+        assert!(outage.is_down());
+        let _ = cri.failed(&"refused");
+        assert!(cri.covered, "the events source already warned");
+        events.connected();
+        assert!(!outage.is_down());
+        cri.connected();
+        assert!(!cri.covered);
+        // CRI alone in trouble (its plugin broken): its own warning.
+        let _ = cri.failed(&"unimplemented");
+        assert!(!cri.covered);
+        assert_eq!((events.outages(), cri.outages()), (1, 2));
     }
 
     #[test]

@@ -37,16 +37,20 @@ impl RuntimeSources {
         if let Some(socket) = &config.containerd_socket {
             // containerd serves its own API and CRI on one socket: events and labels from
             // the first, the kubelet's pod view (names, attempts) from the second.
+            // One outage of the socket is one warning: the events source reports it.
+            let outage = super::SocketOutage::default();
             let events = containerd::ContainerdSource::new(
                 containerd::ContainerdConfig::default().with_socket(socket.clone()),
                 sender.clone(),
                 metadata.clone(),
-            );
+            )
+            .reporting(outage.clone());
             tasks.push(events.spawn());
             let pods = cri::CriPoller::new(
                 cri::CriConfig::default().with_socket(socket.clone()),
                 metadata.clone(),
-            );
+            )
+            .covered_by(outage);
             tasks.push(pods.spawn());
         }
         if let Some(socket) = &config.docker_socket {

@@ -53,7 +53,7 @@ pub use decode::{
 
 use super::{
     CREATED_ATTRIBUTE, Connection, ConnectionSettings, EventSender, EventSource, Reconnect,
-    RuntimeEvent, RuntimeEventKind, SendOutcome, forget_after,
+    RuntimeEvent, RuntimeEventKind, SendOutcome, SocketOutage, forget_after,
 };
 use crate::enrich::metadata::ContainerMeta;
 
@@ -220,6 +220,7 @@ pub struct ContainerdSource {
     sender: EventSender,
     metadata: SharedMetadata,
     stats: Arc<ContainerdStats>,
+    outage: Option<SocketOutage>,
 }
 
 impl ContainerdSource {
@@ -231,7 +232,16 @@ impl ContainerdSource {
             sender,
             metadata,
             stats: Arc::default(),
+            outage: None,
         }
+    }
+
+    /// Publishes this source's outages, for a CRI poller on the same socket to stay
+    /// quiet about them ([`super::Reconnect::covered_by`]).
+    #[must_use]
+    pub fn reporting(mut self, outage: SocketOutage) -> Self {
+        self.outage = Some(outage);
+        self
     }
 
     /// The source's counters.
@@ -249,6 +259,9 @@ impl ContainerdSource {
     /// Follows containerd until the receiver is dropped, reconnecting with backoff.
     pub async fn run(self) {
         let mut reconnect = self.config.connection.reconnect("containerd events");
+        if let Some(outage) = &self.outage {
+            reconnect = reconnect.reporting(outage.clone());
+        }
         loop {
             let result = self.session(&mut reconnect).await;
             if self.sender.is_closed() {
