@@ -206,6 +206,8 @@ pub struct Metrics {
     disks: std::sync::OnceLock<Arc<crate::why::disk::DiskState>>,
     /// Entries of each [`CacheKind`] now.
     cache_entries: [AtomicU64; CacheKind::ALL.len()],
+    /// Runtime events the sources' queues had no room for (before the sink queue).
+    runtime_queue_dropped: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the startup histograms' buckets: the kubelet's own
@@ -332,6 +334,11 @@ impl Metrics {
     /// Takes the lifecycle stage's count of cgroups the watch map had no room for.
     pub fn set_watched_cgroups_full(&self, total: u64) {
         self.watched_cgroups_full.store(total, Ordering::Relaxed);
+    }
+
+    /// Takes the runtime sources' count of events their queues had no room for (a total).
+    pub fn set_runtime_queue_dropped(&self, total: u64) {
+        self.runtime_queue_dropped.store(total, Ordering::Relaxed);
     }
 
     /// Takes how many entries `cache` holds now.
@@ -497,6 +504,11 @@ impl Metrics {
                 get(&self.dropped_events[reason as usize])
             );
         }
+        let _ = writeln!(
+            out,
+            "iostall_dropped_runtime_events_total{{reason=\"runtime_queue_full\"}} {}",
+            get(&self.runtime_queue_dropped)
+        );
         let _ = writeln!(
             out,
             "# HELP iostall_otlp_exported_spans_total Spans accepted by the OTLP endpoint.\n\
