@@ -393,6 +393,9 @@ fn start_lifecycle(
         Err(e) => tracing::warn!(error = %e, "container exec/exit not watched"),
     }
     metrics.set_watched_cgroups_full(stage.stats().watch_full);
+    let (watched, budgets) = stage.tracked();
+    metrics.set_cache_entries(CacheKind::WatchedCgroups, watched);
+    metrics.set_cache_entries(CacheKind::ProcessBudgets, budgets);
     let (stop, mut stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         loop {

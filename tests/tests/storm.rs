@@ -376,7 +376,21 @@ fn cgroup_and_container_churn_ends_where_it_began() {
     let slice = Slice::create();
     // The gauges are refreshed every second.
     std::thread::sleep(Duration::from_millis(2500));
-    let (before, kernel_before) = snapshot(&iostall);
+    // The containers running before iostall started are watched, and said so, at once
+    // (polled: other processes may add container cgroups between the two reads).
+    let mut tries = 0;
+    let (before, kernel_before) = loop {
+        let (before, kernel) = snapshot(&iostall);
+        tries += 1;
+        if before[4] == kernel as u64 || tries == 20 {
+            break (before, kernel);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(
+        before[4], kernel_before as u64,
+        "watched_cgroups gauge against the kernel's WATCHED_CGROUPS at start"
+    );
     let lifecycle_before = iostall
         .scrape()
         .expect("scrape")
