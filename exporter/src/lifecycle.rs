@@ -409,6 +409,13 @@ impl<W: WatchSet> LifecycleStage<W> {
         self.stats
     }
 
+    /// How many container cgroups are watched and how many process-event budgets are
+    /// kept (`iostall_cache_entries`).
+    #[must_use]
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.by_id.len(), self.buckets.len())
+    }
+
     /// The watched set (tests look into it).
     #[must_use]
     pub fn watched(&self) -> &W {

@@ -326,7 +326,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // events (a pod added to this node is the first sign of its startup) join the
     // runtime events.
     let kube_task = runtime.block_on(start_kube(&config.kube, &metadata, sources.sender()))?;
+    // The sources count what their queues drop; /metrics shows it every second.
+    let queue_drops = {
+        let sender = sources.sender();
+        let metrics = metrics.clone();
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                metrics.set_runtime_queue_dropped(sender.dropped());
+            }
+        })
+    };
     let summary = runtime.block_on(pipeline::run(options, sinks, shutdown(config.duration)))?;
+    queue_drops.abort();
+    metrics.set_runtime_queue_dropped(sources.dropped());
     if sources.dropped() > 0 {
         tracing::warn!(
             dropped = sources.dropped(),

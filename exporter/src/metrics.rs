@@ -116,6 +116,54 @@ pub enum ExportOutcome {
     Failed,
 }
 
+/// What iostall keeps per container, pod, process or cgroup, served as
+/// `iostall_cache_entries{cache}`: after churn (containers and cgroups created and
+/// removed) each returns to where it began, which is how a leak would show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheKind {
+    /// The metadata cache's containers (from the runtime sources).
+    Containers,
+    /// The metadata cache's pods.
+    Pods,
+    /// pid → container lookups held (bounded, two generations).
+    Pids,
+    /// cgroup id → path entries (removed ids kept for a grace period).
+    CgroupIds,
+    /// Container cgroups the lifecycle stage watches (the kernel's `WATCHED_CGROUPS`).
+    WatchedCgroups,
+    /// Per-container process-event budgets.
+    ProcessBudgets,
+    /// Records parked until their container is announced.
+    AwaitingRecords,
+}
+
+impl CacheKind {
+    /// Every cache, in exposition order.
+    pub const ALL: [Self; 7] = [
+        Self::Containers,
+        Self::Pods,
+        Self::Pids,
+        Self::CgroupIds,
+        Self::WatchedCgroups,
+        Self::ProcessBudgets,
+        Self::AwaitingRecords,
+    ];
+
+    /// The `cache` label.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Containers => "containers",
+            Self::Pods => "pods",
+            Self::Pids => "pids",
+            Self::CgroupIds => "cgroup_ids",
+            Self::WatchedCgroups => "watched_cgroups",
+            Self::ProcessBudgets => "process_budgets",
+            Self::AwaitingRecords => "awaiting_records",
+        }
+    }
+}
+
 /// All counters; share it as `Arc<Metrics>`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -156,6 +204,10 @@ pub struct Metrics {
     ebs_errors: AtomicU64,
     /// The per-device view, when `why.disk` is on.
     disks: std::sync::OnceLock<Arc<crate::why::disk::DiskState>>,
+    /// Entries of each [`CacheKind`] now.
+    cache_entries: [AtomicU64; CacheKind::ALL.len()],
+    /// Runtime events the sources' queues had no room for (before the sink queue).
+    runtime_queue_dropped: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the startup histograms' buckets: the kubelet's own
@@ -282,6 +334,22 @@ impl Metrics {
     /// Takes the lifecycle stage's count of cgroups the watch map had no room for.
     pub fn set_watched_cgroups_full(&self, total: u64) {
         self.watched_cgroups_full.store(total, Ordering::Relaxed);
+    }
+
+    /// Takes the runtime sources' count of events their queues had no room for (a total).
+    pub fn set_runtime_queue_dropped(&self, total: u64) {
+        self.runtime_queue_dropped.store(total, Ordering::Relaxed);
+    }
+
+    /// Takes how many entries `cache` holds now.
+    pub fn set_cache_entries(&self, cache: CacheKind, n: usize) {
+        self.cache_entries[cache as usize].store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Entries `cache` held when last told.
+    #[must_use]
+    pub fn cache_entries(&self, cache: CacheKind) -> u64 {
+        self.cache_entries[cache as usize].load(Ordering::Relaxed)
     }
 
     /// Takes the node's runtime and kubelet directories, as checked at start.
@@ -438,6 +506,11 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "iostall_dropped_runtime_events_total{{reason=\"runtime_queue_full\"}} {}",
+            get(&self.runtime_queue_dropped)
+        );
+        let _ = writeln!(
+            out,
             "# HELP iostall_otlp_exported_spans_total Spans accepted by the OTLP endpoint.\n\
              # TYPE iostall_otlp_exported_spans_total counter\n\
              iostall_otlp_exported_spans_total {}\n\
@@ -536,6 +609,19 @@ impl Metrics {
              iostall_runtime_events_rate_limited_total {}",
             get(&self.runtime_events_rate_limited)
         );
+        out.push_str(
+            "# HELP iostall_cache_entries Entries iostall keeps per container, pod, process \
+             or cgroup, by cache.\n\
+             # TYPE iostall_cache_entries gauge\n",
+        );
+        for cache in CacheKind::ALL {
+            let _ = writeln!(
+                out,
+                "iostall_cache_entries{{cache=\"{}\"}} {}",
+                cache.label(),
+                get(&self.cache_entries[cache as usize])
+            );
+        }
         self.render_startups(&mut out);
         self.io_latency.render(&mut out, format);
         if let Ok(ebs) = self.ebs.lock() {

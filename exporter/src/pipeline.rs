@@ -27,7 +27,7 @@ use crate::{
     },
     event::{AttachMode, IoRecord},
     lifecycle::{LifecycleStage, ProcessEventLimit},
-    metrics::{DropReason, Metrics},
+    metrics::{CacheKind, DropReason, Metrics},
     runtime::{EventSource, RuntimeEvent, now_unix_ns},
     sink::Sink,
     startup::{StartupConfig, StartupOutput, StartupStage},
@@ -340,6 +340,9 @@ fn forward_lifecycle<W: crate::lifecycle::WatchSet>(
     }
     metrics.set_runtime_events_rate_limited(stage.stats().rate_limited);
     metrics.set_watched_cgroups_full(stage.stats().watch_full);
+    let (watched, budgets) = stage.tracked();
+    metrics.set_cache_entries(CacheKind::WatchedCgroups, watched);
+    metrics.set_cache_entries(CacheKind::ProcessBudgets, budgets);
 }
 
 /// Attaches the kernel lifecycle signals and starts the task that reads them: their
@@ -390,6 +393,9 @@ fn start_lifecycle(
         Err(e) => tracing::warn!(error = %e, "container exec/exit not watched"),
     }
     metrics.set_watched_cgroups_full(stage.stats().watch_full);
+    let (watched, budgets) = stage.tracked();
+    metrics.set_cache_entries(CacheKind::WatchedCgroups, watched);
+    metrics.set_cache_entries(CacheKind::ProcessBudgets, budgets);
     let (stop, mut stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         loop {
@@ -516,6 +522,7 @@ fn spawn_sinks(
                 }
                 SinkItem::Tick => {
                     let released = release(&mut awaiting, enricher.as_ref(), &mut out);
+                    report_caches(&metrics, enricher.as_mut(), awaiting.as_ref());
                     if released == 0 && !out.tick() {
                         continue;
                     }
@@ -537,6 +544,29 @@ fn spawn_sinks(
         // Dropping the sinks flushes them (the OTLP sink exports what it still holds).
         drop(out);
     })
+}
+
+/// Serves what the sink thread's caches hold (`iostall_cache_entries`), bringing the
+/// cgroup id map up to date first.
+fn report_caches(
+    metrics: &Metrics,
+    enricher: Option<&mut Enricher>,
+    awaiting: Option<&AwaitingNames<Enriched>>,
+) {
+    metrics.set_cache_entries(
+        CacheKind::AwaitingRecords,
+        awaiting.map_or(0, AwaitingNames::len),
+    );
+    let Some(enricher) = enricher else { return };
+    metrics.set_cache_entries(CacheKind::Pids, enricher.pids.len());
+    if let Some(ids) = &mut enricher.cgroup_ids {
+        ids.maintain();
+        metrics.set_cache_entries(CacheKind::CgroupIds, ids.len());
+    }
+    if let Ok(cache) = enricher.metadata.read() {
+        metrics.set_cache_entries(CacheKind::Containers, cache.len());
+        metrics.set_cache_entries(CacheKind::Pods, cache.pod_count());
+    }
 }
 
 /// Sends the records of containers now known (or waited for long enough) on, with

@@ -15,4 +15,5 @@ pub mod otlp_receiver;
 pub mod peers;
 pub mod records;
 pub mod slowfs;
+pub mod storm;
 pub mod workload;

@@ -420,6 +420,12 @@ impl MetadataCache {
         self.containers.len()
     }
 
+    /// How many pods are known.
+    #[must_use]
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
     /// Whether no container is known.
     #[must_use]
     pub fn is_empty(&self) -> bool {

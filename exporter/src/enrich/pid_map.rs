@@ -368,6 +368,25 @@ impl CgroupIdMap {
         }
     }
 
+    /// Applies waiting updates and forgets removed ids past their grace without a
+    /// lookup: the sink thread calls it every second, so the feed drains (and the map
+    /// shrinks) when no record comes.
+    pub fn maintain(&mut self) {
+        self.apply_updates();
+    }
+
+    /// Ids known now (removed ones still in their grace included).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether no id is known.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
     /// A map over this host's unified hierarchy ([`find_unified_root`]).
     pub fn discover() -> Result<Self, PidMapError> {
         find_unified_root().map(Self::new)

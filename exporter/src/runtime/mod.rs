@@ -342,6 +342,11 @@ impl EventSender {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// Counts an event dropped further on (the updater's queue to the sinks was full).
+    pub fn count_dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How a source reaches its runtime; shared by the containerd, CRI and docker sources.

@@ -25,7 +25,8 @@ pub struct RuntimeSources {
 impl RuntimeSources {
     /// Starts every configured source (on the current tokio runtime) and the task that
     /// applies their events to `metadata`, then passes them on to `forward` (the sinks)
-    /// without waiting: when that queue is full the event is dropped and counted there.
+    /// without waiting: when that queue is full the event is dropped and counted with
+    /// the sources' own drops ([`Self::dropped`]).
     #[must_use]
     pub fn start(
         config: &SourcesConfig,
@@ -60,11 +61,14 @@ impl RuntimeSources {
             );
             tasks.push(source.spawn());
         }
+        let counter = sender.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 apply(&metadata, &event);
-                if let Some(forward) = &forward {
-                    let _ = forward.try_send(event);
+                if let Some(forward) = &forward
+                    && let Err(mpsc::error::TrySendError::Full(_)) = forward.try_send(event)
+                {
+                    counter.count_dropped();
                 }
             }
         }));
@@ -125,6 +129,34 @@ mod tests {
     };
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[tokio::test]
+    async fn events_the_sinks_queue_has_no_room_for_are_counted() {
+        let (forward, _rx) = mpsc::channel(1);
+        let sources = RuntimeSources::start(
+            &SourcesConfig {
+                containerd_socket: None,
+                docker_socket: None,
+                unannounced_hold: None,
+            },
+            SharedMetadata::default(),
+            Some(forward),
+        );
+        let sender = sources.sender();
+        for t in 0..3 {
+            let event =
+                RuntimeEvent::new(t, EventSource::Docker, RuntimeEventKind::ContainerStarted);
+            assert_eq!(sender.send(event), super::super::SendOutcome::Sent);
+        }
+        for _ in 0..200 {
+            if sources.dropped() >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // One fits the queue to the sinks (nobody reads it); the other two are counted.
+        assert_eq!(sources.dropped(), 2);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn created_containers_are_named_and_deleted_ones_kept_for_a_grace() {
