@@ -14,4 +14,5 @@ pub mod otlp_receiver;
 pub mod peers;
 pub mod records;
 pub mod slowfs;
+pub mod soak;
 pub mod workload;
