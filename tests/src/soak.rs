@@ -397,25 +397,41 @@ impl Receiving {
     }
 }
 
-/// The counters one sample reads from `/metrics`: (records, exported, dropped by
-/// reason, ringbuf_full).
-fn counters(text: &str) -> Result<(u64, u64, Vec<(&'static str, u64)>, u64)> {
-    let get = |series: &str| metric(text, series).with_context(|| format!("no {series}"));
-    let dropped = DROP_REASONS
-        .iter()
-        .map(|r| {
-            Ok((
-                *r,
-                get(&format!("iostall_dropped_records_total{{reason=\"{r}\"}}"))?,
-            ))
+/// The counters a sample reads from `/metrics`.
+struct Counters {
+    /// `iostall_records_total`.
+    records: u64,
+    /// `iostall_otlp_exported_spans_total`.
+    exported: u64,
+    /// Each of [`DROP_REASONS`].
+    dropped: Vec<(&'static str, u64)>,
+    /// `iostall_dropped_records_total{reason="ringbuf_full"}`.
+    ringbuf: u64,
+}
+
+impl Counters {
+    fn read(text: &str) -> Result<Self> {
+        let get = |series: &str| metric(text, series).with_context(|| format!("no {series}"));
+        let dropped = DROP_REASONS
+            .iter()
+            .map(|r| {
+                Ok((
+                    *r,
+                    get(&format!("iostall_dropped_records_total{{reason=\"{r}\"}}"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            records: get("iostall_records_total")?,
+            exported: get("iostall_otlp_exported_spans_total")?,
+            dropped,
+            ringbuf: get("iostall_dropped_records_total{reason=\"ringbuf_full\"}")?,
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((
-        get("iostall_records_total")?,
-        get("iostall_otlp_exported_spans_total")?,
-        dropped,
-        get("iostall_dropped_records_total{reason=\"ringbuf_full\"}")?,
-    ))
+    }
+
+    fn dropped_sum(&self) -> u64 {
+        self.dropped.iter().map(|d| d.1).sum()
+    }
 }
 
 /// Runs the plan; `progress` is called with each sample (the soak command prints it).
@@ -469,14 +485,14 @@ pub fn run_outage(plan: OutagePlan, mut progress: impl FnMut(&Sample)) -> Result
         recv.drain();
         let rss_kib = vm_rss_kib(pid).context("iostall is gone")?;
         let text = scrape(metrics_addr, "/metrics")?;
-        let (records, exported, dropped, _) = counters(&text)?;
+        let c = Counters::read(&text)?;
         let sample = Sample {
             t_s: t0.elapsed().as_secs_f64(),
             phase,
             rss_kib,
-            records,
-            exported,
-            dropped: dropped.iter().map(|d| d.1).sum(),
+            records: c.records,
+            exported: c.exported,
+            dropped: c.dropped_sum(),
             received: recv.spans,
         };
         progress(&sample);
@@ -497,20 +513,17 @@ pub fn run_outage(plan: OutagePlan, mut progress: impl FnMut(&Sample)) -> Result
 
     // Every record ends exported or dropped; wait for the last batch.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let (records, dropped_by_reason, ringbuf_dropped, metrics_text) = loop {
+    let (last, metrics_text) = loop {
         let text = scrape(metrics_addr, "/metrics")?;
-        let (records, exported, dropped, ringbuf) = counters(&text)?;
-        let sum: u64 = dropped.iter().map(|d| d.1).sum();
-        if exported + sum >= records || Instant::now() > deadline {
-            break (records, dropped, ringbuf, text);
+        let c = Counters::read(&text)?;
+        if c.exported + c.dropped_sum() >= c.records || Instant::now() > deadline {
+            break (c, text);
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     // The receiver may still be taking the last request.
     let settle = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < settle
-        && recv.spans + dropped_by_reason.iter().map(|d| d.1).sum::<u64>() < records
-    {
+    while Instant::now() < settle && recv.spans + last.dropped_sum() < last.records {
         recv.drain();
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -525,11 +538,11 @@ pub fn run_outage(plan: OutagePlan, mut progress: impl FnMut(&Sample)) -> Result
         samples,
         ops,
         load_seconds,
-        records,
+        records: last.records,
         received: recv.spans,
-        dropped: dropped_by_reason.iter().map(|d| d.1).sum(),
-        dropped_by_reason,
-        ringbuf_dropped,
+        dropped: last.dropped_sum(),
+        ringbuf_dropped: last.ringbuf,
+        dropped_by_reason: last.dropped,
         first_export_after_return: recv.first_after_return,
         metrics_text,
         stderr: finished.stderr,
