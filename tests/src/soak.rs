@@ -3,7 +3,7 @@
 //! differ.
 //!
 //! iostall (tracepoint mode, OTLP output only) watches one thread of this process, named
-//! [`COMM`], that does a paced `pwrite` + `fdatasync` of 4 KiB on a real loop-device ext4
+//! [`comm`], that does a paced `pwrite` + `fdatasync` of 4 KiB on a real loop-device ext4
 //! ([`SlowExt4`], unthrottled) at `rate` a second. The threshold is below any
 //! `fdatasync` there and above a page-cache `pwrite`, so each `fdatasync` is one record.
 //! The OTLP receiver ([`OtlpReceiver`], real gRPC on localhost) is up for the `before`
@@ -33,8 +33,11 @@ use crate::{
 };
 
 /// The comm of the thread whose `fdatasync`s are the records (iostall filters on it in
-/// the kernel).
-pub const COMM: &str = "iostall-soak";
+/// the kernel): one per process, so that a soak and a test running at once each see
+/// only their own load.
+pub fn comm() -> String {
+    format!("soak-{}", std::process::id())
+}
 
 /// The drop reasons of slow-operation records on the OTLP path.
 pub const DROP_REASONS: [&str; 3] = ["otlp_queue_full", "otlp_export_failed", "sink_queue_full"];
@@ -95,7 +98,7 @@ pub struct Sample {
     pub exported: u64,
     /// The records' drop counters ([`DROP_REASONS`]) summed, so far.
     pub dropped: u64,
-    /// Spans of [`COMM`] the receiver got so far.
+    /// Spans of [`comm`] the receiver got so far.
     pub received: u64,
 }
 
@@ -123,7 +126,7 @@ pub struct OutageReport {
     pub load_seconds: f64,
     /// `iostall_records_total` at the end: the records produced.
     pub records: u64,
-    /// Spans of [`COMM`] that reached the receiver.
+    /// Spans of [`comm`] that reached the receiver.
     pub received: u64,
     /// The records' drop counters summed, at the end.
     pub dropped: u64,
@@ -281,7 +284,7 @@ struct Load {
 
 impl Load {
     /// Starts `rate` `fdatasync`s a second on `dir/soak-data`, each after a 4 KiB
-    /// `pwrite` at offset 0, in a thread named [`COMM`]. It keeps to the schedule: ops
+    /// `pwrite` at offset 0, in a thread named [`comm`]. It keeps to the schedule: ops
     /// that ran late (a loaded machine, a slow flush) are caught up at once, up to 5 s
     /// of them.
     fn start(dir: &Path, rate: u32) -> Result<Self> {
@@ -298,7 +301,7 @@ impl Load {
         let period = Duration::from_secs(1) / rate.max(1);
         let thread = std::thread::Builder::new()
             // The thread's name is its comm, which iostall filters on.
-            .name(COMM.into())
+            .name(comm())
             .spawn(move || -> Result<()> {
                 let buf = [0xa5u8; 4096];
                 let mut next = Instant::now();
@@ -350,6 +353,7 @@ impl Drop for Load {
 /// return did.
 struct Receiving {
     rx: Option<OtlpReceiver>,
+    comm: String,
     addr: SocketAddr,
     spans: u64,
     returned_at: Option<Instant>,
@@ -357,10 +361,20 @@ struct Receiving {
 }
 
 impl Receiving {
-    /// Takes what arrived so far, counting the spans of [`COMM`].
+    /// Takes what arrived so far, counting the spans of [`comm`].
     fn drain(&mut self) {
         let Some(rx) = &self.rx else { return };
+        let mut exports = Vec::new();
         while let Some(export) = rx.recv_timeout(Duration::ZERO) {
+            exports.push(export);
+        }
+        self.count(exports);
+    }
+
+    /// Counts the spans of [`comm`] in `exports`, and the first request's arrival after
+    /// the return.
+    fn count(&mut self, exports: Vec<Export>) {
+        for export in exports {
             let Export::Traces(req, meta) = export else {
                 continue;
             };
@@ -376,16 +390,19 @@ impl Receiving {
                 .flat_map(|ss| &ss.spans)
                 .filter(|s| {
                     crate::otlp_receiver::str_attr(&s.attributes, "process.command").as_deref()
-                        == Some(COMM)
+                        == Some(self.comm.as_str())
                 })
                 .count() as u64;
         }
     }
 
-    /// Stops the receiver: its port refuses connections from now on.
+    /// Stops the receiver: its port refuses connections from now on. What it took while
+    /// stopping counts too.
     fn go_down(&mut self) {
         self.drain();
-        self.rx = None;
+        if let Some(rx) = self.rx.take() {
+            self.count(rx.stop());
+        }
     }
 
     /// Brings it back on the same port.
@@ -448,11 +465,12 @@ pub fn run_outage(plan: OutagePlan, mut progress: impl FnMut(&Sample)) -> Result
     // gets one try, so a returning collector gets the next batch within 200 ms of
     // batching (with the default 1 s, within about a second).
     let yaml = format!(
-        "threshold_ms: {}\ncomm: {COMM}\noutputs: [otlp]\nmetrics:\n  listen: 127.0.0.1:0\n\
+        "threshold_ms: {}\ncomm: {}\noutputs: [otlp]\nmetrics:\n  listen: 127.0.0.1:0\n\
          runtime:\n  containerd_socket: off\n  docker_socket: off\nkube:\n  enabled: off\n\
          otlp:\n  endpoint: http://{addr}\n  protocol: grpc\n  batch_size: {BATCH_SIZE}\n  \
          batch_timeout_ms: 200\n",
-        plan.threshold_ms
+        plan.threshold_ms,
+        comm()
     );
     let mut config = tempfile::NamedTempFile::new()?;
     config.write_all(yaml.as_bytes())?;
@@ -463,6 +481,7 @@ pub fn run_outage(plan: OutagePlan, mut progress: impl FnMut(&Sample)) -> Result
         .context("iostall logged no metrics address")?;
     let mut recv = Receiving {
         rx: Some(rx),
+        comm: comm(),
         addr,
         spans: 0,
         returned_at: None,
