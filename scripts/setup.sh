@@ -19,10 +19,11 @@ fi
 # for the private network namespace of the rotel/Phoenix test; musl-tools + binutils:
 # musl-gcc, strip and readelf for the image's static binary (deploy/image/build.sh);
 # bpftrace: the peer bench-syscalls measures iostall's cost against; xfsprogs and
-# btrfs-progs: mkfs.xfs and mkfs.btrfs for the xfs and btrfs slow-disk fixtures.
+# btrfs-progs: mkfs.xfs and mkfs.btrfs for the xfs and btrfs slow-disk fixtures;
+# fonts-dejavu-core: the text of soak-outage's RSS plot.
 APT_PACKAGES=(e2fsprogs util-linux mount pkg-config protobuf-compiler ca-certificates
               containerd runc docker.io busybox-static python3 python3-venv iproute2
-              musl-tools binutils bpftrace xfsprogs btrfs-progs)
+              musl-tools binutils bpftrace xfsprogs btrfs-progs fonts-dejavu-core)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -15,5 +15,6 @@ pub mod otlp_receiver;
 pub mod peers;
 pub mod records;
 pub mod slowfs;
+pub mod soak;
 pub mod storm;
 pub mod workload;

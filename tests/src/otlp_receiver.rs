@@ -460,6 +460,18 @@ impl OtlpReceiver {
         self.collected.clone()
     }
 
+    /// Stops the server (in-flight requests finish) and returns the requests not read
+    /// yet, those it took while stopping included: dropping it would lose them.
+    pub fn stop(mut self) -> Vec<Export> {
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.rx.try_iter().collect()
+    }
+
     /// Everything received so far (without waiting).
     pub fn collected(&mut self) -> Collected {
         self.collect_until(Duration::ZERO, |_| true)

@@ -170,6 +170,73 @@ fn collector_down_counts_every_lost_record() {
     );
 }
 
+/// A collector that stays down: the first batch is retried, the next ones get one try
+/// each (an outage must not keep a backlog of records queued, one batch retrying after
+/// another), every record is still counted, and the first batch after the collector
+/// comes back is exported.
+#[test]
+fn an_outage_retries_one_batch_then_tries_each_once() {
+    use iostall_tests::otlp_receiver::metric;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let c = config(
+        &format!(
+            "otlp:\n  endpoint: http://127.0.0.1:{port}\n  max_attempts: 4\n  initial_backoff_ms: 50\n  \
+             batch_size: 10\n  batch_timeout_ms: 50\n"
+        ),
+        &[],
+    );
+    let metrics = Metrics::new();
+    let resources = Resources::new(&config("", &[]).resource, Some("node-x".into()));
+    let mut sink = OtlpSink::start(&c.otlp, resources, metrics.clone()).expect("start");
+    let corr = Correlator::new("test-host");
+    let mut i = 0;
+    let mut batch = |sink: &mut OtlpSink| {
+        for _ in 0..10 {
+            sink.record(&corr.correlate(record(i))).expect("record");
+            i += 1;
+        }
+        // The first batch's retries (50+100+200 ms, +25% jitter) or one try, then some.
+        std::thread::sleep(Duration::from_millis(800));
+    };
+    for _ in 0..3 {
+        batch(&mut sink);
+    }
+    let text = metrics.render();
+    let requests = |signal: &str, result: &str| {
+        metric(
+            &text,
+            &format!(
+                "iostall_otlp_export_requests_total{{signal=\"{signal}\",result=\"{result}\"}}"
+            ),
+        )
+        .unwrap_or(0)
+    };
+    for signal in ["traces", "logs"] {
+        assert_eq!(
+            requests(signal, "retry"),
+            3,
+            "{signal}: only the first batch is retried\n{text}"
+        );
+        assert_eq!(
+            requests(signal, "failed"),
+            3,
+            "{signal}: each batch fails once\n{text}"
+        );
+    }
+    assert_eq!(metrics.dropped(DropReason::OtlpExportFailed), 30);
+    // Back: the next batch goes through at its one try.
+    let mut rx = OtlpReceiver::grpc_on(([127, 0, 0, 1], port).into()).expect("receiver");
+    batch(&mut sink);
+    sink.close();
+    let got = rx.collect_until(Duration::from_secs(5), |c| c.spans.len() >= 10);
+    assert_eq!(got.spans.len(), 10);
+    assert_eq!(metrics.exported_spans(), 10);
+    assert_eq!(metrics.dropped(DropReason::OtlpExportFailed), 30);
+}
+
 #[test]
 fn close_does_not_hang_on_a_silent_collector() {
     // Accepts connections (kernel backlog) but never answers.

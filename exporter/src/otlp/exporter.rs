@@ -9,6 +9,14 @@
 //! `max_attempts` tries (or is rejected as not retryable) adds its records to
 //! `iostall_dropped_records_total{reason="otlp_export_failed"}` and its runtime events
 //! to `iostall_dropped_runtime_events_total{reason="otlp_export_failed"}`.
+//!
+//! An outage is one warning, not one per batch, and it costs no memory: once a batch has
+//! used all its tries on retryable errors the signal is *down*, and from then on each
+//! batch gets one try (dropped and counted at once if it fails) until one gets through,
+//! which is logged as the end of the outage. Retrying every batch for a second or more
+//! while records keep coming would keep a backlog of them queued for as long as the
+//! collector is away (measured: 11 MiB more RSS at 200 records a second, the soak-outage
+//! command in README).
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -43,6 +51,17 @@ pub struct ExportTask {
     /// [traces, logs]: the endpoint said it does not take that signal (logs only, so
     /// far); it is no longer sent (said once).
     refused: [std::sync::atomic::AtomicBool; 2],
+    /// [traces, logs]: the outage under way, if the signal's last batch failed after
+    /// all its tries: batches get one try until one gets through.
+    down: [std::sync::Mutex<Option<Outage>>; 2],
+}
+
+/// A signal's collector outage: since when, and what it cost.
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    since: tokio::time::Instant,
+    /// Records (or events) of the failed batches since.
+    lost: u64,
 }
 
 impl ExportTask {
@@ -63,6 +82,7 @@ impl ExportTask {
             closing,
             shutdown_deadline: std::sync::OnceLock::new(),
             refused: Default::default(),
+            down: Default::default(),
         })
     }
 
@@ -178,6 +198,14 @@ impl ExportTask {
         records: u64,
     ) -> bool {
         let signal = if logs { "logs" } else { "traces" };
+        let down = &self.down[usize::from(logs)];
+        let outage = down.lock().map(|d| *d).unwrap_or(None);
+        // During an outage one try: the next batch is the next probe.
+        let max_attempts = if outage.is_some() {
+            1
+        } else {
+            self.config.max_attempts
+        };
         let mut backoff = self.config.initial_backoff;
         let mut attempt = 1u32;
         loop {
@@ -203,13 +231,17 @@ impl ExportTask {
             match sent {
                 Ok(()) => {
                     self.metrics.add_request(logs, ExportOutcome::Ok);
+                    if let Some(o) = down.lock().ok().and_then(|mut d| d.take()) {
+                        tracing::warn!(
+                            signal,
+                            down_for = ?o.since.elapsed(),
+                            records_dropped = o.lost,
+                            "OTLP export works again: the collector answers"
+                        );
+                    }
                     return true;
                 }
-                Err(e)
-                    if e.retryable
-                        && attempt < self.config.max_attempts
-                        && !*self.closing.borrow() =>
-                {
+                Err(e) if e.retryable && attempt < max_attempts && !*self.closing.borrow() => {
                     self.metrics.add_request(logs, ExportOutcome::Retry);
                     let delay = e
                         .retry_after
@@ -231,6 +263,30 @@ impl ExportTask {
                              still are. If the backend stores no logs, set \
                              OTEL_LOGS_EXPORTER=none"
                         );
+                    }
+                    return false;
+                }
+                Err(e) if e.retryable => {
+                    self.metrics.add_request(logs, ExportOutcome::Failed);
+                    let Ok(mut d) = down.lock() else { return false };
+                    match d.as_mut() {
+                        Some(o) => {
+                            o.lost += records;
+                            tracing::debug!(signal, records, error = %e, "OTLP export failed (collector still down); records dropped");
+                        }
+                        None => {
+                            *d = Some(Outage {
+                                since: tokio::time::Instant::now(),
+                                lost: records,
+                            });
+                            tracing::warn!(
+                                signal,
+                                attempts = attempt,
+                                records,
+                                error = %e,
+                                "OTLP export failed; records dropped (counted in iostall_dropped_records_total{{reason=\"otlp_export_failed\"}}); until the collector answers, each batch gets one try, and the next line is when it does"
+                            );
+                        }
                     }
                     return false;
                 }
