@@ -36,6 +36,29 @@ pub struct QuietIostall {
 }
 
 impl QuietIostall {
+    /// iostall as the storm runs it: threshold 0, ext4 only, only threads named `comm`,
+    /// JSON to nowhere, no runtime or API server: what it costs is the storm's alone.
+    pub fn for_storm(comm: &str) -> Result<Self> {
+        Self::start(&[
+            "--attach",
+            "tracepoint",
+            "--threshold-ms",
+            "0",
+            "--comm",
+            comm,
+            "--fs",
+            "ext4",
+            "--output",
+            "json",
+            "--containerd-socket",
+            "off",
+            "--docker-socket",
+            "off",
+            "--kube",
+            "off",
+        ])
+    }
+
     /// Starts iostall with `args` (plus `--metrics-listen 127.0.0.1:0`) and waits up to
     /// 60 s for it to attach and serve `/metrics`.
     pub fn start(args: &[&str]) -> Result<Self> {

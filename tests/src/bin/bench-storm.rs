@@ -52,24 +52,7 @@ fn main() -> Result<()> {
     let fs = SlowExt4::create(SlowExt4Options::default())?;
     let file = fs.mount_point().join("storm");
     storm_file(&file)?;
-    let iostall = QuietIostall::start(&[
-        "--attach",
-        "tracepoint",
-        "--threshold-ms",
-        "0",
-        "--comm",
-        COMM,
-        "--fs",
-        "ext4",
-        "--output",
-        "json",
-        "--containerd-socket",
-        "off",
-        "--docker-socket",
-        "off",
-        "--kube",
-        "off",
-    ])?;
+    let iostall = QuietIostall::for_storm(COMM)?;
     let sampler = Sampler::start(iostall.pid(), Duration::from_millis(250));
     let per_thread = (args.rate > 0).then(|| (args.rate / args.threads as u64).max(1));
     let run = pread_storm(
