@@ -234,10 +234,10 @@ impl Tracer {
             return Err(TracerError::NoObject);
         }
         raise_memlock_limit();
-        // The offsets' parse (btf_rs) is dropped before anything else is loaded: it
-        // and aya's parse alive at once made the start-up peak.
+        // The offsets' reader (a position index and a few names, not a parsed type
+        // table) is dropped before anything else is loaded.
         let (offsets, fentry_probe_target, syscall_regs, missing_functions) = {
-            let kernel_btf = btf_offsets::load_kernel_btf()?;
+            let kernel_btf = btf_offsets::load_kernel_btf(FENTRY_PROGRAMS.iter().map(|(_, f)| *f))?;
             let target = btf_offsets::function_id(&kernel_btf, FENTRY_PROGRAMS[0].1);
             let regs = btf_offsets::check_syscall_regs(&kernel_btf);
             let missing = FsSet::from_kinds(
