@@ -195,8 +195,12 @@ pub mod stat {
     /// jbd2 commit records lost because the ring buffer was full (no slow operation
     /// lost: an fsync then goes without its journal context).
     pub const JOURNAL_DROPS: u32 = 10;
+    /// Operations whose thread's in-flight slot held another thread's operation (thread
+    /// ids equal modulo the slot array's length, `pid_max` above 65536): timed through
+    /// the in-flight hash map instead.
+    pub const INFLIGHT_SHARED_SLOT: u32 = 11;
     /// Number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Index of the threshold (nanoseconds, `u64`) in the `CONFIG` array map.

@@ -31,12 +31,14 @@ pub static DAEMON_COMMS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(64, 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Read/write/open operations in flight, by thread id.
+/// Read/write/open operations in flight, by thread id: all of them with
+/// `syscall_probe::HASH`, else those whose `INFLIGHT_SLOTS` slot was taken.
 #[map]
 pub static INFLIGHT_IO: HashMap<u32, InFlight> = HashMap::with_max_entries(32768, 0);
 
-/// A thread's read/write/open in flight, for the generic syscall programs: `tid` says
-/// whose it is (two threads may share a slot), `started.start_ns == 0` that it is empty.
+/// A thread's read/write/open in flight: `tid` says whose it is (two threads may share
+/// a slot: the later one is kept in `INFLIGHT_IO`), `started.start_ns == 0` that it is
+/// empty.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Slot {

@@ -95,12 +95,28 @@ pub fn begin(op: u32, fd: u64, pos: i64, count_: u64) {
             count(stat::INFLIGHT_FULL);
         }
     } else if let Some(slot) = INFLIGHT_SLOTS.get_ptr_mut(tid & load_config!(slots_mask)) {
-        // SAFETY: an array slot; a thread only ever writes its own (tid-indexed) slot,
-        // and a collision with another tid is caught by `tid` at exit.
+        // SAFETY: an array slot, shared only by threads whose ids are equal modulo the
+        // array's length (`pid_max` above it): one that finds another's operation in it
+        // keeps its own in the hash map instead of overwriting it.
         unsafe {
-            (*slot).tid = tid;
-            (*slot).started = value;
+            if (*slot).started.start_ns != 0 && (*slot).tid != tid {
+                spill(tid, value);
+            } else {
+                (*slot).tid = tid;
+                (*slot).started = value;
+            }
         }
+    }
+}
+
+/// Keeps `value` (the operation of thread `tid`, whose slot another thread's operation
+/// holds) in `INFLIGHT_IO`, where `end` looks when the slot is not the thread's.
+#[inline(always)]
+fn spill(tid: u32, value: InFlight) {
+    if INFLIGHT_IO.insert(tid, value, 0).is_err() {
+        count(stat::INFLIGHT_FULL);
+    } else {
+        count(stat::INFLIGHT_SHARED_SLOT);
     }
 }
 
@@ -121,18 +137,34 @@ pub fn end() -> Option<Finished> {
         return finish(&INFLIGHT_IO);
     }
     let pid_tgid = bpf_get_current_pid_tgid();
+    // Other processes (`--pid`) never started one: they stop here, before the slot.
+    if !tgid_wanted((pid_tgid >> 32) as u32) {
+        return None;
+    }
     let tid = pid_tgid as u32;
     let slot = INFLIGHT_SLOTS.get_ptr_mut(tid & load_config!(slots_mask))?;
-    // SAFETY: as in `enter`; the value is copied out, then the slot is marked empty.
+    // SAFETY: as in `begin`; the value is copied out, then the slot is marked empty.
     let started = unsafe {
-        if (*slot).tid != tid || (*slot).started.start_ns == 0 {
-            return None;
+        if (*slot).tid == tid && (*slot).started.start_ns != 0 {
+            let started = (*slot).started;
+            (*slot).started.start_ns = 0;
+            started
+        } else {
+            // Not in its slot: kept in the hash map if the slot was taken at its start
+            // (else never started: an enter filtered, or before attach).
+            unspill(tid)?
         }
-        let started = (*slot).started;
-        (*slot).started.start_ns = 0;
-        started
     };
     finished_if_slow(started, (pid_tgid >> 32) as u32, tid)
+}
+
+/// Takes thread `tid`'s operation out of `INFLIGHT_IO`, if `begin` kept it there.
+#[inline(always)]
+fn unspill(tid: u32) -> Option<InFlight> {
+    // SAFETY: the value is copied out before the entry is removed.
+    let started = unsafe { *INFLIGHT_IO.get(tid)? };
+    let _ = INFLIGHT_IO.remove(tid);
+    Some(started)
 }
 
 /// `sys_enter(struct pt_regs *regs, long id)`, BTF-typed: `regs` is read directly.

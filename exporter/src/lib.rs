@@ -8,6 +8,7 @@
 //! [`lifecycle`] turns the kernel's cgroup, exec/exit and OOM signals into runtime events;
 //! [`config`] resolves and validates settings once at start, [`metrics`] counts.
 pub mod bounds;
+pub mod btf_lookup;
 pub mod btf_offsets;
 pub mod clock;
 pub mod config;

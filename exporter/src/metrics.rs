@@ -22,6 +22,9 @@
 //! - `iostall_kernel_untimed_operations_total{reason="inflight_full"}`: operations the
 //!   kernel could not time because its in-flight map was full. Not records lost: most
 //!   of them were fast; but a slow one among them was never seen.
+//! - `iostall_kernel_inflight_shared_slot_total`: operations whose thread's in-flight
+//!   slot held another thread's operation (`pid_max` above 65536), timed through the
+//!   in-flight hash map instead: timed, not lost.
 //! - `iostall_watched_cgroups_full_total`: container cgroups the kernel's watch map had
 //!   no room for: the exec and exit of their processes go unreported.
 //! - `iostall_input_truncated_total`: values a runtime or the API server handed over
@@ -174,6 +177,8 @@ pub struct Metrics {
     dropped_events: [AtomicU64; DropReason::ALL.len()],
     /// Operations the kernel could not time (its in-flight map was full).
     untimed_inflight_full: AtomicU64,
+    /// Operations timed through the hash map because their slot was taken.
+    inflight_shared_slot: AtomicU64,
     /// Container cgroups the kernel's watch map had no room for.
     watched_cgroups_full: AtomicU64,
     /// The runtime and kubelet directories on this node and whether they are seen.
@@ -306,6 +311,8 @@ impl Metrics {
             .store(stats.ringbuf_drops, Ordering::Relaxed);
         self.untimed_inflight_full
             .store(stats.inflight_full, Ordering::Relaxed);
+        self.inflight_shared_slot
+            .store(stats.inflight_shared_slot, Ordering::Relaxed);
         self.kernel_events.store(stats.events, Ordering::Relaxed);
         self.dropped_events[DropReason::RingbufFull as usize]
             .store(stats.lifecycle_drops, Ordering::Relaxed);
@@ -568,11 +575,17 @@ impl Metrics {
              time, by reason (inflight_full: its in-flight map was full).\n\
              # TYPE iostall_kernel_untimed_operations_total counter\n\
              iostall_kernel_untimed_operations_total{{reason=\"inflight_full\"}} {}\n\
+             # HELP iostall_kernel_inflight_shared_slot_total Operations whose thread's \
+             in-flight slot held another thread's operation (thread ids equal modulo the \
+             slot count), timed through the in-flight hash map instead.\n\
+             # TYPE iostall_kernel_inflight_shared_slot_total counter\n\
+             iostall_kernel_inflight_shared_slot_total {}\n\
              # HELP iostall_watched_cgroups_full_total Container cgroups the kernel's watch \
              map had no room for (exec/exit of their processes not reported).\n\
              # TYPE iostall_watched_cgroups_full_total counter\n\
              iostall_watched_cgroups_full_total {}",
             get(&self.untimed_inflight_full),
+            get(&self.inflight_shared_slot),
             get(&self.watched_cgroups_full)
         );
         let _ = writeln!(
@@ -915,12 +928,17 @@ mod tests {
             lifecycle_events: 6,
             not_regular: 2,
             other_comm: 9,
+            inflight_shared_slot: 3,
             ..KernelStats::default()
         });
         m.add_exported_spans(1);
         m.add_dropped_events(DropReason::OtlpExportFailed, 4);
         m.set_runtime_events_rate_limited(11);
         let text = m.render();
+        assert!(
+            text.contains("iostall_kernel_inflight_shared_slot_total 3\n"),
+            "{text}"
+        );
         assert!(
             text.contains("iostall_runtime_events_rate_limited_total 11\n"),
             "{text}"

@@ -190,6 +190,9 @@ pub struct KernelStats {
     pub journal_commits: u64,
     /// jbd2 commit records lost because the ring buffer was full.
     pub journal_drops: u64,
+    /// Operations whose thread's in-flight slot held another thread's operation
+    /// (`pid_max` above the slot array's length), timed through the hash map instead.
+    pub inflight_shared_slot: u64,
 }
 
 /// The loaded object; programs attach with [`Tracer::attach`].
@@ -234,10 +237,10 @@ impl Tracer {
             return Err(TracerError::NoObject);
         }
         raise_memlock_limit();
-        // The offsets' parse (btf_rs) is dropped before anything else is loaded: it
-        // and aya's parse alive at once made the start-up peak.
+        // The offsets' reader (a position index and a few names, not a parsed type
+        // table) is dropped before anything else is loaded.
         let (offsets, fentry_probe_target, syscall_regs, missing_functions) = {
-            let kernel_btf = btf_offsets::load_kernel_btf()?;
+            let kernel_btf = btf_offsets::load_kernel_btf(FENTRY_PROGRAMS.iter().map(|(_, f)| *f))?;
             let target = btf_offsets::function_id(&kernel_btf, FENTRY_PROGRAMS[0].1);
             let regs = btf_offsets::check_syscall_regs(&kernel_btf);
             let missing = FsSet::from_kinds(
@@ -365,6 +368,7 @@ impl Tracer {
             lifecycle_events: read(stat::LIFECYCLE_EVENTS)?,
             journal_commits: read(stat::JOURNAL_COMMITS)?,
             journal_drops: read(stat::JOURNAL_DROPS)?,
+            inflight_shared_slot: read(stat::INFLIGHT_SHARED_SLOT)?,
         })
     }
 
@@ -1151,7 +1155,7 @@ fn measured_syscalls() -> Vec<(libc::c_long, u32)> {
 
 /// Length of `INFLIGHT_SLOTS`: a power of two covering `pid_max` (then no two threads
 /// share a slot), at most 65536 (3 MiB; beyond, threads whose ids differ by a multiple of
-/// it share one, and the later start wins).
+/// it share one: one that finds the slot taken is timed through the hash map instead).
 fn inflight_slots() -> u32 {
     let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()

@@ -1,5 +1,5 @@
-//! As root: `bench-syscalls` runs end to end (bare, bpftrace and iostall on the same
-//! workloads) and its figures are sane. No time limit is checked: CI machines are shared.
+//! As root: `bench-syscalls` runs end to end (bare, bpftrace, the floor of empty
+//! programs and iostall on the same workloads) and its figures are sane. No time limit is checked: CI machines are shared.
 use std::process::Command;
 
 use iostall_tests::{iostall_proc::iostall_binary, slowfs::require_root};
@@ -25,8 +25,8 @@ fn bench_syscalls_runs_and_its_figures_are_sane() {
         .collect();
     assert_eq!(
         rows.len(),
-        3 * 3,
-        "3 workloads × (bare, bpftrace, iostall): {rows:?}"
+        3 * 4,
+        "3 workloads × (bare, bpftrace, floor, iostall): {rows:?}"
     );
     let num = |v: &Value| v.as_f64().expect("a number");
     for row in &rows {
@@ -59,6 +59,15 @@ fn bench_syscalls_runs_and_its_figures_are_sane() {
             "{side} collected events: {row}"
         );
     }
-    let bare = rows.iter().find(|r| r["side"] == "bare").expect("bare");
-    assert_eq!(num(&bare["events_per_s"]), 0.0);
+    for side in ["bare", "floor (empty programs)"] {
+        let row = rows
+            .iter()
+            .find(|r| r["side"] == side)
+            .expect("a row per side");
+        assert_eq!(
+            num(&row["events_per_s"]),
+            0.0,
+            "{side} reports nothing: {row}"
+        );
+    }
 }

@@ -15,8 +15,16 @@
 //! ratio to bare in the same round, and of the time added as a fraction of what bpftrace
 //! added in the same round; events/s is events over the time iostall was collecting.
 //! Times are only compared inside one run: these machines are shared.
+//!
+//! The side `floor` attaches an empty program (`return 0`) to each of the same syscall
+//! tracepoints: what any program there costs on this kernel (the perf trace buffer and
+//! argument copy, and the syscall-tracing slow path every syscall then takes), whatever
+//! it does. `--baseline <iostall binary>` adds another build of iostall as a side, so
+//! that a change's cost is measured in the same run.
 use std::{
     io::{BufRead, BufReader},
+    os::fd::OwnedFd,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -59,6 +67,10 @@ struct Args {
     /// Compare wall-clock time instead of the looping thread's CPU time.
     #[arg(long)]
     wall: bool,
+    /// Another iostall binary (e.g. the build before a change), run as shipped as one
+    /// more side.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 /// A tracer (or none) the workloads run under.
@@ -66,7 +78,11 @@ struct Args {
 enum Side {
     Bare,
     Bpftrace,
+    /// Empty programs on the same tracepoints.
+    Floor,
     Iostall(String),
+    /// Another iostall binary, as shipped.
+    Baseline(PathBuf),
 }
 
 impl Side {
@@ -74,8 +90,145 @@ impl Side {
         match self {
             Self::Bare => "bare".into(),
             Self::Bpftrace => "bpftrace".into(),
+            Self::Floor => "floor (empty programs)".into(),
             Self::Iostall(v) => format!("iostall {v}"),
+            Self::Baseline(_) => "iostall baseline binary".into(),
         }
+    }
+}
+
+/// Empty BPF programs attached to syscall tracepoints with the raw syscalls (aya needs an
+/// object file; two instructions do not).
+mod floor {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use anyhow::{Context, Result};
+
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+    const PERF_TYPE_TRACEPOINT: u32 = 2;
+    /// `_IOW('$', 8, u32)` and `_IO('$', 0)`.
+    const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+    const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+    const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+
+    /// The head of `union bpf_attr` for `BPF_PROG_LOAD`, zero-padded.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoadAttr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        rest: [u64; 13],
+    }
+
+    /// `struct perf_event_attr`, `PERF_ATTR_SIZE_VER0` (64 bytes).
+    #[repr(C)]
+    #[derive(Default)]
+    struct PerfEventAttr {
+        type_: u32,
+        size: u32,
+        config: u64,
+        sample_period: u64,
+        sample_type: u64,
+        read_format: u64,
+        flags: u64,
+        wakeup_events: u32,
+        bp_type: u32,
+        config1: u64,
+    }
+
+    fn os_fd(ret: libc::c_long, what: &str) -> Result<OwnedFd> {
+        if ret < 0 {
+            return Err(std::io::Error::last_os_error()).context(what.to_owned());
+        }
+        // SAFETY: a new fd the syscall just returned, owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(ret as libc::c_int) })
+    }
+
+    /// `r0 = 0; exit`, as a tracepoint program.
+    fn load_empty() -> Result<OwnedFd> {
+        let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+        let license = b"GPL\0";
+        let attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_TRACEPOINT,
+            insn_cnt: 2,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            ..ProgLoadAttr::default()
+        };
+        // SAFETY: a valid, fully initialised attr of the size passed.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const ProgLoadAttr,
+                std::mem::size_of::<ProgLoadAttr>() as libc::c_uint,
+            )
+        };
+        os_fd(ret, "loading an empty tracepoint program")
+    }
+
+    fn tracepoint_id(name: &str) -> Result<u64> {
+        for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+            let path = format!("{root}/events/syscalls/{name}/id");
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return text
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("parsing {path}"));
+            }
+        }
+        anyhow::bail!("no tracepoint syscalls:{name} in tracefs")
+    }
+
+    /// The empty program attached to `sys_enter_<s>` and `sys_exit_<s>` for each of
+    /// `syscalls` the kernel has; detached when dropped.
+    pub fn attach(syscalls: &[&str]) -> Result<Vec<OwnedFd>> {
+        let prog = load_empty()?;
+        let mut fds = Vec::new();
+        for s in syscalls {
+            for dir in ["enter", "exit"] {
+                let Ok(id) = tracepoint_id(&format!("sys_{dir}_{s}")) else {
+                    continue; // e.g. no `open` on arm64
+                };
+                let attr = PerfEventAttr {
+                    type_: PERF_TYPE_TRACEPOINT,
+                    size: std::mem::size_of::<PerfEventAttr>() as u32,
+                    config: id,
+                    sample_period: 1,
+                    wakeup_events: 1,
+                    ..PerfEventAttr::default()
+                };
+                // SAFETY: a valid attr; pid -1 and cpu 0 as a BPF tracepoint link takes
+                // (the program runs for every CPU).
+                let ret = unsafe {
+                    libc::syscall(
+                        libc::SYS_perf_event_open,
+                        &attr as *const PerfEventAttr,
+                        -1,
+                        0,
+                        -1,
+                        PERF_FLAG_FD_CLOEXEC,
+                    )
+                };
+                let event = os_fd(ret, "perf_event_open on a syscall tracepoint")?;
+                // SAFETY: ioctls on our own perf fd.
+                unsafe {
+                    if libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()) != 0
+                        || libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) != 0
+                    {
+                        return Err(std::io::Error::last_os_error())
+                            .context("attaching the empty program");
+                    }
+                }
+                fds.push(event);
+            }
+        }
+        anyhow::ensure!(!fds.is_empty(), "no syscall tracepoint to attach to");
+        fds.push(prog);
+        Ok(fds)
     }
 }
 
@@ -140,6 +293,8 @@ struct Running {
     child: Option<Child>,
     reader: Option<std::thread::JoinHandle<u64>>,
     since: Instant,
+    /// The floor's program and perf events.
+    _attached: Vec<OwnedFd>,
 }
 
 impl Running {
@@ -150,6 +305,15 @@ impl Running {
                     child: None,
                     reader: None,
                     since: Instant::now(),
+                    _attached: Vec::new(),
+                });
+            }
+            Side::Floor => {
+                return Ok(Self {
+                    child: None,
+                    reader: None,
+                    since: Instant::now(),
+                    _attached: floor::attach(SYSCALLS)?,
                 });
             }
             Side::Bpftrace => {
@@ -161,8 +325,13 @@ impl Running {
                     .spawn()
                     .context("starting bpftrace (apt-get install bpftrace)")?
             }
-            Side::Iostall(variant) => {
-                let mut child = Command::new(iostall_binary()?)
+            Side::Iostall(_) | Side::Baseline(_) => {
+                let (binary, variant) = match side {
+                    Side::Baseline(binary) => (binary.clone(), "default"),
+                    Side::Iostall(variant) => (iostall_binary()?, variant.as_str()),
+                    _ => unreachable!("matched above"),
+                };
+                let mut child = Command::new(binary)
                     .args(["--attach", "tracepoint", "--output", "json"])
                     .args(["--threshold-ms", &threshold_ms.to_string()])
                     .args(["--metrics-listen", "off"])
@@ -204,6 +373,7 @@ impl Running {
             child: Some(child),
             reader: Some(reader),
             since: Instant::now(),
+            _attached: Vec::new(),
         })
     }
 
@@ -293,10 +463,19 @@ fn main() -> Result<()> {
             vec!["pipe-loop", "--count", &pipes, "--size", "4096"],
         ),
     ];
-    let mut sides = vec![Side::Bare, Side::Bpftrace];
+    // Bare and bpftrace first: the ratios are to them.
+    let mut sides = vec![Side::Bare, Side::Bpftrace, Side::Floor];
     for v in &args.variants {
         variant_env(v)?;
         sides.push(Side::Iostall(v.clone()));
+    }
+    if let Some(binary) = &args.baseline {
+        anyhow::ensure!(
+            binary.is_file(),
+            "--baseline {} is not a file",
+            binary.display()
+        );
+        sides.push(Side::Baseline(binary.clone()));
     }
     // ns_per_op[side][workload][round]; events and seconds per side.
     let mut ns = vec![vec![vec![f64::NAN; args.rounds]; workloads.len()]; sides.len()];
