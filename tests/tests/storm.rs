@@ -58,8 +58,7 @@ fn threshold_zero_storm_is_bounded_and_counted() {
     let fs = SlowExt4::create(SlowExt4Options::default()).expect("ext4 loop filesystem");
     let file = fs.mount_point().join("storm");
     storm_file(&file).expect("storm file");
-    let iostall = QuietIostall::for_storm(COMM)
-    .expect("iostall attaches");
+    let iostall = QuietIostall::for_storm(COMM).expect("iostall attaches");
     let pid = iostall.pid();
     let sampler = Sampler::start(pid, Duration::from_millis(200));
     let run = pread_storm(&file, 2, Duration::from_secs(10), COMM, None).expect("storm");
