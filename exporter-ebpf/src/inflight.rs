@@ -7,33 +7,10 @@ use aya_ebpf::{
 };
 use exporter_common::stat;
 
+// The value type lives beside the maps that hold it; named here too, where its users
+// look for it.
+pub use crate::maps::{InFlight, target_flags};
 use crate::maps::{count, tgid_wanted, threshold_ns};
-
-/// What the start of an operation records.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct InFlight {
-    /// `CLOCK_MONOTONIC` at start.
-    pub start_ns: u64,
-    /// An fd (syscall tracepoints) or a `struct file *` (ext4 function probes), see `flags`.
-    pub target: u64,
-    /// Offset of a positional read/write, or -1 when the file position is used.
-    pub pos: i64,
-    /// Bytes asked for, 0 when unknown (vectored IO).
-    pub count: u64,
-    /// One of `exporter_common::op`.
-    pub op: u32,
-    /// Bits of [`target_flags`].
-    pub flags: u32,
-}
-
-/// Bits of [`InFlight::flags`].
-pub mod target_flags {
-    /// `target` is a `struct file *`, not an fd.
-    pub const IS_FILE: u32 = 1 << 0;
-    /// The fsync is a `datasync` one.
-    pub const DATASYNC: u32 = 1 << 1;
-}
 
 /// A finished operation that crossed the threshold.
 pub struct Finished {

@@ -5,7 +5,31 @@ use aya_ebpf::{
 };
 use exporter_common::{CONFIG_LEN, IoEvent, LoadConfig, stat};
 
-use crate::inflight::InFlight;
+/// What the start of an operation records.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlight {
+    /// `CLOCK_MONOTONIC` at start.
+    pub start_ns: u64,
+    /// An fd (syscall tracepoints) or a `struct file *` (ext4 function probes), see `flags`.
+    pub target: u64,
+    /// Offset of a positional read/write, or -1 when the file position is used.
+    pub pos: i64,
+    /// Bytes asked for, 0 when unknown (vectored IO).
+    pub count: u64,
+    /// One of `exporter_common::op`.
+    pub op: u32,
+    /// Bits of [`target_flags`].
+    pub flags: u32,
+}
+
+/// Bits of [`InFlight::flags`].
+pub mod target_flags {
+    /// `target` is a `struct file *`, not an fd.
+    pub const IS_FILE: u32 = 1 << 0;
+    /// The fsync is a `datasync` one.
+    pub const DATASYNC: u32 = 1 << 1;
+}
 
 /// Settings fixed at load time; userspace overwrites it with `EbpfLoader::set_global`.
 #[unsafe(no_mangle)]

@@ -263,6 +263,18 @@ pub struct IoRecord {
 }
 
 impl IoRecord {
+    /// What the why stage needs to know of this operation.
+    #[must_use]
+    pub fn stall(&self) -> crate::why::Stall {
+        crate::why::Stall {
+            dev: (self.dev_major, self.dev_minor),
+            cgroup_id: self.cgroup_id,
+            fsync: self.op == IoOp::Fsync,
+            start_unix_ns: self.start_unix_ns,
+            end_unix_ns: self.end_unix_ns,
+        }
+    }
+
     /// The best path to show: the full path, else `…/parent/name` with what is known.
     #[must_use]
     pub fn display_path(&self) -> String {

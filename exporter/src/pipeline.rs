@@ -493,7 +493,7 @@ fn spawn_sinks(
                     let mut record = *record;
                     records.fetch_add(1, Ordering::Relaxed);
                     metrics.add_records(1);
-                    explainer.explain(&mut record);
+                    record.why = explainer.explain(&record.stall());
                     match &mut enricher {
                         Some(enricher) => {
                             let enrichment = enricher.enrich(&record);

@@ -20,8 +20,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::WhyValue;
-use crate::event::IoRecord;
+use super::{Stall, WhyValue};
 
 /// A block device's `(major, minor)`.
 pub type DevNo = (u32, u32);
@@ -514,8 +513,8 @@ impl DiskView {
     }
 
     /// The state of the device under `record`'s file, if known.
-    pub fn context(&mut self, record: &IoRecord) -> Option<DiskContext> {
-        let dev = (record.dev_major, record.dev_minor);
+    pub fn context(&mut self, stall: &Stall) -> Option<DiskContext> {
+        let dev = stall.dev;
         let sys = &self.sys_dev_block;
         let whole = *self
             .whole

@@ -4,11 +4,8 @@
 //! no such volume and this part is never set.
 use serde::Serialize;
 
-use super::WhyValue;
-use crate::{
-    ebs_nvme::{EXCEEDED, RecentByDevice},
-    event::IoRecord,
-};
+use super::{Stall, WhyValue};
+use crate::ebs_nvme::{EXCEEDED, RecentByDevice};
 
 /// What the volume said about the last interval before the operation ended.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,14 +46,14 @@ impl EbsView {
         Self { recent }
     }
 
-    /// The throttling of the volume under `record`'s filesystem in the last interval,
+    /// The throttling of the volume under `stall`'s filesystem in the last interval,
     /// when there was any.
-    pub fn context(&mut self, record: &IoRecord) -> Option<EbsContext> {
+    pub fn context(&mut self, stall: &Stall) -> Option<EbsContext> {
         let recent = *self
             .recent
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&(record.dev_major, record.dev_minor))?;
+            .get(&stall.dev)?;
         let over: Vec<_> = EXCEEDED
             .iter()
             .zip(recent.exceeded_us)
@@ -94,9 +91,12 @@ mod tests {
             .expect("lock")
             .insert((259, 2), Recent::default());
         let mut view = EbsView::new(recent);
-        let mut record =
-            crate::io_latency::tests::record(crate::event::IoOp::Fsync, (259, 1), 948, 1).record;
-        let c = view.context(&record).expect("throttled");
+        let mut stall = Stall {
+            dev: (259, 1),
+            fsync: true,
+            ..Stall::default()
+        };
+        let c = view.context(&stall).expect("throttled");
         assert_eq!(c.exceeded, "volume_iops,instance_throughput");
         assert!((c.exceeded_ratio - 0.62).abs() < 1e-9);
         assert_eq!(c.short().as_deref(), Some("ebs 62%"));
@@ -119,9 +119,9 @@ mod tests {
         why.for_each_attribute(&mut |k, _| keys.push(k));
         assert_eq!(keys, ["iostall.ebs.exceeded", "iostall.ebs.exceeded_ratio"]);
         // Not throttled in the last interval, or not an EBS volume: nothing said.
-        record.dev_minor = 2;
-        assert_eq!(view.context(&record), None);
-        record.dev_major = 8;
-        assert_eq!(view.context(&record), None);
+        stall.dev.1 = 2;
+        assert_eq!(view.context(&stall), None);
+        stall.dev.0 = 8;
+        assert_eq!(view.context(&stall), None);
     }
 }

@@ -33,8 +33,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::WhyValue;
-use crate::event::{IoOp, IoRecord};
+use super::{Stall, WhyValue};
 
 /// Commits kept per journal: a few seconds of a commit-per-fsync storm, minutes otherwise.
 pub const COMMITS_PER_JOURNAL: usize = 1024;
@@ -166,13 +165,13 @@ impl JournalView {
     }
 
     /// The commit `record` (an fsync) waited for, if any.
-    pub fn context(&mut self, record: &IoRecord) -> Option<JournalContext> {
-        if record.op != IoOp::Fsync {
+    pub fn context(&mut self, stall: &Stall) -> Option<JournalContext> {
+        if !stall.fsync {
             return None;
         }
         let log = self.feed.0.lock().unwrap_or_else(|e| e.into_inner());
-        let commits = log.get(&(record.dev_major, record.dev_minor))?;
-        waited_for(commits, record.start_unix_ns, record.end_unix_ns)
+        let commits = log.get(&stall.dev)?;
+        waited_for(commits, stall.start_unix_ns, stall.end_unix_ns)
     }
 }
 
@@ -234,13 +233,15 @@ mod tests {
         }
     }
 
-    /// An `op` on device (7, 3) from `start` to `end`.
-    fn record(op: IoOp, start: u64, end: u64) -> IoRecord {
-        let mut record = crate::correlate::tests::record(10, start);
-        record.op = op;
-        record.end_unix_ns = end;
-        record.latency_ns = end - start;
-        record
+    /// An fsync (or not) on device (7, 3) from `start` to `end`.
+    fn stall(fsync: bool, start: u64, end: u64) -> Stall {
+        Stall {
+            dev: (7, 3),
+            cgroup_id: 1,
+            fsync,
+            start_unix_ns: start,
+            end_unix_ns: end,
+        }
     }
 
     fn log(commits: &[JournalCommit]) -> VecDeque<JournalCommit> {
@@ -287,11 +288,11 @@ mod tests {
     fn only_fsyncs_on_the_commits_device_are_explained() {
         let mut view = JournalView::new();
         view.feed().push(commit(1, 100, 200));
-        let mut fsync = record(IoOp::Fsync, 50 * MS, 250 * MS);
+        let mut fsync = stall(true, 50 * MS, 250 * MS);
         assert!(view.context(&fsync).is_some());
-        fsync.dev_minor = 4;
+        fsync.dev.1 = 4;
         assert_eq!(view.context(&fsync), None, "another device");
-        let write = record(IoOp::Write, 50 * MS, 250 * MS);
+        let write = stall(false, 50 * MS, 250 * MS);
         assert_eq!(view.context(&write), None, "not an fsync");
     }
 

@@ -11,8 +11,6 @@
 //! `None`, never blocks.
 use serde::Serialize;
 
-use crate::event::IoRecord;
-
 pub mod disk;
 pub mod ebs;
 pub mod journal;
@@ -255,7 +253,24 @@ impl CauseTally {
     }
 }
 
-/// Fills [`IoRecord::why`] from the sources that are on.
+/// What the sources need to know of a slow operation to say why it was slow: the
+/// pipeline builds it from its record (`IoRecord::stall`), so that this stage depends on
+/// no record type and records depend on it only for [`StallContext`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stall {
+    /// The device of the file: `(major, minor)`.
+    pub dev: (u32, u32),
+    /// The cgroup of the thread that waited.
+    pub cgroup_id: u64,
+    /// Whether it was an fsync (only an fsync waits for a journal commit).
+    pub fsync: bool,
+    /// When it began and ended, Unix ns.
+    pub start_unix_ns: u64,
+    /// See `start_unix_ns`.
+    pub end_unix_ns: u64,
+}
+
+/// Says why a stall was slow from the sources that are on.
 #[derive(Debug, Default)]
 pub struct Explainer {
     /// Per-device rolling view (IOPS, in flight, await, saturation).
@@ -269,15 +284,14 @@ pub struct Explainer {
 }
 
 impl Explainer {
-    /// Sets `record.why` from what each source knows now.
-    pub fn explain(&mut self, record: &mut IoRecord) {
-        let why = StallContext {
-            disk: self.disk.as_mut().and_then(|d| d.context(record)),
-            journal: self.journal.as_mut().and_then(|j| j.context(record)),
-            pressure: self.pressure.as_mut().and_then(|p| p.context(record)),
-            ebs: self.ebs.as_mut().and_then(|e| e.context(record)),
-        };
-        record.why = why;
+    /// What each source knows now of `stall`.
+    pub fn explain(&mut self, stall: &Stall) -> StallContext {
+        StallContext {
+            disk: self.disk.as_mut().and_then(|d| d.context(stall)),
+            journal: self.journal.as_mut().and_then(|j| j.context(stall)),
+            pressure: self.pressure.as_mut().and_then(|p| p.context(stall)),
+            ebs: self.ebs.as_mut().and_then(|e| e.context(stall)),
+        }
     }
 }
 

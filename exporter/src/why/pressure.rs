@@ -27,8 +27,8 @@ use std::{
 
 use serde::Serialize;
 
-use super::WhyValue;
-use crate::{enrich::pid_map::CgroupIdMap, event::IoRecord};
+use super::{Stall, WhyValue};
+use crate::enrich::pid_map::CgroupIdMap;
 
 /// How long a PSI reading is reused, by default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(1);
@@ -172,8 +172,8 @@ impl PressureReader {
     }
 
     /// The pressure on `record`'s cgroup and on the node, if known.
-    pub fn context(&mut self, record: &IoRecord) -> Option<PressureContext> {
-        self.context_at(record.cgroup_id, Instant::now())
+    pub fn context(&mut self, stall: &Stall) -> Option<PressureContext> {
+        self.context_at(stall.cgroup_id, Instant::now())
     }
 
     /// The pressure on `cgroup_id`'s cgroup (see [`crate::enrich::pid_map`]) and on the
