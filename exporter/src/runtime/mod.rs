@@ -583,7 +583,10 @@ impl Reconnect {
             if let Some(r) = &self.reports {
                 r.0.store(true, Ordering::Relaxed);
             }
-            self.covered = self.covered_by.as_ref().is_some_and(SocketOutage::is_down);
+            // A socket that does not exist is said by each source, whichever tried first:
+            // a line about the host, not an outage, and the same lines every start.
+            self.covered = !self.runtime_absent()
+                && self.covered_by.as_ref().is_some_and(SocketOutage::is_down);
             if self.covered {
                 tracing::debug!(
                     source = %self.what,
@@ -711,6 +714,20 @@ mod tests {
         let _ = cri.failed(&"unimplemented");
         assert!(!cri.covered);
         assert_eq!((events.outages(), cri.outages()), (1, 2));
+    }
+
+    #[test]
+    fn an_absent_socket_is_said_by_each_source_on_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("containerd.sock");
+        let outage = SocketOutage::default();
+        let mut events =
+            Reconnect::for_socket("events", &socket, Backoff::default()).reporting(outage.clone());
+        let mut cri =
+            Reconnect::for_socket("cri", &socket, Backoff::default()).covered_by(outage.clone());
+        let _ = events.failed(&"no such file");
+        let _ = cri.failed(&"no such file");
+        assert!(!cri.covered, "an absent runtime is not an outage to cover");
     }
 
     #[test]
