@@ -205,8 +205,35 @@ pub mod stat {
 
 /// Index of the threshold (nanoseconds, `u64`) in the `CONFIG` array map.
 pub const CONFIG_THRESHOLD_NS: u32 = 0;
+/// Index in the `CONFIG` array map of the exit's jiffies pre-check (`u64`): an
+/// operation that ended fewer than this many jiffies after it started is under the
+/// threshold for sure, and its end is not read from the precise clock (0: always read).
+/// Userspace derives it from the threshold and the tick ([`fast_jiffies`]).
+pub const CONFIG_FAST_JIFFIES: u32 = 1;
 /// Number of slots in the `CONFIG` array map.
-pub const CONFIG_LEN: u32 = 1;
+pub const CONFIG_LEN: u32 = 2;
+
+/// How late the kernel's jiffies may be against the precise clock, as far as the exit's
+/// pre-check relies on (`CONFIG_FAST_JIFFIES`): one tick normally (the timekeeping CPU
+/// ticks late by less than one, and a CPU coming out of idle brings jiffies up to date
+/// first), with room for a vCPU the host held back a little longer.
+pub const JIFFIES_LAG_NS: u64 = 5_000_000;
+
+/// `CONFIG_FAST_JIFFIES` for a threshold and a tick (`clock_getres` of
+/// `CLOCK_MONOTONIC_COARSE`): the count `k` of jiffies under which an operation is surely
+/// faster than the threshold. An operation `e` jiffies long (end's jiffies less start's)
+/// took less than `(e + 1)` ticks plus how late jiffies was at its end (at most
+/// [`JIFFIES_LAG_NS`]), so `e < k` is safe while `k · tick + lag < threshold`. 0 (no
+/// pre-check) when even `e = 0` is not safe, e.g. a threshold of 1 ms on a 4 ms tick.
+#[must_use]
+pub fn fast_jiffies(threshold_ns: u64, tick_ns: u64) -> u64 {
+    let lag = JIFFIES_LAG_NS.max(tick_ns);
+    if tick_ns == 0 || threshold_ns <= lag {
+        return 0;
+    }
+    // The largest k with k · tick + lag < threshold.
+    (threshold_ns - lag - 1) / tick_ns
+}
 
 /// Field offsets into kernel structures, resolved by userspace from the running kernel's
 /// BTF and handed to the eBPF programs as a read-only global before they load, so that
@@ -613,6 +640,38 @@ mod tests {
     use core::mem::{offset_of, size_of};
 
     use super::*;
+
+    /// The pre-check only ever skips operations that are surely under the threshold:
+    /// `k` ticks plus the allowed lateness stay under it, and one more tick would not.
+    #[test]
+    fn fast_jiffies_is_safe_and_tight() {
+        const MS: u64 = 1_000_000;
+        // 10 ms on a 4 ms tick (HZ=250): only "no tick crossed" is surely fast.
+        assert_eq!(fast_jiffies(10 * MS, 4 * MS), 1);
+        // HZ=1000: up to 3 ticks crossed.
+        assert_eq!(fast_jiffies(10 * MS, MS), 4);
+        // A threshold within the lateness allowed: never skip.
+        assert_eq!(fast_jiffies(MS, 4 * MS), 0);
+        assert_eq!(fast_jiffies(JIFFIES_LAG_NS, MS), 0);
+        // HZ=100: the lateness allowed is one whole tick.
+        assert_eq!(fast_jiffies(10 * MS, 10 * MS), 0);
+        assert_eq!(fast_jiffies(0, 4 * MS), 0);
+        assert_eq!(fast_jiffies(10 * MS, 0), 0);
+        for tick in [MS, 3_333_333, 4 * MS, 10 * MS] {
+            for threshold in (0..200).map(|i| i * MS / 2 + 1) {
+                let k = fast_jiffies(threshold, tick);
+                let lag = JIFFIES_LAG_NS.max(tick);
+                if k > 0 {
+                    // e = k − 1 is the longest skipped: it lasted < k ticks + lag.
+                    assert!(k * tick + lag < threshold, "unsafe: {threshold} {tick} {k}");
+                }
+                assert!(
+                    (k + 1) * tick + lag >= threshold,
+                    "not tight: {threshold} {tick} {k}"
+                );
+            }
+        }
+    }
 
     /// The header layout is the decode contract with the kernel side: pin it.
     #[test]

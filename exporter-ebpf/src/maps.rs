@@ -21,6 +21,8 @@ pub struct InFlight {
     pub op: u32,
     /// Bits of [`target_flags`].
     pub flags: u32,
+    /// `jiffies` at start: the exit's cheap pre-check (see `finished_if_slow`).
+    pub start_jiffies: u64,
 }
 
 /// Bits of [`InFlight::flags`].
@@ -60,20 +62,21 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 pub static INFLIGHT_IO: HashMap<u32, InFlight> = HashMap::with_max_entries(32768, 0);
 
-/// A thread's read/write/open in flight: `tid` says whose it is (two threads may share
+/// A thread's read/write/open in flight: `owner` says whose it is (two threads may share
 /// a slot: the later one is kept in `INFLIGHT_IO`), `started.start_ns == 0` that it is
-/// empty.
+/// empty. The owner is the thread id on the per-syscall tracepoints, and the address of
+/// the thread's `struct pt_regs` on the generic ones, where it comes without a helper
+/// call (see `syscalls::Owner`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Slot {
-    pub tid: u32,
-    pub pad: u32,
+    pub owner: u64,
     pub started: InFlight,
 }
 
-/// In-flight operations of the generic syscall programs, indexed by `tid & slots_mask`:
-/// an array lookup is inlined by the verifier, where a hash update and delete are helper
-/// calls with locking. Userspace sizes it from `pid_max` before load.
+/// In-flight read/write/open operations, indexed by `syscalls::Owner`: an array lookup
+/// is inlined by the verifier, where a hash update and delete are two helper calls with
+/// locking. Userspace sizes it from `pid_max` before load.
 #[map]
 pub static INFLIGHT_SLOTS: Array<Slot> = Array::with_max_entries(65536, 0);
 
@@ -151,6 +154,15 @@ pub fn comm_wanted(comm: &[u8; 16]) -> bool {
 #[inline(always)]
 pub fn threshold_ns() -> u64 {
     match CONFIG.get(exporter_common::CONFIG_THRESHOLD_NS) {
+        Some(v) => *v,
+        None => 0,
+    }
+}
+
+/// The exit's jiffies pre-check (`CONFIG_FAST_JIFFIES`; 0 = off).
+#[inline(always)]
+pub fn fast_jiffies() -> u64 {
+    match CONFIG.get(exporter_common::CONFIG_FAST_JIFFIES) {
         Some(v) => *v,
         None => 0,
     }

@@ -13,7 +13,7 @@
 //! programs read arguments from `struct pt_regs` at x86-64's offsets, which userspace
 //! checks in the kernel's BTF first.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
@@ -21,7 +21,7 @@ use exporter_common::{OVERLAYFS_SUPER_MAGIC, fs_kind, op, stat, syscall_kind, sy
 
 use crate::{
     emit::emit,
-    inflight::{Finished, InFlight, finish, finished_if_slow},
+    inflight::{Finished, InFlight, finish, finished_if_slow, in_flight},
     kernel::{magic_of_fd, read_at},
     maps::{INFLIGHT_IO, INFLIGHT_SLOTS, SYSCALL_KINDS, count, load_config, tgid_wanted},
 };
@@ -48,9 +48,10 @@ fn kind_of(id: u64) -> u32 {
     }
 }
 
-/// Starts timing syscall `kind` with registers `regs` (`r10` … `cs`).
+/// Starts timing syscall `kind` of thread `owner`; `regs` holds a copy of its registers
+/// (`r10` … `cs`).
 #[inline(always)]
-fn enter(kind: u32, regs: &[u64; REGS_LEN]) {
+fn enter(kind: u32, owner: Owner, regs: &[u64; REGS_LEN]) {
     if regs[CS] != USER_CS_64 {
         return;
     }
@@ -65,54 +66,92 @@ fn enter(kind: u32, regs: &[u64; REGS_LEN]) {
         syscall_kind::PWRITEV => (op::WRITE, regs[DI], regs[R10] as i64, 0),
         _ => (op::OPEN, 0, -1, 0),
     };
-    begin(op, fd, pos, count_);
+    begin(owner, op, fd, pos, count_);
 }
 
-/// Starts timing a read/write (of `fd`) or open of the current thread: the enter half
+/// Whose an in-flight slot is (`key`), and which slot is theirs (`index`).
+#[derive(Clone, Copy)]
+pub struct Owner {
+    key: u64,
+    index: u32,
+}
+
+impl Owner {
+    /// The current thread, by id (a helper call): what the per-syscall tracepoints
+    /// have. Their context's first word names no thread: since 6.x it points at a
+    /// per-CPU copy of the registers, not the thread's own.
+    #[inline(always)]
+    pub fn current_thread() -> Self {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        Self {
+            key: u64::from(tid),
+            index: tid & load_config!(slots_mask),
+        }
+    }
+
+    /// The thread whose `struct pt_regs` is at `regs` (the raw generic tracepoints'
+    /// first argument). A thread's registers are saved at the top of its own kernel
+    /// stack, so the address names the thread while it is in a syscall, and costs no
+    /// helper call. Stacks are 16 KiB-aligned: the bits below say nothing. (The
+    /// BTF-typed programs cannot: there the address is a typed pointer, which the
+    /// verifier neither lets be shifted nor stored.)
+    #[inline(always)]
+    fn of_regs(regs: u64) -> Self {
+        Self {
+            key: regs,
+            index: (regs >> 14) as u32 & load_config!(slots_mask),
+        }
+    }
+}
+
+/// Whether `--pid` leaves the current process out. Without `--pid` the verifier prunes
+/// the helper call (the filter is a read-only global): iostall's own operations are then
+/// left out at the end, only if slow (`finished_if_slow`).
+#[inline(always)]
+fn other_process() -> bool {
+    load_config!(filter_tgid) != 0 && !tgid_wanted((bpf_get_current_pid_tgid() >> 32) as u32)
+}
+
+/// Starts timing a read/write (of `fd`) or open of thread `owner`: the enter half
 /// shared with the per-syscall tracepoints.
 #[inline(always)]
-pub fn begin(op: u32, fd: u64, pos: i64, count_: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !tgid_wanted((pid_tgid >> 32) as u32) {
+pub fn begin(owner: Owner, op: u32, fd: u64, pos: i64, count_: u64) {
+    if other_process() {
         return;
     }
     let probe = load_config!(syscall_probe);
     if probe & syscall_probe::ENTER_FILTER != 0 && op != op::OPEN && !on_traced_fs(fd) {
         return;
     }
-    let value = InFlight {
-        // SAFETY: helper without preconditions.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        target: fd,
-        pos,
-        count: count_,
-        op,
-        flags: 0,
-    };
-    let tid = pid_tgid as u32;
+    let value = in_flight(op, fd, pos, count_, 0);
     if probe & syscall_probe::HASH != 0 {
-        if INFLIGHT_IO.insert(tid, value, 0).is_err() {
+        if INFLIGHT_IO
+            .insert(bpf_get_current_pid_tgid() as u32, value, 0)
+            .is_err()
+        {
             count(stat::INFLIGHT_FULL);
         }
-    } else if let Some(slot) = INFLIGHT_SLOTS.get_ptr_mut(tid & load_config!(slots_mask)) {
-        // SAFETY: an array slot, shared only by threads whose ids are equal modulo the
-        // array's length (`pid_max` above it): one that finds another's operation in it
-        // keeps its own in the hash map instead of overwriting it.
+    } else if let Some(slot) = INFLIGHT_SLOTS.get_ptr_mut(owner.index) {
+        // SAFETY: an array slot, shared only by threads whose owners fall on the same
+        // index: one that finds another's operation in it keeps its own in the hash map
+        // instead of overwriting it.
         unsafe {
-            if (*slot).started.start_ns != 0 && (*slot).tid != tid {
-                spill(tid, value);
+            if (*slot).started.start_ns != 0 && (*slot).owner != owner.key {
+                spill(value);
             } else {
-                (*slot).tid = tid;
+                (*slot).owner = owner.key;
                 (*slot).started = value;
             }
         }
     }
 }
 
-/// Keeps `value` (the operation of thread `tid`, whose slot another thread's operation
-/// holds) in `INFLIGHT_IO`, where `end` looks when the slot is not the thread's.
+/// Keeps `value` (the current thread's operation, whose slot another thread's operation
+/// holds) in `INFLIGHT_IO` by thread id, where `end` looks when the slot is not the
+/// thread's.
 #[inline(always)]
-fn spill(tid: u32, value: InFlight) {
+fn spill(value: InFlight) {
+    let tid = bpf_get_current_pid_tgid() as u32;
     if INFLIGHT_IO.insert(tid, value, 0).is_err() {
         count(stat::INFLIGHT_FULL);
     } else {
@@ -129,38 +168,37 @@ fn on_traced_fs(fd: u64) -> bool {
         .is_none_or(|m| m == OVERLAYFS_SUPER_MAGIC || fs_kind::wanted(m, load_config!(fs_mask)))
 }
 
-/// Ends the current thread's read/write/open; `Some` if it crossed the threshold. The
-/// exit half shared with the per-syscall tracepoints.
+/// Ends thread `owner`'s read/write/open; `Some` if it crossed the threshold. The exit
+/// half shared with the per-syscall tracepoints.
 #[inline(always)]
-pub fn end() -> Option<Finished> {
+pub fn end(owner: Owner) -> Option<Finished> {
     if load_config!(syscall_probe) & syscall_probe::HASH != 0 {
         return finish(&INFLIGHT_IO);
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     // Other processes (`--pid`) never started one: they stop here, before the slot.
-    if !tgid_wanted((pid_tgid >> 32) as u32) {
+    if other_process() {
         return None;
     }
-    let tid = pid_tgid as u32;
-    let slot = INFLIGHT_SLOTS.get_ptr_mut(tid & load_config!(slots_mask))?;
+    let slot = INFLIGHT_SLOTS.get_ptr_mut(owner.index)?;
     // SAFETY: as in `begin`; the value is copied out, then the slot is marked empty.
     let started = unsafe {
-        if (*slot).tid == tid && (*slot).started.start_ns != 0 {
+        if (*slot).owner == owner.key && (*slot).started.start_ns != 0 {
             let started = (*slot).started;
             (*slot).started.start_ns = 0;
             started
         } else {
             // Not in its slot: kept in the hash map if the slot was taken at its start
             // (else never started: an enter filtered, or before attach).
-            unspill(tid)?
+            unspill()?
         }
     };
-    finished_if_slow(started, (pid_tgid >> 32) as u32, tid)
+    finished_if_slow(started)
 }
 
-/// Takes thread `tid`'s operation out of `INFLIGHT_IO`, if `begin` kept it there.
+/// Takes the current thread's operation out of `INFLIGHT_IO`, if `begin` kept it there.
 #[inline(always)]
-fn unspill(tid: u32) -> Option<InFlight> {
+fn unspill() -> Option<InFlight> {
+    let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: the value is copied out before the entry is removed.
     let started = unsafe { *INFLIGHT_IO.get(tid)? };
     let _ = INFLIGHT_IO.remove(tid);
@@ -182,7 +220,7 @@ pub fn btf_sys_enter(ctx: BtfTracePointContext) -> i32 {
         // each load against the struct's layout.
         *r = unsafe { *regs.add(REGS_R10 / 8 + i) };
     }
-    enter(kind, &copy);
+    enter(kind, Owner::current_thread(), &copy);
     0
 }
 
@@ -195,7 +233,7 @@ pub fn btf_sys_exit(ctx: BtfTracePointContext) -> i32 {
     if kind_of(id) == syscall_kind::NONE {
         return 0;
     }
-    if let Some(done) = end() {
+    if let Some(done) = end(Owner::current_thread()) {
         let ret: i64 = ctx.arg(1);
         emit(&done, ret);
     }
@@ -215,7 +253,7 @@ pub fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {
     if let Ok(copy) =
         unsafe { bpf_probe_read_kernel((regs + REGS_R10 as u64) as *const [u64; REGS_LEN]) }
     {
-        enter(kind, &copy);
+        enter(kind, Owner::of_regs(regs), &copy);
     }
     0
 }
@@ -231,7 +269,7 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
     if kind_of(id) == syscall_kind::NONE {
         return 0;
     }
-    if let Some(done) = end() {
+    if let Some(done) = end(Owner::of_regs(regs)) {
         let ret: i64 = ctx.arg(1);
         emit(&done, ret);
     }

@@ -22,7 +22,7 @@ use crate::{
     inflight::{finish, start, target_flags},
     kernel::magic_of_fd,
     maps::{INFLIGHT_SYNC, load_config},
-    syscalls::{begin, end},
+    syscalls::{Owner, begin, end},
 };
 
 /// Offset of the first syscall argument in a `sys_enter_*` record.
@@ -39,39 +39,63 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 /// read(fd, buf, count), write(fd, buf, count).
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    begin(op::READ, arg(&ctx, 0), -1, arg(&ctx, 2));
+    begin(
+        Owner::current_thread(),
+        op::READ,
+        arg(&ctx, 0),
+        -1,
+        arg(&ctx, 2),
+    );
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    begin(op::WRITE, arg(&ctx, 0), -1, arg(&ctx, 2));
+    begin(
+        Owner::current_thread(),
+        op::WRITE,
+        arg(&ctx, 0),
+        -1,
+        arg(&ctx, 2),
+    );
     0
 }
 
 /// pread64(fd, buf, count, pos), pwrite64(fd, buf, count, pos).
 #[tracepoint]
 pub fn sys_enter_pread(ctx: TracePointContext) -> u32 {
-    begin(op::READ, arg(&ctx, 0), arg(&ctx, 3) as i64, arg(&ctx, 2));
+    begin(
+        Owner::current_thread(),
+        op::READ,
+        arg(&ctx, 0),
+        arg(&ctx, 3) as i64,
+        arg(&ctx, 2),
+    );
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_pwrite(ctx: TracePointContext) -> u32 {
-    begin(op::WRITE, arg(&ctx, 0), arg(&ctx, 3) as i64, arg(&ctx, 2));
+    begin(
+        Owner::current_thread(),
+        op::WRITE,
+        arg(&ctx, 0),
+        arg(&ctx, 3) as i64,
+        arg(&ctx, 2),
+    );
     0
 }
 
 /// readv(fd, vec, vlen), writev(fd, vec, vlen): the size is only known from the result.
 #[tracepoint]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    begin(op::READ, arg(&ctx, 0), -1, 0);
+    begin(Owner::current_thread(), op::READ, arg(&ctx, 0), -1, 0);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    begin(op::WRITE, arg(&ctx, 0), -1, 0);
+    begin(Owner::current_thread(), op::WRITE, arg(&ctx, 0), -1, 0);
     0
 }
 
@@ -79,27 +103,39 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
 /// `pos_l` holds the whole offset. An offset of -1 (preadv2) means "current position".
 #[tracepoint]
 pub fn sys_enter_preadv(ctx: TracePointContext) -> u32 {
-    begin(op::READ, arg(&ctx, 0), arg(&ctx, 3) as i64, 0);
+    begin(
+        Owner::current_thread(),
+        op::READ,
+        arg(&ctx, 0),
+        arg(&ctx, 3) as i64,
+        0,
+    );
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_pwritev(ctx: TracePointContext) -> u32 {
-    begin(op::WRITE, arg(&ctx, 0), arg(&ctx, 3) as i64, 0);
+    begin(
+        Owner::current_thread(),
+        op::WRITE,
+        arg(&ctx, 0),
+        arg(&ctx, 3) as i64,
+        0,
+    );
     0
 }
 
 /// open, openat, openat2: the file is known only from the fd returned at exit.
 #[tracepoint]
 pub fn sys_enter_open(_ctx: TracePointContext) -> u32 {
-    begin(op::OPEN, 0, -1, 0);
+    begin(Owner::current_thread(), op::OPEN, 0, -1, 0);
     0
 }
 
 /// Exit of every syscall above.
 #[tracepoint]
 pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
-    if let Some(done) = end() {
+    if let Some(done) = end(Owner::current_thread()) {
         // SAFETY: syscall exit records hold `long ret` at this offset.
         let ret = unsafe { *(ctx.as_ptr().add(SYSCALL_RET_OFFSET) as *const i64) };
         emit(&done, ret);

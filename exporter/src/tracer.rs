@@ -8,8 +8,8 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use exporter_common::{
-    CONFIG_THRESHOLD_NS, JournalFields, KernelOffsets, LoadConfig, TracepointFields, stat,
-    syscall_kind, syscall_probe, watch,
+    CONFIG_FAST_JIFFIES, CONFIG_THRESHOLD_NS, JournalFields, KernelOffsets, LoadConfig,
+    TracepointFields, stat, syscall_kind, syscall_probe, watch,
 };
 
 use crate::{
@@ -112,6 +112,9 @@ pub struct SyscallProbes {
     pub tracepoints: SyscallTracepoints,
     /// Bits of `exporter_common::syscall_probe` (generic tracepoints only).
     pub bits: u32,
+    /// Whether an operation's end is first judged on jiffies (`IOSTALL_EXIT_PRECHECK=0`
+    /// turns it off, so that `bench-syscalls` can measure what it saves).
+    pub jiffies_precheck: bool,
 }
 
 /// The tracepoints read/write/open are timed on.
@@ -145,7 +148,11 @@ impl SyscallProbes {
         if var("IOSTALL_ENTER_FILTER") == "1" {
             bits |= syscall_probe::ENTER_FILTER;
         }
-        Self { tracepoints, bits }
+        Self {
+            tracepoints,
+            bits,
+            jiffies_precheck: var("IOSTALL_EXIT_PRECHECK") != "0",
+        }
     }
 }
 
@@ -334,14 +341,52 @@ impl Tracer {
         self.mode
     }
 
-    /// Changes the threshold while attached (0 = every operation).
+    /// Changes the threshold while attached (0 = every operation), and with it how many
+    /// jiffies surely stay under it (the exit's pre-check, `exporter_common::fast_jiffies`).
     pub fn set_threshold_ns(&mut self, threshold_ns: u64) -> Result<(), TracerError> {
-        self.config
-            .set(CONFIG_THRESHOLD_NS, threshold_ns, 0)
-            .map_err(|source| TracerError::MapAccess {
-                name: "CONFIG",
-                source,
-            })
+        let tick_ns = tick_ns();
+        let fast_jiffies = if self.syscall_probes.jiffies_precheck {
+            exporter_common::fast_jiffies(threshold_ns, tick_ns)
+        } else {
+            0
+        };
+        if fast_jiffies > 0 {
+            tracing::info!(
+                fast_jiffies,
+                tick_ms = tick_ns as f64 / 1e6,
+                "an operation that ends fewer than {fast_jiffies} ticks after it starts is \
+                 under the threshold for sure: its end is not read from the precise clock"
+            );
+        } else {
+            tracing::debug!(
+                tick_ms = tick_ns as f64 / 1e6,
+                "every operation's end is read from the precise clock (threshold within \
+                 a tick and 5 ms, or IOSTALL_EXIT_PRECHECK=0)"
+            );
+        }
+        let map_err = |source| TracerError::MapAccess {
+            name: "CONFIG",
+            source,
+        };
+        // Lowering the threshold: the pre-check first, so that no operation between the
+        // two writes is judged fast against the old threshold's count; raising it: the
+        // threshold first.
+        let old = self.config.get(&CONFIG_THRESHOLD_NS, 0).map_err(map_err)?;
+        if threshold_ns < old {
+            self.config
+                .set(CONFIG_FAST_JIFFIES, fast_jiffies, 0)
+                .map_err(map_err)?;
+            self.config
+                .set(CONFIG_THRESHOLD_NS, threshold_ns, 0)
+                .map_err(map_err)
+        } else {
+            self.config
+                .set(CONFIG_THRESHOLD_NS, threshold_ns, 0)
+                .map_err(map_err)?;
+            self.config
+                .set(CONFIG_FAST_JIFFIES, fast_jiffies, 0)
+                .map_err(map_err)
+        }
     }
 
     /// Reads the kernel-side counters.
@@ -1162,6 +1207,23 @@ fn inflight_slots() -> u32 {
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(u32::MAX);
     pid_max.clamp(1024, 65536).next_power_of_two()
+}
+
+/// The kernel's tick in nanoseconds: the resolution of `CLOCK_MONOTONIC_COARSE`, which
+/// moves with jiffies. 0 (no jiffies pre-check) if it cannot be read.
+fn tick_ns() -> u64 {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec the call fills.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+        return 0;
+    }
+    u64::try_from(res.tv_sec)
+        .ok()
+        .zip(u64::try_from(res.tv_nsec).ok())
+        .map_or(0, |(s, ns)| s * 1_000_000_000 + ns)
 }
 
 /// `comm` as the kernel holds it: NUL-padded, cut at 15 bytes.

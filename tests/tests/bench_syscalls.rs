@@ -14,7 +14,15 @@ fn bench_syscalls_runs_and_its_figures_are_sane() {
         .with_file_name("bench-syscalls");
     let out = Command::new(&bench)
         .args(["--rounds", "2", "--preads", "20000", "--getppids", "50000"])
-        .args(["--pipes", "10000", "--threshold-ms", "0", "--json"])
+        .args([
+            "--pipes",
+            "10000",
+            "--repeats",
+            "2",
+            "--threshold-ms",
+            "0",
+            "--json",
+        ])
         .output()
         .expect("bench-syscalls starts");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -32,7 +32,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use iostall_tests::{
-    bench::median,
+    bench::{BpfStats, bpf_program_stats, median},
     iostall_proc::{iostall_binary, wait_attached},
     slowfs::{ensure_kernel_mounts, require_root},
 };
@@ -177,53 +177,6 @@ impl Running {
             return Some(ns / 1e9);
         }
         None
-    }
-}
-
-/// `(run_time_ns, run_cnt)` summed over the BPF programs process `pid` holds, from
-/// `/proc/<pid>/fdinfo` (the kernel fills them only while `kernel.bpf_stats_enabled`).
-fn bpf_program_stats(pid: u32) -> Option<(u64, u64)> {
-    let mut total = (0u64, 0u64);
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .ok()?
-        .flatten()
-    {
-        let Ok(info) = std::fs::read_to_string(fd.path()) else {
-            continue;
-        };
-        if !info.contains("prog_type:") {
-            continue;
-        }
-        let field = |key: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        total.0 += field("run_time_ns:");
-        total.1 += field("run_cnt:");
-    }
-    Some(total)
-}
-
-/// `kernel.bpf_stats_enabled` set for as long as it lives, then put back: the kernel
-/// then times every program run, which costs two clock reads a run, so only the block
-/// tracepoint side runs with it.
-struct BpfStats(String);
-
-impl BpfStats {
-    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-    fn enable() -> Result<Self> {
-        let before = std::fs::read_to_string(Self::PATH).context("bpf_stats_enabled")?;
-        std::fs::write(Self::PATH, "1").context("enabling bpf_stats")?;
-        Ok(Self(before.trim().to_owned()))
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(Self::PATH, &self.0);
     }
 }
 
