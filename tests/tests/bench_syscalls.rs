@@ -21,16 +21,21 @@ fn bench_syscalls_runs_and_its_figures_are_sane() {
             "2",
             "--threshold-ms",
             "0",
+            "--program-time",
             "--json",
         ])
         .output()
         .expect("bench-syscalls starts");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
-    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
+    // The rounds' rows, then the program-time pass's (one per side with programs).
+    let (program_times, rows): (Vec<Value>, Vec<Value>) = lines
+        .into_iter()
+        .partition(|l| l.get("program_ns_per_op").is_some());
     assert_eq!(
         rows.len(),
         3 * 4,
@@ -78,4 +83,40 @@ fn bench_syscalls_runs_and_its_figures_are_sane() {
             "{side} reports nothing: {row}"
         );
     }
+    // The kernel's own timing of each side's programs: bpftrace, the floor, iostall.
+    let sides: Vec<&str> = program_times
+        .iter()
+        .map(|t| t["side"].as_str().expect("side"))
+        .collect();
+    assert_eq!(
+        sides,
+        ["bpftrace", "floor (empty programs)", "iostall default"],
+        "{program_times:?}"
+    );
+    for t in &program_times {
+        let per_op: Vec<f64> = t["program_ns_per_op"]
+            .as_array()
+            .expect("one per workload")
+            .iter()
+            .map(num)
+            .collect();
+        assert_eq!(per_op.len(), 3, "{t}");
+        // pread and pipe ops run programs on every side; a program run is more than a
+        // nanosecond and less than 100 µs.
+        for ns in [per_op[0], per_op[2]] {
+            assert!((1.0..100_000.0).contains(&ns), "{t}");
+        }
+    }
+    // iostall's programs do work per read, the floor's return at once.
+    let pread = |side: &str| {
+        let t = program_times
+            .iter()
+            .find(|t| t["side"] == side)
+            .expect("a side");
+        num(&t["program_ns_per_op"][0])
+    };
+    assert!(
+        pread("iostall default") > pread("floor (empty programs)"),
+        "{program_times:?}"
+    );
 }
