@@ -25,6 +25,12 @@ use crate::{
     syscalls::{Owner, begin, end},
 };
 
+/// Starts timing an operation of the current thread (see `syscalls::begin`).
+#[inline(always)]
+fn begin_here(op: u32, fd: u64, pos: i64, count: u64) {
+    begin(Owner::current_thread(), op, fd, pos, count);
+}
+
 /// Offset of the first syscall argument in a `sys_enter_*` record.
 pub const SYSCALL_ARGS_OFFSET: usize = 16;
 /// Offset of `ret` in a `sys_exit_*` record.
@@ -39,63 +45,39 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 /// read(fd, buf, count), write(fd, buf, count).
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    begin(
-        Owner::current_thread(),
-        op::READ,
-        arg(&ctx, 0),
-        -1,
-        arg(&ctx, 2),
-    );
+    begin_here(op::READ, arg(&ctx, 0), -1, arg(&ctx, 2));
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    begin(
-        Owner::current_thread(),
-        op::WRITE,
-        arg(&ctx, 0),
-        -1,
-        arg(&ctx, 2),
-    );
+    begin_here(op::WRITE, arg(&ctx, 0), -1, arg(&ctx, 2));
     0
 }
 
 /// pread64(fd, buf, count, pos), pwrite64(fd, buf, count, pos).
 #[tracepoint]
 pub fn sys_enter_pread(ctx: TracePointContext) -> u32 {
-    begin(
-        Owner::current_thread(),
-        op::READ,
-        arg(&ctx, 0),
-        arg(&ctx, 3) as i64,
-        arg(&ctx, 2),
-    );
+    begin_here(op::READ, arg(&ctx, 0), arg(&ctx, 3) as i64, arg(&ctx, 2));
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_pwrite(ctx: TracePointContext) -> u32 {
-    begin(
-        Owner::current_thread(),
-        op::WRITE,
-        arg(&ctx, 0),
-        arg(&ctx, 3) as i64,
-        arg(&ctx, 2),
-    );
+    begin_here(op::WRITE, arg(&ctx, 0), arg(&ctx, 3) as i64, arg(&ctx, 2));
     0
 }
 
 /// readv(fd, vec, vlen), writev(fd, vec, vlen): the size is only known from the result.
 #[tracepoint]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    begin(Owner::current_thread(), op::READ, arg(&ctx, 0), -1, 0);
+    begin_here(op::READ, arg(&ctx, 0), -1, 0);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    begin(Owner::current_thread(), op::WRITE, arg(&ctx, 0), -1, 0);
+    begin_here(op::WRITE, arg(&ctx, 0), -1, 0);
     0
 }
 
@@ -103,32 +85,20 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
 /// `pos_l` holds the whole offset. An offset of -1 (preadv2) means "current position".
 #[tracepoint]
 pub fn sys_enter_preadv(ctx: TracePointContext) -> u32 {
-    begin(
-        Owner::current_thread(),
-        op::READ,
-        arg(&ctx, 0),
-        arg(&ctx, 3) as i64,
-        0,
-    );
+    begin_here(op::READ, arg(&ctx, 0), arg(&ctx, 3) as i64, 0);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_pwritev(ctx: TracePointContext) -> u32 {
-    begin(
-        Owner::current_thread(),
-        op::WRITE,
-        arg(&ctx, 0),
-        arg(&ctx, 3) as i64,
-        0,
-    );
+    begin_here(op::WRITE, arg(&ctx, 0), arg(&ctx, 3) as i64, 0);
     0
 }
 
 /// open, openat, openat2: the file is known only from the fd returned at exit.
 #[tracepoint]
 pub fn sys_enter_open(_ctx: TracePointContext) -> u32 {
-    begin(Owner::current_thread(), op::OPEN, 0, -1, 0);
+    begin_here(op::OPEN, 0, -1, 0);
     0
 }
 

@@ -372,21 +372,21 @@ impl Tracer {
         // two writes is judged fast against the old threshold's count; raising it: the
         // threshold first.
         let old = self.config.get(&CONFIG_THRESHOLD_NS, 0).map_err(map_err)?;
-        if threshold_ns < old {
-            self.config
-                .set(CONFIG_FAST_JIFFIES, fast_jiffies, 0)
-                .map_err(map_err)?;
-            self.config
-                .set(CONFIG_THRESHOLD_NS, threshold_ns, 0)
-                .map_err(map_err)
+        let writes = if threshold_ns < old {
+            [
+                (CONFIG_FAST_JIFFIES, fast_jiffies),
+                (CONFIG_THRESHOLD_NS, threshold_ns),
+            ]
         } else {
-            self.config
-                .set(CONFIG_THRESHOLD_NS, threshold_ns, 0)
-                .map_err(map_err)?;
-            self.config
-                .set(CONFIG_FAST_JIFFIES, fast_jiffies, 0)
-                .map_err(map_err)
+            [
+                (CONFIG_THRESHOLD_NS, threshold_ns),
+                (CONFIG_FAST_JIFFIES, fast_jiffies),
+            ]
+        };
+        for (index, value) in writes {
+            self.config.set(index, value, 0).map_err(map_err)?;
         }
+        Ok(())
     }
 
     /// Reads the kernel-side counters.
